@@ -1,0 +1,1 @@
+"""Figure-printing benchmarks (`python -m benchmarks.<name>`)."""
