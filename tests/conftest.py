@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import os
+import uuid
+from collections.abc import Iterator
+from typing import Any
 
+import boto3
+import pytest
 from hypothesis import HealthCheck, settings
 
 # `ci` (used by `make test`): a fixed example budget and no deadline, so the suite's runtime is predictable
@@ -13,3 +18,48 @@ settings.register_profile(
 )
 settings.register_profile("dev", max_examples=1000, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+# Tests never talk to AWS: dummy credentials and a fixed region, whatever the machine has configured.
+for _name, _value in {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_SESSION_TOKEN": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+    "AWS_REGION": "us-east-1",
+}.items():
+    os.environ[_name] = _value
+os.environ.pop("AWS_PROFILE", None)
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint() -> Iterator[str]:
+    """moto's real HTTP server on an ephemeral 127.0.0.1 port, shared by the session."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def dynamodb(moto_endpoint: str) -> Any:
+    from botocore.config import Config
+
+    return boto3.client(
+        "dynamodb",
+        endpoint_url=moto_endpoint,
+        region_name="us-east-1",
+        config=Config(max_pool_connections=128, retries={"mode": "standard", "max_attempts": 3}),
+    )
+
+
+@pytest.fixture
+def meter_table(dynamodb: Any) -> str:
+    """A fresh, empty metering table per test."""
+    from runtime.metering import table_spec
+
+    name = f"metering-{uuid.uuid4().hex[:12]}"
+    dynamodb.create_table(**table_spec(name))
+    return name
