@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import uuid
 from collections.abc import Iterator
@@ -33,14 +34,11 @@ os.environ.pop("AWS_PROFILE", None)
 
 @pytest.fixture(scope="session")
 def moto_endpoint() -> Iterator[str]:
-    """moto's real HTTP server on an ephemeral 127.0.0.1 port, shared by the session."""
-    from moto.server import ThreadedMotoServer
+    """moto's real HTTP server on an ephemeral 127.0.0.1 port, shared by the session (atomic writes, as AWS)."""
+    from aigw.emulators.moto_server import AtomicMotoServer
 
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
+    with AtomicMotoServer() as server:
+        yield server.endpoint_url
 
 
 @pytest.fixture(scope="session")
@@ -63,3 +61,7 @@ def meter_table(dynamodb: Any) -> str:
     name = f"metering-{uuid.uuid4().hex[:12]}"
     dynamodb.create_table(**table_spec(name))
     return name
+
+
+# moto's server logs every request through werkzeug: noise in failures, and slow when captured.
+logging.getLogger("werkzeug").setLevel(logging.WARNING)

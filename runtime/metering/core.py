@@ -122,10 +122,12 @@ class Settlement:
     """The answer to `settle`.
 
     status: `settled` (normal), `duplicate` (already settled: nothing changed), `expired` (lease had run out:
-    usage recorded anyway), `unknown` (never seen: usage recorded and remembered).
+    usage recorded anyway), `unknown` (never seen: usage recorded and remembered), `stale` (admitted longer
+    ago than lease + grace, beyond what the meter remembers: nothing recorded, so a duplicate can never count
+    twice).
     """
 
-    status: Literal["settled", "duplicate", "expired", "unknown"]
+    status: Literal["settled", "duplicate", "expired", "unknown", "stale"]
     charged_tokens: int
     overshoot_tokens: int  # actual usage beyond the reservation (e.g. input larger than estimated)
     input_overshoot_tokens: int  # actual input beyond the admission's input estimate
@@ -404,6 +406,7 @@ def settle(
     output_tokens: int,
     now: float,
     *,
+    lease_seconds: float = DEFAULT_LEASE_SECONDS,
     grace_seconds: float = DEFAULT_LEASE_SECONDS,
 ) -> tuple[Settlement, MeterState | None]:
     """Replace a reservation's charge with the actual usage. Returns no new state when nothing changes."""
@@ -412,6 +415,11 @@ def settle(
     check_token_count("output_tokens", output_tokens)
     state, n_expired = expire_leases(state, now)
     entry = state.entries.get(reservation_id)
+    if entry is not None and entry.status != "live" and now >= entry.keep_until:
+        entry = None  # a tombstone past its time is as good as pruned, whether or not a write pruned it yet
+    if entry is None and now >= ref.bucket * WINDOW_RESOLUTION_S + lease_seconds + grace_seconds:
+        # Older than any tombstone: it may have been settled already, so recording it could count it twice.
+        return Settlement("stale", 0, 0, 0), None
     if entry is not None and entry.status == "settled":
         # Nothing to write: leases found expired here are written (and counted) by the next admission.
         return Settlement("duplicate", entry.charged, 0, 0), None

@@ -221,7 +221,9 @@ class Meter:
             if new_state is None:
                 return decision
             written, item = self._put_if_unchanged(key, state, new_state, now)
-            if written:
+            if written or _holds(item, decision.reservation_id):
+                # The second case: our write landed but its answer was lost and the SDK's retry then failed
+                # the condition against our own write. Retrying would orphan the reservation.
                 return decision
             self._backoff(attempt)
         raise MeterContentionError(f"admit for {user_id!r} conflicted {self.max_attempts} times")
@@ -265,7 +267,13 @@ class Meter:
             state = state_from_item(item)
             now = self.clock()
             settlement, new_state = core.settle(
-                state, reservation_id, input_tokens, output_tokens, now, grace_seconds=self.lease_seconds
+                state,
+                reservation_id,
+                input_tokens,
+                output_tokens,
+                now,
+                lease_seconds=self.lease_seconds,
+                grace_seconds=self.lease_seconds,
             )
             if new_state is None:
                 return settlement
@@ -327,6 +335,10 @@ class Meter:
     def _backoff(self, attempt: int) -> None:
         # Full jitter (AWS Architecture Blog, "Exponential Backoff And Jitter"): spreads contending writers.
         time.sleep(self._random.uniform(0, min(self._backoff_cap_s, self._backoff_base_s * 2**attempt)))
+
+
+def _holds(item: dict[str, Any] | None, reservation_id: str | None) -> bool:
+    return bool(item and reservation_id and reservation_id in item.get("rs", {}).get("M", {}))
 
 
 def _check_limits(limits: object) -> None:

@@ -42,6 +42,7 @@ class Request:
 @dataclass
 class ReferenceMeter:
     lease_seconds: float = 900.0
+    grace_seconds: float = 900.0  # how long after its lease the meter remembers an admission
     requests: dict[str, Request] = field(default_factory=dict)
 
     def window_used(self, now: float, limits: Limits) -> int:
@@ -69,7 +70,10 @@ class ReferenceMeter:
     def record_admission(self, rid: str, now: float, input_tokens: int, granted: int) -> None:
         self.requests[rid] = Request(now, input_tokens + granted, input_tokens, now + self.lease_seconds)
 
-    def record_settle(self, rid: str, actual: int) -> None:
+    def record_settle(self, rid: str, actual: int, now: float) -> bool:
+        """Whether the meter must record this usage: once, and only within lease + grace of the admission."""
         request = self.requests[rid]
-        if request.actual is None:  # settling twice is settling once
-            request.actual = actual
+        if request.actual is not None or now >= request.admitted_at + self.lease_seconds + self.grace_seconds:
+            return False
+        request.actual = actual
+        return True

@@ -76,15 +76,18 @@ class CoreHarness:
         request = self.reference.requests[rid]
         output = int((request.reserved - request.input_estimate) * fraction)
         settlement, new_state = core.settle(
-            self.state, rid, request.input_estimate, output, self.now, grace_seconds=LEASE
+            self.state, rid, request.input_estimate, output, self.now, lease_seconds=LEASE, grace_seconds=LEASE
         )
+        recorded = self.reference.record_settle(rid, request.input_estimate + output, self.now)
         late = self.now >= request.lease_until
-        assert settlement.status in (("expired", "unknown") if late else ("settled",))
-        assert settlement.overshoot_tokens == (request.input_estimate + output if late else 0)
+        if not recorded:
+            assert settlement.status == "stale" and new_state is None
+        else:
+            assert settlement.status == ("expired" if late else "settled")
+            assert settlement.overshoot_tokens == (request.input_estimate + output if late else 0)
         self.overshoot += settlement.overshoot_tokens
         if new_state is not None:
             self.state = new_state
-        self.reference.record_settle(rid, request.input_estimate + output)
 
     def run(self, ops: list[tuple]) -> None:
         for op in ops:
