@@ -1,0 +1,1 @@
+"""Local protocol-level emulators of AWS services used by the gateway (tests and `aigw dev`)."""

@@ -1,0 +1,496 @@
+"""A local Amazon Bedrock Runtime emulator speaking the real Converse / ConverseStream wire protocol.
+
+The unmodified boto3 ``bedrock-runtime`` client can be pointed at it (``endpoint_url=emu.endpoint_url`` or
+``AWS_ENDPOINT_URL_BEDROCK_RUNTIME``): responses are rest-json for ``Converse`` and the binary
+``application/vnd.amazon.eventstream`` framing for ``ConverseStream``, sent as HTTP/1.1 chunks flushed one
+event at a time so a client really sees the first delta before the last. Answers are deterministic (derived
+from the last user message), usage is a simple deterministic count, and faults can be injected per request.
+Standard library only; SigV4 is not verified.
+"""
+
+from __future__ import annotations
+
+import binascii
+import contextlib
+import hashlib
+import json
+import math
+import re
+import socket
+import struct
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import TracebackType
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+__all__ = [
+    "DEFAULT_MAX_TOKENS",
+    "FAULT_KINDS",
+    "STREAM_EXCEPTION_TYPES",
+    "BedrockEmulator",
+    "count_input_tokens",
+    "default_answer",
+    "encode_event_message",
+    "split_tokens",
+]
+
+DEFAULT_MAX_TOKENS = 512
+"""Output-token cap used when the request has no ``inferenceConfig.maxTokens``."""
+
+FAULT_KINDS = frozenset({"throttle", "validation", "mid_stream", "no_metadata"})
+
+STREAM_EXCEPTION_TYPES: dict[str, int] = {
+    "internalServerException": 500,
+    "modelStreamErrorException": 424,
+    "validationException": 400,
+    "throttlingException": 429,
+    "serviceUnavailableException": 503,
+}
+"""Exception events of botocore's ``ConverseStreamOutput`` union, with each one's modelled HTTP status
+(used when a ``mid_stream`` fault hits the non-streaming ``Converse`` operation)."""
+
+_EVENTSTREAM_CONTENT_TYPE = "application/vnd.amazon.eventstream"
+_HEADER_TYPE_STRING = 7
+_PATH_RE = re.compile(r"^/model/(?P<model_id>[^/]+)/(?P<op>converse|converse-stream)$")
+_TOKEN_RE = re.compile(r"\s*\S+")
+
+_SENTENCE_POOL = (
+    "Here is a concise answer based on what you asked.",
+    "The short version is that it depends on the constraints you care about most.",
+    "A good first step is to measure the current behaviour before changing anything.",
+    "Small, reversible changes are usually safer than one large rewrite.",
+    "Caching the expensive part often removes most of the latency.",
+    "Keep the budget explicit so that every request knows how much it may spend.",
+    "Retries with jittered backoff smooth out transient throttling.",
+    "Streaming the response lets the user read while the model is still writing.",
+    "Logs with a request id make a failure easy to trace end to end.",
+    "If in doubt, prefer the simplest design that meets the requirement.",
+)
+
+
+# --------------------------------------------------------------------------------------------- framing
+
+
+def encode_event_message(headers: dict[str, str], payload: bytes) -> bytes:
+    """Frame one event-stream message: prelude (+CRC), string headers, payload, message CRC.
+
+    Layout (all integers big-endian): total length u32, headers length u32, CRC32 of those 8 bytes; then per
+    header: name length u8, name, type byte 7 (string), value length u16, value; then the payload; then the
+    CRC32 of everything before it.
+    """
+    encoded_headers = bytearray()
+    for name, value in headers.items():
+        name_bytes = name.encode("utf-8")
+        value_bytes = value.encode("utf-8")
+        if len(name_bytes) > 0xFF or len(value_bytes) > 0xFFFF:
+            raise ValueError(f"event-stream header too long: {name!r}")
+        encoded_headers += struct.pack(">B", len(name_bytes)) + name_bytes
+        encoded_headers += struct.pack(">BH", _HEADER_TYPE_STRING, len(value_bytes)) + value_bytes
+    total_length = 12 + len(encoded_headers) + len(payload) + 4
+    prelude = struct.pack(">II", total_length, len(encoded_headers))
+    prelude += struct.pack(">I", binascii.crc32(prelude))
+    message = prelude + bytes(encoded_headers) + payload
+    return message + struct.pack(">I", binascii.crc32(message))
+
+
+def _event(event_type: str, body: dict[str, Any]) -> bytes:
+    """A normal (``:message-type: event``) JSON event."""
+    headers = {":event-type": event_type, ":content-type": "application/json", ":message-type": "event"}
+    return encode_event_message(headers, json.dumps(body).encode("utf-8"))
+
+
+def _exception_event(exception_type: str, message: str) -> bytes:
+    """An in-stream exception, which botocore raises as ``EventStreamError`` while iterating."""
+    headers = {
+        ":exception-type": exception_type,
+        ":content-type": "application/json",
+        ":message-type": "exception",
+    }
+    return encode_event_message(headers, json.dumps({"message": message}).encode("utf-8"))
+
+
+# --------------------------------------------------------------------------------------------- answers
+
+
+def _text_blocks(blocks: Any) -> list[str]:
+    """The ``text`` members of a list of Converse content (or system) blocks; anything else is ignored."""
+    if not isinstance(blocks, list):
+        return []
+    return [b["text"] for b in blocks if isinstance(b, dict) and isinstance(b.get("text"), str)]
+
+
+def _last_user_text(body: dict[str, Any]) -> str:
+    for message in reversed(body.get("messages") or []):
+        if isinstance(message, dict) and message.get("role") == "user":
+            return "\n".join(_text_blocks(message.get("content")))
+    return ""
+
+
+def count_input_tokens(body: dict[str, Any]) -> int:
+    """Deterministic input-token count: ceil(characters / 4) over all message and system text."""
+    texts = _text_blocks(body.get("system"))
+    for message in body.get("messages") or []:
+        if isinstance(message, dict):
+            texts += _text_blocks(message.get("content"))
+    return math.ceil(sum(len(t) for t in texts) / 4)
+
+
+def default_answer(body: dict[str, Any]) -> str:
+    """Deterministic answer: 2-5 sentences from a fixed pool, chosen by a hash of the last user message."""
+    digest = hashlib.sha256(_last_user_text(body).encode("utf-8")).digest()
+    count = 2 + digest[0] % 4
+    return " ".join(_SENTENCE_POOL[digest[1 + i] % len(_SENTENCE_POOL)] for i in range(count))
+
+
+def split_tokens(text: str) -> list[str]:
+    """Split text into emulated tokens: words carrying their leading whitespace (so they join back exactly)."""
+    return _TOKEN_RE.findall(text)
+
+
+# --------------------------------------------------------------------------------------------- faults
+
+
+@dataclass(frozen=True)
+class _Fault:
+    kind: str
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+def _make_fault(kind: str, kw: dict[str, Any]) -> _Fault:
+    """Validate ``inject_fault`` arguments up front, so a typo fails in the test, not in the server thread."""
+    allowed: dict[str, set[str]] = {
+        "throttle": {"message"},
+        "validation": {"message"},
+        "mid_stream": {"after_deltas", "exception_type", "message"},
+        "no_metadata": set(),
+    }
+    if kind not in allowed:
+        raise ValueError(f"unknown fault kind {kind!r}; expected one of {sorted(FAULT_KINDS)}")
+    unknown = set(kw) - allowed[kind]
+    if unknown:
+        raise TypeError(f"fault {kind!r} got unexpected arguments {sorted(unknown)}")
+    params = dict(kw)
+    if kind == "mid_stream":
+        params.setdefault("after_deltas", 1)
+        params.setdefault("exception_type", "modelStreamErrorException")
+        params.setdefault("message", "The model stream was interrupted (injected fault).")
+        if not isinstance(params["after_deltas"], int) or params["after_deltas"] < 0:
+            raise ValueError("after_deltas must be a non-negative int")
+        if params["exception_type"] not in STREAM_EXCEPTION_TYPES:
+            raise ValueError(f"exception_type must be one of {sorted(STREAM_EXCEPTION_TYPES)}")
+    elif kind == "throttle":
+        params.setdefault("message", "Too many requests")
+    elif kind == "validation":
+        params.setdefault("message", "Malformed input request (injected fault).")
+    return _Fault(kind, params)
+
+
+# --------------------------------------------------------------------------------------------- server
+
+
+class _ClientError(Exception):
+    """A rest-json error response: status, ``x-amzn-ErrorType`` and ``{"message": ...}``."""
+
+    def __init__(self, status: int, error_type: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.error_type = error_type
+        self.message = message
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    emulator: BedrockEmulator
+
+
+class _Handler(BaseHTTPRequestHandler):
+    """One connection; HTTP/1.1 keep-alive so boto3's connection pool behaves as it does against AWS."""
+
+    protocol_version = "HTTP/1.1"
+    server: _Server
+
+    def setup(self) -> None:
+        super().setup()
+        self.server.emulator._track(self.connection, add=True)
+
+    def finish(self) -> None:
+        try:
+            super().finish()
+        finally:
+            self.server.emulator._track(self.connection, add=False)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Stay quiet: test output should not fill with access logs."""
+
+    def do_POST(self) -> None:
+        self._serve()
+
+    do_GET = do_PUT = do_DELETE = do_POST
+
+    # -- plumbing ------------------------------------------------------------------------------------
+
+    def _read_body(self) -> bytes:
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length > 0 else b""
+
+    def _send_json(self, status: int, body: dict[str, Any], error_type: str | None = None) -> None:
+        data = json.dumps(body).encode("utf-8")
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.send_header("x-amzn-RequestId", str(uuid.uuid4()))
+        if error_type is not None:
+            self.send_header("x-amzn-ErrorType", error_type)
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _send_error(self, err: _ClientError) -> None:
+        self._send_json(err.status, {"message": err.message}, error_type=err.error_type)
+
+    def _write_chunk(self, data: bytes) -> None:
+        self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+        self.wfile.flush()
+
+    # -- request handling ----------------------------------------------------------------------------
+
+    def _serve(self) -> None:
+        received = time.monotonic()
+        raw = self._read_body()  # always drain the body so the keep-alive connection stays in sync
+        match = _PATH_RE.match(urlsplit(self.path).path) if self.command == "POST" else None
+        if match is None:
+            self._send_error(_ClientError(404, "UnknownOperationException", f"No route for {self.path}"))
+            return
+        try:
+            body = json.loads(raw or b"null")
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            body = None
+        if not isinstance(body, dict):
+            self._send_error(_ClientError(400, "SerializationException", "Request body is not a JSON object"))
+            return
+        emulator = self.server.emulator
+        model_id = unquote(match["model_id"])
+        fault = emulator._record_and_pop_fault(model_id, body)
+        streaming = match["op"] == "converse-stream"
+        try:
+            if fault is not None and fault.kind == "throttle":
+                raise _ClientError(429, "ThrottlingException", fault.params["message"])
+            if fault is not None and fault.kind == "validation":
+                raise _ClientError(400, "ValidationException", fault.params["message"])
+            if fault is not None and fault.kind == "mid_stream" and not streaming:
+                exc_type = fault.params["exception_type"]
+                status = STREAM_EXCEPTION_TYPES[exc_type]
+                raise _ClientError(status, exc_type[0].upper() + exc_type[1:], fault.params["message"])
+            messages = body.get("messages")
+            if not isinstance(messages, list) or not messages:
+                raise _ClientError(400, "ValidationException", "messages must be a non-empty list")
+            tokens, stop_reason = emulator._plan(body)
+        except _ClientError as err:
+            self._send_error(err)
+            return
+        usage_in = count_input_tokens(body)
+        if streaming:
+            self._stream(fault, tokens, stop_reason, usage_in, received)
+        else:
+            self._converse(tokens, stop_reason, usage_in, received)
+
+    def _converse(self, tokens: list[str], stop_reason: str, usage_in: int, received: float) -> None:
+        emulator = self.server.emulator
+        if tokens:
+            time.sleep(emulator.first_token_delay_s + emulator.pacing_s * (len(tokens) - 1))
+        self._send_json(
+            200,
+            {
+                "output": {"message": {"role": "assistant", "content": [{"text": "".join(tokens)}]}},
+                "stopReason": stop_reason,
+                "usage": _usage(usage_in, len(tokens)),
+                "metrics": {"latencyMs": _elapsed_ms(received)},
+            },
+        )
+
+    def _stream(
+        self, fault: _Fault | None, tokens: list[str], stop_reason: str, usage_in: int, received: float
+    ) -> None:
+        emulator = self.server.emulator
+        self.send_response(200)
+        self.send_header("Content-Type", _EVENTSTREAM_CONTENT_TYPE)
+        self.send_header("Transfer-Encoding", "chunked")
+        self.send_header("x-amzn-RequestId", str(uuid.uuid4()))
+        self.end_headers()
+        self.wfile.flush()
+        fail_after = fault.params["after_deltas"] if fault is not None and fault.kind == "mid_stream" else None
+        try:
+            time.sleep(emulator.first_token_delay_s)
+            self._write_chunk(_event("messageStart", {"role": "assistant"}))
+            for i, token in enumerate(tokens):
+                if i == fail_after:
+                    break
+                if i > 0 and emulator.pacing_s > 0:
+                    time.sleep(emulator.pacing_s)
+                self._write_chunk(_event("contentBlockDelta", {"contentBlockIndex": 0, "delta": {"text": token}}))
+            if fault is not None and fault.kind == "mid_stream":
+                self._write_chunk(_exception_event(fault.params["exception_type"], fault.params["message"]))
+            else:
+                self._write_chunk(_event("contentBlockStop", {"contentBlockIndex": 0}))
+                self._write_chunk(_event("messageStop", {"stopReason": stop_reason}))
+                if fault is None or fault.kind != "no_metadata":
+                    metadata = {
+                        "usage": _usage(usage_in, len(tokens)),
+                        "metrics": {"latencyMs": _elapsed_ms(received)},
+                    }
+                    self._write_chunk(_event("metadata", metadata))
+            self.wfile.write(b"0\r\n\r\n")
+            self.wfile.flush()
+        except OSError:
+            self.close_connection = True  # the client went away mid-stream; nothing left to tell it
+
+
+def _usage(input_tokens: int, output_tokens: int) -> dict[str, int]:
+    return {"inputTokens": input_tokens, "outputTokens": output_tokens, "totalTokens": input_tokens + output_tokens}
+
+
+def _elapsed_ms(since: float) -> int:
+    return int((time.monotonic() - since) * 1000)
+
+
+# --------------------------------------------------------------------------------------------- public API
+
+
+class BedrockEmulator:
+    """A Bedrock Runtime ``Converse``/``ConverseStream`` peer on 127.0.0.1, run in a background thread.
+
+    ``answer`` overrides the deterministic answer text (it gets the parsed request body). ``pacing_s`` is the
+    sleep between deltas and ``first_token_delay_s`` the sleep before the first event. ``requests`` records
+    every well-formed model call (including faulted ones, so retries are visible).
+    """
+
+    def __init__(
+        self,
+        *,
+        answer: Callable[[dict[str, Any]], str] | None = None,
+        pacing_s: float = 0.0,
+        first_token_delay_s: float = 0.0,
+        host: str = "127.0.0.1",
+        port: int = 0,
+    ) -> None:
+        self.answer = answer or default_answer
+        self.pacing_s = pacing_s
+        self.first_token_delay_s = first_token_delay_s
+        self._host = host
+        self._port = port
+        self._lock = threading.Lock()
+        self._requests: list[dict[str, Any]] = []
+        self._faults: deque[_Fault] = deque()
+        self._connections: set[socket.socket] = set()
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle -----------------------------------------------------------------------------------
+
+    def start(self) -> BedrockEmulator:
+        """Bind (port 0 = ephemeral) and serve in a daemon thread; returns self for chaining."""
+        if self._server is not None:
+            raise RuntimeError("emulator already started")
+        server = _Server((self._host, self._port), _Handler)
+        server.emulator = self
+        self._server = server
+        self._thread = threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="bedrock-emulator", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving and drop open keep-alive connections, so pooled clients cannot reach a dead server."""
+        server, self._server = self._server, None
+        if server is None:
+            return
+        server.shutdown()
+        server.server_close()
+        with self._lock:
+            connections = list(self._connections)
+        for conn in connections:
+            with contextlib.suppress(OSError):  # already closed by the client
+                conn.shutdown(socket.SHUT_RDWR)
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+
+    def __enter__(self) -> BedrockEmulator:
+        return self.start() if self._server is None else self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    @property
+    def endpoint_url(self) -> str:
+        """``http://127.0.0.1:PORT`` of the running server."""
+        if self._server is None:
+            raise RuntimeError("emulator not started")
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    # -- test controls -------------------------------------------------------------------------------
+
+    def inject_fault(self, kind: str, **kw: Any) -> None:
+        """Queue a fault for the next model request (FIFO, one consumed per request).
+
+        Kinds: ``throttle`` (429 ThrottlingException; ``message``), ``validation`` (400 ValidationException;
+        ``message``), ``mid_stream`` (after ``after_deltas`` deltas, default 1, an exception event of
+        ``exception_type``, default ``modelStreamErrorException``; ``message``), ``no_metadata`` (a normal
+        stream without the final ``metadata`` event). On non-streaming ``Converse``, ``mid_stream`` becomes
+        the matching HTTP error and ``no_metadata`` has no effect.
+        """
+        fault = _make_fault(kind, kw)
+        with self._lock:
+            self._faults.append(fault)
+
+    @property
+    def requests(self) -> list[dict[str, Any]]:
+        """Snapshot of received model calls: ``{"model_id": ..., "body": parsed_json}`` in arrival order."""
+        with self._lock:
+            return list(self._requests)
+
+    def reset(self) -> None:
+        """Forget recorded requests and pending faults."""
+        with self._lock:
+            self._requests.clear()
+            self._faults.clear()
+
+    # -- used by the handler -------------------------------------------------------------------------
+
+    def _record_and_pop_fault(self, model_id: str, body: dict[str, Any]) -> _Fault | None:
+        with self._lock:
+            self._requests.append({"model_id": model_id, "body": body})
+            return self._faults.popleft() if self._faults else None
+
+    def _plan(self, body: dict[str, Any]) -> tuple[list[str], str]:
+        """The tokens to emit and the stop reason, honouring ``inferenceConfig.maxTokens``."""
+        config = body.get("inferenceConfig")
+        max_tokens = config.get("maxTokens", DEFAULT_MAX_TOKENS) if isinstance(config, dict) else None
+        if max_tokens is None:
+            max_tokens = DEFAULT_MAX_TOKENS
+        if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
+            raise _ClientError(400, "ValidationException", "inferenceConfig.maxTokens must be a positive integer")
+        try:
+            text = self.answer(body)
+        except Exception as exc:  # a broken answer callback should surface as a 500, not a hung client
+            raise _ClientError(500, "InternalServerException", f"answer callback failed: {exc!r}") from exc
+        tokens = split_tokens(text)
+        if len(tokens) > max_tokens:
+            return tokens[:max_tokens], "max_tokens"
+        return tokens, "end_turn"
+
+    def _track(self, conn: socket.socket, *, add: bool) -> None:
+        with self._lock:
+            if add:
+                self._connections.add(conn)
+            else:
+                self._connections.discard(conn)
