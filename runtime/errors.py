@@ -33,3 +33,7 @@ class InvalidReservationIdError(InvalidInputError):
 
 class MeterContentionError(GatewayError):
     """Conditional writes kept conflicting with concurrent writers beyond the retry budget."""
+
+
+class InvalidCacheEntryError(InvalidInputError):
+    """A cache question, answer, model id, namespace, TTL or limit that cannot be stored or looked up."""
