@@ -14,8 +14,11 @@ Model
 * An admission reserves `input_estimate + granted_output`; settling replaces that charge, in the same bucket
   and month, with the actual usage. A live reservation whose lease ran out is expired: its charge is
   released and it is counted, so a crashed worker cannot hold budget forever.
-* Settled and expired entries are kept as tombstones for `grace` seconds after their lease (or after a late
-  settle), which makes settling idempotent over any realistic retry horizon.
+* A settled entry is kept as a tombstone until its lease would have ended, so a duplicate settle is
+  recognised; an expired one for `grace` seconds more, so a worker that outlived its lease still records
+  what it used. A settle for an id admitted longer ago than its lease that the meter no longer holds is
+  `stale` and records nothing: it may be a duplicate, and counting twice is worse than once late. The item
+  thus holds one entry per admission of the last lease period (15 min by default), not per day.
 """
 
 from __future__ import annotations
@@ -123,8 +126,7 @@ class Settlement:
 
     status: `settled` (normal), `duplicate` (already settled: nothing changed), `expired` (lease had run out:
     usage recorded anyway), `unknown` (never seen: usage recorded and remembered), `stale` (admitted longer
-    ago than lease + grace, beyond what the meter remembers: nothing recorded, so a duplicate can never count
-    twice).
+    ago than its lease and no longer held: nothing recorded, so a duplicate can never count twice).
     """
 
     status: Literal["settled", "duplicate", "expired", "unknown", "stale"]
@@ -379,6 +381,11 @@ def _delay_until(now: float, t: float) -> float:
 # --- settle ---------------------------------------------------------------------------------------------------
 
 
+def settled_keep_until(ref: ReservationRef, lease_seconds: float) -> float:
+    """Until when a settled entry is remembered: the end of its lease, counted from the end of its bucket."""
+    return (ref.bucket + 1) * WINDOW_RESOLUTION_S + lease_seconds
+
+
 @dataclass(frozen=True, slots=True)
 class LiveSettlement:
     """The change settling a live reservation makes: shared by the core and the adapter's one-call update."""
@@ -407,7 +414,6 @@ def settle(
     now: float,
     *,
     lease_seconds: float = DEFAULT_LEASE_SECONDS,
-    grace_seconds: float = DEFAULT_LEASE_SECONDS,
 ) -> tuple[Settlement, MeterState | None]:
     """Replace a reservation's charge with the actual usage. Returns no new state when nothing changes."""
     ref = parse_reservation_id(reservation_id)
@@ -417,8 +423,8 @@ def settle(
     entry = state.entries.get(reservation_id)
     if entry is not None and entry.status != "live" and now >= entry.keep_until:
         entry = None  # a tombstone past its time is as good as pruned, whether or not a write pruned it yet
-    if entry is None and now >= ref.bucket * WINDOW_RESOLUTION_S + lease_seconds + grace_seconds:
-        # Older than any tombstone: it may have been settled already, so recording it could count it twice.
+    if entry is None and now >= ref.bucket * WINDOW_RESOLUTION_S + lease_seconds:
+        # Older than any settled tombstone: it may have been settled already, so recording could count it twice.
         return Settlement("stale", 0, 0, 0), None
     if entry is not None and entry.status == "settled":
         # Nothing to write: leases found expired here are written (and counted) by the next admission.
@@ -433,7 +439,7 @@ def settle(
             charged=0,
             input_estimate=ref.input_estimate,
             lease_until=now,
-            keep_until=now + grace_seconds,
+            keep_until=now,
             status="expired",
         )
     else:
@@ -448,7 +454,7 @@ def settle(
     buckets[entry.bucket] = buckets.get(entry.bucket, 0) + delta
     months[entry.month] = months.get(entry.month, 0) + delta
     entries[reservation_id] = replace(
-        entry, charged=change.charged, status="settled", keep_until=max(entry.keep_until, now + grace_seconds)
+        entry, charged=change.charged, status="settled", keep_until=settled_keep_until(ref, lease_seconds)
     )
     new_state = replace(
         state,

@@ -243,7 +243,8 @@ class Meter:
                 Key=key,
                 UpdateExpression=(
                     "SET wb.#b = if_not_exists(wb.#b, :zero) + :delta, mo.#m = if_not_exists(mo.#m, :zero) + :delta,"
-                    " rs.#r.ch = :charged, rs.#r.st = :settled, os = if_not_exists(os, :zero) + :over, v = v + :one"
+                    " rs.#r.ch = :charged, rs.#r.st = :settled, rs.#r.ku = :keep,"
+                    " os = if_not_exists(os, :zero) + :over, v = v + :one"
                 ),
                 ConditionExpression="rs.#r.st = :live AND rs.#r.lu > :now",
                 ExpressionAttributeNames={"#b": str(ref.bucket), "#m": ref.month, "#r": reservation_id},
@@ -252,6 +253,7 @@ class Meter:
                     ":one": _n(1),
                     ":delta": _n(change.delta),
                     ":charged": _n(change.charged),
+                    ":keep": _n(core.settled_keep_until(ref, self.lease_seconds)),
                     ":over": _n(change.overshoot),
                     ":settled": {"S": "settled"},
                     ":live": {"S": "live"},
@@ -273,7 +275,6 @@ class Meter:
                 output_tokens,
                 now,
                 lease_seconds=self.lease_seconds,
-                grace_seconds=self.lease_seconds,
             )
             if new_state is None:
                 return settlement
