@@ -76,7 +76,7 @@ class CoreHarness:
         request = self.reference.requests[rid]
         output = int((request.reserved - request.input_estimate) * fraction)
         settlement, new_state = core.settle(
-            self.state, rid, request.input_estimate, output, self.now, lease_seconds=LEASE, grace_seconds=LEASE
+            self.state, rid, request.input_estimate, output, self.now, lease_seconds=LEASE
         )
         recorded = self.reference.record_settle(rid, request.input_estimate + output, self.now)
         late = self.now >= request.lease_until
