@@ -37,3 +37,11 @@ class MeterContentionError(GatewayError):
 
 class InvalidCacheEntryError(InvalidInputError):
     """A cache question, answer, model id, namespace, TTL or limit that cannot be stored or looked up."""
+
+
+class InvalidChannelError(InvalidInputError):
+    """A channel path, namespace, user segment or conversation id that breaks the AppSync channel rules."""
+
+
+class ChannelForbiddenError(GatewayError):
+    """A well-formed channel the caller may not use for this operation (an authorization failure, not bad input)."""

@@ -19,7 +19,6 @@ import hashlib
 import hmac
 import json
 import logging
-import re
 import socket
 import ssl
 import threading
@@ -35,6 +34,9 @@ from typing import Any
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import ReadOnlyCredentials
+
+from runtime.channels import parse_channel
+from runtime.errors import InvalidChannelError
 
 __all__ = [
     "MAX_EVENTS_PER_PUBLISH",
@@ -53,8 +55,6 @@ MAX_SIGNATURE_SKEW_S = 300.0
 """SigV4 requests dated more than 5 minutes from the server clock are rejected, as AWS does."""
 
 _MAX_BODY_BYTES = 8 * 1024 * 1024  # 5 x 240 KB events, generously allowing for JSON string escaping
-_MAX_CHANNEL_SEGMENTS = 5
-_SEGMENT_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,48}[A-Za-z0-9])?")
 _AMZ_DATE_FORMAT = "%Y%m%dT%H%M%SZ"
 _ALGORITHM = "AWS4-HMAC-SHA256"
 
@@ -63,25 +63,11 @@ _ALGORITHM = "AWS4-HMAC-SHA256"
 
 
 def channel_error(channel: object, *, allow_wildcard: bool = False) -> str | None:
-    """Why ``channel`` is not a valid AppSync channel path, or None when it is.
-
-    Optional leading ``/``, then 1-5 ``/``-separated segments; the first is the namespace. Every segment is
-    1-50 alphanumerics with inner dashes. ``allow_wildcard`` (subscriptions) permits a final ``*`` segment;
-    publishing never does.
-    """
-    if not isinstance(channel, str):
-        return "channel must be a string"
-    segments = channel.removeprefix("/").split("/")
-    if len(segments) > _MAX_CHANNEL_SEGMENTS:
-        return f"channel has more than {_MAX_CHANNEL_SEGMENTS} segments"
-    for position, segment in enumerate(segments):
-        if "*" in segment:
-            if allow_wildcard and segment == "*" and 0 < position == len(segments) - 1:
-                continue
-            return "wildcard channels cannot be published to" if not allow_wildcard else "misplaced wildcard"
-        if not _SEGMENT_RE.fullmatch(segment):
-            kind = "namespace" if position == 0 else "segment"
-            return f"invalid channel {kind} {segment!r}"
+    """Why ``channel`` is not a valid AppSync channel path, or None when it is (rules: `runtime.channels`)."""
+    try:
+        parse_channel(channel, allow_wildcard=allow_wildcard)  # type: ignore[arg-type]
+    except InvalidChannelError as exc:
+        return str(exc)
     return None
 
 
