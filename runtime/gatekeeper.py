@@ -1,0 +1,222 @@
+"""The gatekeeper: onPublish of the `chat` namespace, deciding per event before anything reaches the model.
+
+For each published event: authorize the channel, validate the payload, pick the tier and model, estimate the
+input, look up the answer cache, admit through the Meter, then hand the admitted request to the worker
+(asynchronous invoke) and answer the event as accepted. A refused or invalid event is answered with an
+`error` *and* a typed `error` event on the user's `responses` channel, so a UI subscribed there sees why in
+the same stream. Nothing of a refused or invalid request reaches the model or the meter.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from runtime import channels, observability, protocol
+from runtime.cache import AnswerCache
+from runtime.config import RuntimeConfig, TierSettings
+from runtime.errors import ChannelForbiddenError, InvalidInputError, InvalidRequestError
+from runtime.metering import Meter
+
+Publish = Callable[[str, list[dict[str, Any]]], Any]
+InvokeWorker = Callable[[protocol.WorkerJob], Any]
+
+
+@dataclass
+class Rejection(Exception):  # not frozen: raising sets __traceback__
+    """An event the gatekeeper answers with an error (and a typed error event on the user's channel)."""
+
+    code: protocol.ErrorCode
+    message: str
+    retry_after_s: float | None = None
+    window: int | None = None
+    month: int | None = None
+    refusal_reason: str | None = None
+
+
+class Gatekeeper:
+    def __init__(
+        self,
+        config: RuntimeConfig,
+        meter: Meter,
+        cache: AnswerCache | None,
+        invoke_worker: InvokeWorker,
+        publish: Publish,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.meter = meter
+        self.cache = cache
+        self.invoke_worker = invoke_worker
+        self.publish = publish
+        self.clock = clock
+
+    def on_publish(
+        self, identity: Mapping[str, Any] | None, channel_path: str, events: Sequence[Mapping[str, Any]]
+    ) -> list[dict[str, Any]]:
+        """AppSync's onPublish answer: one `{"id", "payload"}` or `{"id", "error"}` per incoming event."""
+        sub = identity.get("sub") if isinstance(identity, Mapping) else None
+        groups = identity.get("groups") if isinstance(identity, Mapping) else None
+        tier = self.config.tier_for(groups if isinstance(groups, list) else None)
+        try:
+            channel = channels.authorize(channels.PUBLISH, channel_path, sub if isinstance(sub, str) else "")
+            denial = None
+        except (ChannelForbiddenError, InvalidInputError) as err:
+            channel, denial = None, Rejection("forbidden", f"you may not publish on {channel_path!r}: {err}")
+
+        answers = []
+        for event in events:
+            payload = event.get("payload")
+            request_id = protocol.safe_request_id(payload)
+            conversation_id = protocol.safe_conversation_id(payload)
+            try:
+                if denial is not None:
+                    raise denial
+                assert channel is not None and isinstance(sub, str)
+                job = self._admit(sub, tier, channel, payload, request_id)
+                self.invoke_worker(job)
+                answers.append({"id": event.get("id"), "payload": {"requestId": request_id, "status": "accepted"}})
+            except Rejection as rejection:
+                self._reject(sub, tier, request_id, conversation_id, rejection)
+                answers.append({"id": event.get("id"), "error": f"{rejection.code}: {rejection.message}"})
+            except Exception:
+                observability.logger.exception("gatekeeper failed", extra={"request_id": request_id})
+                rejection = Rejection("internal", "the gateway could not take this request; please retry")
+                self._reject(sub, tier, request_id, conversation_id, rejection)
+                answers.append({"id": event.get("id"), "error": f"{rejection.code}: {rejection.message}"})
+        return answers
+
+    # -- one event
+
+    def _admit(
+        self, sub: str, tier: TierSettings, channel: channels.Channel, payload: Any, request_id: str
+    ) -> protocol.WorkerJob:
+        cfg = self.config
+        try:
+            request = protocol.parse_request(
+                payload,
+                max_messages=cfg.max_messages,
+                max_message_chars=cfg.max_message_chars,
+                max_total_chars=cfg.max_total_chars,
+            )
+        except InvalidRequestError as err:
+            raise Rejection("invalid_request", str(err)) from None
+        conversation_id = _conversation(channel, request)
+        model_id = request.model_id or tier.model
+        if model_id not in tier.models:
+            raise Rejection("model_not_allowed", f"model {model_id!r} is not available on the {tier.name} tier")
+
+        messages = request.converse_messages()
+        input_estimate = protocol.estimate_input_tokens(messages)
+        max_output = min(request.max_tokens or tier.max_output_tokens, tier.max_output_tokens)
+        cached = self.cache.lookup(messages, model_id) if self.cache else None
+        if cached is not None:
+            # A prepared answer costs `cache_cost_tokens` (0 by default: then the meter is not touched).
+            input_estimate, max_output = 0, cfg.cache_cost_tokens
+
+        decision = None
+        if max_output > 0:
+            decision = self.meter.admit(sub, tier.limits, input_tokens=input_estimate, max_output_tokens=max_output)
+            if not decision.admitted:
+                raise _refusal(decision)
+        if decision is None:
+            usage = self.meter.usage(sub, tier.limits)
+            window, month = usage.window_remaining, usage.month_remaining
+        else:
+            window, month = decision.window_remaining, decision.month_remaining
+
+        return protocol.WorkerJob(
+            request_id=request_id,
+            conversation_id=conversation_id,
+            user_id=sub,
+            tier=tier.name,
+            model_id=model_id,
+            messages=messages,
+            channel=channels.responses_channel(sub, conversation_id),
+            reservation_id=decision.reservation_id if decision else None,
+            granted_output_tokens=decision.granted_output_tokens if decision else 0,
+            input_estimate=input_estimate,
+            reserved_tokens=decision.reserved_tokens if decision else 0,
+            window_remaining=window,
+            month_remaining=month,
+            admitted_at=self.clock(),
+            cached_answer=cached.answer if cached else None,
+        )
+
+    def _reject(
+        self, sub: Any, tier: TierSettings, request_id: str, conversation_id: str | None, rejection: Rejection
+    ) -> None:
+        outcome = "refused" if rejection.refusal_reason else "error"
+        observability.record_request(
+            observability.UsageRecord(
+                ts=observability.utc_timestamp(self.clock()),
+                request_id=request_id,
+                user_id=sub if isinstance(sub, str) else "",
+                tier=tier.name,
+                conversation_id=conversation_id,
+                model_id="",
+                outcome=outcome,
+                refusal_reason=rejection.refusal_reason,
+                error_code=None if rejection.refusal_reason else rejection.code,
+                input_tokens=0,
+                output_tokens=0,
+                reserved_tokens=0,
+                ttft_ms=None,
+                latency_ms=None,
+                cache_hit=False,
+                stop_reason=None,
+                stack=self.config.stack,
+            )
+        )
+        if not isinstance(sub, str) or not channels.is_valid_segment(sub):
+            return  # no channel of the caller's own to tell
+        event = protocol.error_event(
+            request_id,
+            conversation_id,
+            rejection.code,
+            rejection.message,
+            retry_after_s=rejection.retry_after_s,
+            window=rejection.window,
+            month=rejection.month,
+        )
+        try:
+            self.publish(channels.responses_channel(sub, conversation_id), [event])
+        except Exception:
+            # The event's own error answer still tells the client; a failed courtesy publish must not.
+            observability.logger.exception("could not publish the error event", extra={"request_id": request_id})
+
+
+def _conversation(channel: channels.Channel, request: protocol.ChatRequest) -> str | None:
+    from_channel = channels.conversation_id_of(channel)
+    if from_channel and request.conversation_id and from_channel != request.conversation_id:
+        raise Rejection("invalid_request", "conversationId differs from the channel's conversation")
+    return from_channel or request.conversation_id
+
+
+def _refusal(decision: Any) -> Rejection:
+    remaining = {"window": decision.window_remaining, "month": decision.month_remaining}
+    if decision.retry_after_s is None:
+        limit = "rolling-window" if decision.reason == "window" else "monthly"
+        return Rejection(
+            "invalid_request",
+            f"this request is larger than your {limit} limit allows; shorten it or ask for fewer tokens",
+            refusal_reason=decision.reason,
+            **remaining,
+        )
+    if decision.reason == "monthly":
+        return Rejection(
+            "quota_exhausted",
+            "your monthly token quota is used up",
+            retry_after_s=decision.retry_after_s,
+            refusal_reason="monthly",
+            **remaining,
+        )
+    return Rejection(
+        "rate_limited",
+        "too many tokens in the last few minutes",
+        retry_after_s=decision.retry_after_s,
+        refusal_reason="window",
+        **remaining,
+    )

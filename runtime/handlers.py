@@ -1,0 +1,106 @@
+"""Lambda entry points. Thin: parse the event, call the gatekeeper/worker, shape the answer.
+
+Three functions share this module: `subscribe_handler` (onSubscribe of `responses`), `gatekeeper_handler`
+(onPublish of `chat`, REQUEST_RESPONSE) and `worker_handler` (asynchronous invoke). Clients and
+configuration are built on first use, not at import (cold start), and reused across invocations. In
+`aigw dev` the very same functions run, pointed at local endpoints by `AWS_ENDPOINT_URL_<SERVICE>`.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from typing import Any
+
+from aws_lambda_powertools.event_handler import AppSyncEventsResolver
+from aws_lambda_powertools.event_handler.events_appsync.exceptions import UnauthorizedException
+
+from runtime import channels, observability, protocol
+from runtime.config import RuntimeConfig
+from runtime.errors import ChannelForbiddenError, InvalidInputError
+
+app = AppSyncEventsResolver()
+
+
+@functools.cache
+def config() -> RuntimeConfig:
+    return RuntimeConfig.from_env()
+
+
+@functools.cache
+def publisher() -> Any:
+    from runtime.appsync_publish import EventPublisher
+
+    return EventPublisher(config().appsync_http_endpoint, config().region)
+
+
+def publish(channel: str, events: list[dict[str, Any]]) -> None:
+    publisher().publish(channel, events)
+
+
+@functools.cache
+def gatekeeper() -> Any:
+    import boto3
+
+    from runtime.cache import AnswerCache
+    from runtime.gatekeeper import Gatekeeper
+    from runtime.metering import Meter
+
+    cfg = config()
+    dynamodb = boto3.client("dynamodb", region_name=cfg.region)
+    lambda_client = boto3.client("lambda", region_name=cfg.region)
+
+    def invoke_worker(job: protocol.WorkerJob) -> None:
+        lambda_client.invoke(
+            FunctionName=cfg.worker_function_name, InvocationType="Event", Payload=job.model_dump_json().encode()
+        )
+
+    return Gatekeeper(
+        cfg,
+        Meter(cfg.metering_table, client=dynamodb, lease_seconds=cfg.lease_seconds),
+        AnswerCache(cfg.cache_table, client=dynamodb, namespace=cfg.cache_namespace),
+        invoke_worker,
+        publish,
+    )
+
+
+@functools.cache
+def worker() -> Any:
+    import boto3
+
+    from runtime.bedrock import ModelClient
+    from runtime.metering import Meter
+    from runtime.worker import Worker
+
+    cfg = config()
+    dynamodb = boto3.client("dynamodb", region_name=cfg.region)
+    meter = Meter(cfg.metering_table, client=dynamodb, lease_seconds=cfg.lease_seconds)
+    return Worker(cfg, meter, ModelClient(), publish)
+
+
+@app.on_subscribe("/*")
+def on_subscribe() -> None:
+    identity = app.current_event.get("identity") or {}
+    try:
+        channels.authorize(channels.SUBSCRIBE, app.current_event.info.channel_path, identity.get("sub") or "")
+    except (ChannelForbiddenError, InvalidInputError) as err:
+        raise UnauthorizedException(str(err)) from None
+
+
+@app.on_publish("/*", aggregate=True)
+def on_publish(payload: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return gatekeeper().on_publish(app.current_event.get("identity"), app.current_event.info.channel_path, payload)
+
+
+def subscribe_handler(event: dict[str, Any], context: Any) -> Any:
+    return app.resolve(event, context)
+
+
+def gatekeeper_handler(event: dict[str, Any], context: Any) -> Any:
+    return app.resolve(event, context)
+
+
+def worker_handler(event: dict[str, Any] | str, context: Any) -> None:
+    job = protocol.WorkerJob.model_validate(json.loads(event) if isinstance(event, str) else event)
+    observability.logger.set_correlation_id(job.request_id)
+    worker().handle(job)

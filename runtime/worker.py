@@ -1,0 +1,187 @@
+"""The worker: streams one admitted request's answer to the user's `responses` channel and settles its tokens.
+
+Bedrock ConverseStream runs with `maxTokens` = the grant, so an answer can never exceed the user's budget.
+Text is coalesced (at most 5 events per publish, a flush at least every `flush_interval_ms`), never published
+token by token. Whatever happens — throttling, a broken stream, a failed publish — the reservation is settled
+with what is known (Bedrock's reported usage, else a conservative count of what was streamed) and the user
+gets a typed `end` or `error` event. Internal exception text never reaches the user.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from runtime import observability, protocol
+from runtime.appsync_publish import Coalescer
+from runtime.bedrock import GuardrailSettings, ModelClient, StreamStop, StreamUsage, TextDelta
+from runtime.cache import chunks
+from runtime.config import RuntimeConfig
+from runtime.errors import ModelError, ModelThrottledError
+from runtime.metering import Meter
+
+Publish = Callable[[str, list[dict[str, Any]]], Any]
+
+
+@dataclass
+class _Outcome:
+    stop_reason: str | None = None
+    input_tokens: int = 0
+    output_tokens: int = 0
+    reported_usage: bool = False
+    ttft_ms: int | None = None
+    error_code: protocol.ErrorCode | None = None
+    error_message: str = ""
+
+
+class Worker:
+    def __init__(
+        self,
+        config: RuntimeConfig,
+        meter: Meter,
+        model: ModelClient,
+        publish: Publish,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config = config
+        self.meter = meter
+        self.model = model
+        self.publish = publish
+        self.clock = clock
+        self.monotonic = monotonic
+        self.guardrail = (
+            GuardrailSettings(config.guardrail_id, config.guardrail_version)
+            if config.guardrail_id and config.guardrail_version
+            else None
+        )
+
+    def handle(self, job: protocol.WorkerJob) -> _Outcome:
+        started = self.monotonic()
+        coalescer = Coalescer(
+            job.channel,
+            self.publish,
+            flush_interval_s=self.config.flush_interval_ms / 1000,
+            common_fields={k: v for k, v in protocol.delta_fields(job).items() if k not in ("type", "text")},
+            clock=self.monotonic,
+        )
+        outcome = _Outcome()
+        try:
+            self._send(coalescer.add, protocol.start_event(job))
+            if job.cached_answer is not None:
+                self._stream_cached(job, coalescer, outcome, started)
+            elif self.clock() >= job.admitted_at + self.config.lease_seconds:
+                outcome.error_code, outcome.error_message = "internal", "the request expired before it could run"
+            else:
+                self._stream_model(job, coalescer, outcome, started)
+        finally:
+            charged, overshoot = self._settle(job, outcome)
+        window = max(0, job.window_remaining + job.reserved_tokens - charged)
+        month = max(0, job.month_remaining + job.reserved_tokens - charged)
+        if outcome.error_code:
+            final = protocol.error_event(
+                job.request_id,
+                job.conversation_id,
+                outcome.error_code,
+                outcome.error_message,
+                window=window,
+                month=month,
+            )
+        else:
+            final = protocol.end_event(
+                job,
+                stop_reason=outcome.stop_reason or "end_turn",
+                input_tokens=outcome.input_tokens,
+                output_tokens=outcome.output_tokens,
+                window=window,
+                month=month,
+            )
+        self._send(coalescer.add, final)
+        self._send(coalescer.close)
+        latency_ms = int((self.monotonic() - started) * 1000)
+        observability.record_request(
+            observability.UsageRecord(
+                ts=observability.utc_timestamp(job.admitted_at),
+                request_id=job.request_id,
+                user_id=job.user_id,
+                tier=job.tier,
+                conversation_id=job.conversation_id,
+                model_id=job.model_id,
+                outcome="error" if outcome.error_code else ("cached" if job.cached_answer is not None else "completed"),
+                refusal_reason=None,
+                error_code=outcome.error_code,
+                input_tokens=outcome.input_tokens,
+                output_tokens=outcome.output_tokens,
+                reserved_tokens=job.reserved_tokens,
+                ttft_ms=outcome.ttft_ms,
+                latency_ms=latency_ms,
+                cache_hit=job.cached_answer is not None,
+                stop_reason=outcome.stop_reason,
+                stack=self.config.stack,
+            ),
+            overshoot_tokens=overshoot,
+        )
+        observability.log_prompt(job.request_id, job.messages, None, enabled=self.config.log_prompts)
+        return outcome
+
+    # -- the two sources of text
+
+    def _stream_cached(self, job: protocol.WorkerJob, coalescer: Coalescer, outcome: _Outcome, started: float) -> None:
+        outcome.ttft_ms = int((self.monotonic() - started) * 1000)
+        for piece in chunks(job.cached_answer or ""):
+            self._send(coalescer.add_delta, piece)
+        # A prepared answer costs what the stack says (cache_cost_tokens), charged as output.
+        outcome.stop_reason, outcome.output_tokens, outcome.reported_usage = "end_turn", job.reserved_tokens, True
+
+    def _stream_model(self, job: protocol.WorkerJob, coalescer: Coalescer, outcome: _Outcome, started: float) -> None:
+        streamed: list[str] = []
+        try:
+            for event in self.model.stream(
+                job.model_id, job.messages, job.granted_output_tokens, guardrail=self.guardrail
+            ):
+                if isinstance(event, TextDelta):
+                    if outcome.ttft_ms is None:
+                        outcome.ttft_ms = int((self.monotonic() - started) * 1000)
+                    streamed.append(event.text)
+                    self._send(coalescer.add_delta, event.text)
+                elif isinstance(event, StreamStop):
+                    outcome.stop_reason = event.stop_reason
+                elif isinstance(event, StreamUsage):
+                    outcome.input_tokens, outcome.output_tokens = event.input_tokens, event.output_tokens
+                    outcome.reported_usage = True
+        except ModelThrottledError:
+            outcome.error_code, outcome.error_message = "model_throttled", "the model is busy; please retry shortly"
+        except ModelError:
+            outcome.error_code, outcome.error_message = "model_error", "the model could not complete this answer"
+        except Exception:
+            observability.logger.exception("worker failed", extra={"request_id": job.request_id})
+            outcome.error_code, outcome.error_message = "internal", "the gateway failed while answering"
+        if not outcome.reported_usage and (streamed or outcome.stop_reason):
+            # The model ran but reported no usage: charge the input estimate and a conservative count of the text.
+            outcome.input_tokens = job.input_estimate
+            outcome.output_tokens = protocol.estimate_output_tokens("".join(streamed))
+
+    # -- plumbing
+
+    def _settle(self, job: protocol.WorkerJob, outcome: _Outcome) -> tuple[int, int]:
+        """Settle with what is known; returns (tokens charged, overshoot). Never raises."""
+        if job.reservation_id is None:
+            return outcome.input_tokens + outcome.output_tokens, 0
+        try:
+            s = self.meter.settle(
+                job.user_id, job.reservation_id, input_tokens=outcome.input_tokens, output_tokens=outcome.output_tokens
+            )
+            return s.charged_tokens, s.overshoot_tokens
+        except Exception:
+            # The lease releases the reservation if this write never lands; the alarm on expired leases sees it.
+            observability.logger.exception("settle failed", extra={"request_id": job.request_id})
+            return job.reserved_tokens, 0
+
+    def _send(self, action: Callable[..., Any], *args: Any) -> None:
+        try:
+            action(*args)
+        except Exception:
+            # A failed publish must not stop generation or settling; the coalescer retries the batch later.
+            observability.logger.exception("publish failed")

@@ -1,0 +1,324 @@
+"""The request path end to end on real protocol peers: gatekeeper -> worker -> Bedrock emulator -> AppSync receiver.
+
+DynamoDB is moto's server, Bedrock is the event-stream emulator, AppSync's /event is the SigV4-verifying
+receiver. The only stand-in is the asynchronous Lambda invoke: jobs are collected and the test runs the worker.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections import Counter
+from datetime import UTC, datetime
+from typing import Any
+
+import boto3
+import pytest
+from botocore.config import Config
+from botocore.credentials import Credentials
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from aigw.emulators.appsync_receiver import AppSyncReceiver
+from aigw.emulators.bedrock import BedrockEmulator, default_answer
+from runtime import cache as cache_module
+from runtime import handlers, protocol
+from runtime.appsync_publish import EventPublisher
+from runtime.bedrock import ModelClient
+from runtime.cache import AnswerCache
+from runtime.config import RuntimeConfig
+from runtime.gatekeeper import Gatekeeper
+from runtime.metering import Limits, Meter, table_spec
+from runtime.worker import Worker
+
+SUB = "3f1c2a9e-0b7d-4d7e-9a51-2c8f6e1d4b00"
+OTHER = "9a8b7c6d-1111-2222-3333-444455556666"
+MODEL = "anthropic.claude-3-5-haiku-20241022-v1:0"
+BIG_MODEL = "anthropic.claude-sonnet-4-20250514-v1:0"
+T0 = datetime(2026, 11, 15, 12, 0, 3, tzinfo=UTC).timestamp()
+CREDS = Credentials("AKIDWORKER", "worker-secret")
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = T0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+class Gateway:
+    """Everything a request touches, wired as in Lambda but with local peers."""
+
+    def __init__(self, dynamodb: Any, receiver: AppSyncReceiver, bedrock: BedrockEmulator) -> None:
+        suffix = uuid.uuid4().hex[:8]
+        self.dynamodb = dynamodb
+        self.calls: Counter[str] = Counter()
+        dynamodb.meta.events.register("before-call.dynamodb.*", lambda model, **_: self.calls.update([model.name]))
+        for name, spec in (("metering", table_spec), ("cache", cache_module.table_spec)):
+            dynamodb.create_table(**spec(f"{name}-{suffix}"))
+        self.config = RuntimeConfig(
+            metering_table=f"metering-{suffix}",
+            cache_table=f"cache-{suffix}",
+            appsync_http_endpoint=receiver.endpoint_url,
+            worker_function_name="worker",
+            default_tier="free",
+            flush_interval_ms=50,
+            max_messages=6,
+            max_message_chars=2_000,
+            max_total_chars=6_000,
+            tiers=[
+                {"name": "free", "precedence": 10, "windowTokens": 4_000, "monthlyTokens": 50_000,
+                 "maxOutputTokens": 512, "models": [MODEL]},
+                {"name": "pro", "precedence": 1, "windowTokens": 40_000, "monthlyTokens": 500_000,
+                 "maxOutputTokens": 2_048, "models": [MODEL, BIG_MODEL]},
+            ],
+        )
+        self.clock = Clock()
+        self.meter = Meter(self.config.metering_table, client=dynamodb, clock=self.clock)
+        self.cache = AnswerCache(self.config.cache_table, client=dynamodb, clock=self.clock)
+        self.publisher = EventPublisher(receiver.endpoint_url, "us-east-1", credentials=CREDS)
+        self.jobs: list[protocol.WorkerJob] = []
+        self.gatekeeper = Gatekeeper(
+            self.config, self.meter, self.cache, self.jobs.append, self.publisher.publish, clock=self.clock
+        )
+        bedrock_client = boto3.client(
+            "bedrock-runtime", endpoint_url=bedrock.endpoint_url, region_name="us-east-1",
+            config=Config(retries={"mode": "standard", "total_max_attempts": 1}),
+        )
+        self.model = ModelClient(bedrock_client, sleep=lambda _: None)
+        self.worker = Worker(self.config, self.meter, self.model, self.publisher.publish, clock=self.clock)
+        self.receiver = receiver
+        self.bedrock = bedrock
+
+    def publish(self, payload: Any, *, sub: str = SUB, channel: str | None = None, groups: list[str] | None = None,
+                event_id: str = "e1") -> list[dict[str, Any]]:
+        identity = {"sub": sub, "username": "user", "groups": groups, "claims": {}}
+        return self.gatekeeper.on_publish(identity, channel or f"/chat/{sub}", [{"id": event_id, "payload": payload}])
+
+    def run_jobs(self) -> None:
+        while self.jobs:
+            self.worker.handle(self.jobs.pop(0))
+
+    def events(self, channel_prefix: str = f"/responses/{SUB}") -> list[dict[str, Any]]:
+        return [e for p in self.receiver.received if p["channel"].startswith(channel_prefix) for e in p["events"]]
+
+    def publishes(self) -> list[dict[str, Any]]:
+        return list(self.receiver.received)
+
+
+def ask(text: str = "What is the capital of France?", **extra: Any) -> dict[str, Any]:
+    return {"messages": [{"role": "user", "content": [{"text": text}]}], **extra}
+
+
+@pytest.fixture
+def receiver() -> Any:
+    with AppSyncReceiver({CREDS.access_key: CREDS.secret_key}, region="us-east-1") as r:
+        yield r
+
+
+@pytest.fixture
+def bedrock() -> Any:
+    with BedrockEmulator() as emu:
+        yield emu
+
+
+@pytest.fixture
+def gateway(dynamodb: Any, receiver: AppSyncReceiver, bedrock: BedrockEmulator) -> Gateway:
+    return Gateway(dynamodb, receiver, bedrock)
+
+
+def test_an_admitted_request_streams_start_deltas_end_and_settles(gateway: Gateway) -> None:
+    [answer] = gateway.publish(ask(requestId="req-1", conversationId="conv-1"))
+    assert answer == {"id": "e1", "payload": {"requestId": "req-1", "status": "accepted"}}
+    [job] = gateway.jobs
+    assert job.channel == f"/responses/{SUB}/conv-1" and job.granted_output_tokens == 512
+    gateway.run_jobs()
+    events = gateway.events()
+    assert events[0]["type"] == "start" and events[-1]["type"] == "end"
+    assert all(e["requestId"] == "req-1" and e["conversationId"] == "conv-1" for e in events)
+    text = "".join(e["text"] for e in events if e["type"] == "delta")
+    assert text and text == default_answer(gateway.bedrock.requests[-1]["body"])
+    end = events[-1]
+    assert end["usage"]["output"] > 0 and end["cached"] is False
+    usage = gateway.meter.usage(SUB, gateway.config.tier("free").limits)
+    assert usage.reserved == 0 and usage.month_used == end["usage"]["input"] + end["usage"]["output"]
+    assert end["remaining"] == {"window": 4_000 - usage.window_used, "month": 50_000 - usage.month_used}
+
+
+def test_max_tokens_sent_to_bedrock_is_the_granted_output(gateway: Gateway) -> None:
+    # Use up most of the window so the grant is smaller than what was asked.
+    d = gateway.meter.admit(SUB, gateway.config.tier("free").limits, input_tokens=0, max_output_tokens=3_700)
+    assert d.admitted
+    gateway.publish(ask(maxTokens=500))
+    [job] = gateway.jobs
+    assert job.granted_output_tokens < 500
+    gateway.run_jobs()
+    assert gateway.bedrock.requests[-1]["body"]["inferenceConfig"]["maxTokens"] == job.granted_output_tokens
+    end = gateway.events()[-1]
+    assert end["usage"]["output"] <= job.granted_output_tokens
+
+
+def test_deltas_are_coalesced_into_few_publishes_of_at_most_five_events(gateway: Gateway) -> None:
+    gateway.bedrock.answer = lambda body: " ".join(f"word{i}" for i in range(400))
+    gateway.publish(ask(maxTokens=500))
+    gateway.run_jobs()
+    publishes = gateway.publishes()
+    deltas = sum(1 for p in publishes for e in p["events"] if e["type"] == "delta")
+    assert all(1 <= len(p["events"]) <= 5 for p in publishes)
+    assert len(publishes) <= 3  # 400 tokens, one connection: not one publish per token
+    assert deltas < 400
+    assert gateway.publisher.connections_opened == 1
+
+
+def test_tier_comes_from_the_strongest_group_and_models_are_allow_listed(gateway: Gateway) -> None:
+    [denied] = gateway.publish(ask(modelId=BIG_MODEL))
+    assert denied["error"].startswith("model_not_allowed")
+    [accepted] = gateway.publish(ask(modelId=BIG_MODEL), groups=["free", "pro"])
+    assert "payload" in accepted
+    assert gateway.jobs[-1].tier == "pro" and gateway.jobs[-1].model_id == BIG_MODEL
+    assert gateway.events()[-1]["code"] == "model_not_allowed"
+
+
+def test_window_refusal_answers_with_error_and_publishes_retry_after(gateway: Gateway) -> None:
+    limits = gateway.config.tier("free").limits
+    gateway.meter.admit(SUB, limits, input_tokens=0, max_output_tokens=3_990)
+    before = gateway.meter.usage(SUB, limits)
+    gateway.calls.clear()
+    [answer] = gateway.publish(ask(requestId="req-9"))
+    assert answer["error"].startswith("rate_limited")
+    assert gateway.calls["PutItem"] == 0 and gateway.jobs == []
+    [error] = [e for e in gateway.events() if e["type"] == "error"]
+    assert error["code"] == "rate_limited" and error["requestId"] == "req-9"
+    assert 0 < error["retryAfterSeconds"] <= 610
+    assert error["remaining"] == {"window": before.window_remaining, "month": before.month_remaining}
+
+
+def test_monthly_refusal_is_quota_exhausted(gateway: Gateway) -> None:
+    gateway.meter.set_override(SUB, Limits(window_tokens=50_000, monthly_tokens=1_000))
+    gateway.meter.admit(SUB, gateway.config.tier("free").limits, input_tokens=0, max_output_tokens=990)
+    [answer] = gateway.publish(ask())
+    assert answer["error"].startswith("quota_exhausted")
+    error = gateway.events()[-1]
+    assert error["code"] == "quota_exhausted" and error["retryAfterSeconds"] > 600
+
+
+@pytest.mark.parametrize(
+    ("channel", "sub"),
+    [
+        (f"/chat/{OTHER}", SUB),  # someone else's channel
+        ("/chat/*", SUB),  # wildcard
+        (f"/responses/{SUB}", SUB),  # users may not publish answers
+        ("/chat", SUB),  # no user segment
+        (f"/chat/{SUB}", ""),  # no identity
+    ],
+)
+def test_publishing_where_one_may_not_is_forbidden(gateway: Gateway, channel: str, sub: str) -> None:
+    gateway.calls.clear()
+    [answer] = gateway.publish(ask(), channel=channel, sub=sub)
+    assert answer["error"].startswith("forbidden")
+    assert gateway.jobs == [] and gateway.bedrock.requests == []
+    assert set(gateway.calls) == set()  # neither the meter nor the cache was touched
+
+
+@settings(max_examples=60, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    payload=st.recursive(
+        st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+        lambda inner: st.lists(inner, max_size=4) | st.dictionaries(
+            st.sampled_from(["messages", "role", "content", "text", "maxTokens", "modelId", "x", "requestId"]),
+            inner, max_size=4),
+        max_leaves=12,
+    )
+)
+def test_arbitrary_payloads_never_escape_and_invalid_ones_meter_nothing(gateway: Gateway, payload: Any) -> None:
+    gateway.calls.clear()
+    gateway.jobs.clear()
+    [answer] = gateway.publish(payload)
+    assert set(answer) in ({"id", "payload"}, {"id", "error"})
+    if "error" in answer:
+        assert answer["error"].split(":")[0] in ("invalid_request", "model_not_allowed")
+        assert gateway.calls["PutItem"] == 0 and gateway.calls["UpdateItem"] == 0 and gateway.jobs == []
+
+
+def test_a_cached_answer_streams_as_deltas_marked_cached_and_costs_nothing(gateway: Gateway) -> None:
+    answer = "Paris is the capital of France. " * 20
+    gateway.cache.put("What is the capital of France?", MODEL, answer)
+    gateway.publish(ask("what is the capital of france"))
+    [job] = gateway.jobs
+    assert job.cached_answer == answer and job.reservation_id is None
+    gateway.run_jobs()
+    events = gateway.events()
+    assert events[0]["cached"] is True and events[-1]["cached"] is True
+    assert "".join(e["text"] for e in events if e["type"] == "delta") == answer
+    assert gateway.bedrock.requests == []
+    assert gateway.meter.usage(SUB, gateway.config.tier("free").limits).month_used == 0
+
+
+@pytest.mark.parametrize(
+    ("fault", "kwargs", "code", "charges_something"),
+    [
+        ("throttle", {}, "model_throttled", False),
+        ("validation", {"message": "secret upstream detail"}, "model_error", False),
+        ("mid_stream", {"after_deltas": 3, "message": "secret upstream detail"}, "model_error", True),
+    ],
+)
+def test_every_fault_settles_and_ends_with_a_typed_error(
+    gateway: Gateway, fault: str, kwargs: dict, code: str, charges_something: bool
+) -> None:
+    for _ in range(5 if fault == "throttle" else 1):  # throttling past the retry budget
+        gateway.bedrock.inject_fault(fault, **kwargs)
+    gateway.publish(ask())
+    gateway.run_jobs()
+    events = gateway.events()
+    error = events[-1]
+    assert error["type"] == "error" and error["code"] == code
+    assert "secret" not in json.dumps(events)
+    usage = gateway.meter.usage(SUB, gateway.config.tier("free").limits)
+    assert usage.reserved == 0  # settled, not left to the lease
+    assert (usage.month_used > 0) == charges_something
+
+
+def test_a_stream_without_usage_is_charged_a_conservative_count(gateway: Gateway) -> None:
+    gateway.bedrock.inject_fault("no_metadata")
+    gateway.publish(ask())
+    [job] = gateway.jobs
+    gateway.run_jobs()
+    end = gateway.events()[-1]
+    text = "".join(e["text"] for e in gateway.events() if e["type"] == "delta")
+    assert end["type"] == "end"
+    assert end["usage"] == {"input": job.input_estimate, "output": protocol.estimate_output_tokens(text)}
+    assert gateway.meter.usage(SUB, gateway.config.tier("free").limits).reserved == 0
+
+
+def test_usage_records_and_emf_metrics_are_emitted(gateway: Gateway, capsys: pytest.CaptureFixture[str]) -> None:
+    gateway.publish(ask())
+    gateway.run_jobs()
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    [usage] = [line["usage"] for line in lines if line.get("record_type") == "usage"]
+    assert usage["outcome"] == "completed" and usage["model_id"] == MODEL and usage["user_id"] == SUB
+    assert usage["ttft_ms"] is not None and usage["output_tokens"] > 0
+    emf = [line for line in lines if "_aws" in line]
+    names = {m["Name"] for blob in emf for d in blob["_aws"]["CloudWatchMetrics"] for m in d["Metrics"]}
+    assert {"InputTokens", "OutputTokens", "TimeToFirstTokenMs", "ResponseLatencyMs"} <= names
+    assert all(blob["model_id"] == MODEL for blob in emf)
+    assert not any("capital of France" in json.dumps(line) for line in lines)  # prompts stay out of logs
+
+
+def test_subscribe_handler_allows_own_channels_only() -> None:
+    def subscribe(path: str, sub: str) -> Any:
+        event = {
+            "identity": {"sub": sub, "groups": None},
+            "request": {"headers": {}, "domainName": None},
+            "info": {"channel": {"path": path, "segments": path.strip("/").split("/")},
+                     "channelNamespace": {"name": path.strip("/").split("/")[0]}, "operation": "SUBSCRIBE"},
+            "events": None, "outErrors": [],
+        }
+        return handlers.subscribe_handler(event, None)
+
+    assert subscribe(f"/responses/{SUB}", SUB) is None
+    assert subscribe(f"/responses/{SUB}/*", SUB) is None
+    for path in (f"/responses/{OTHER}", "/responses/*", f"/chat/{SUB}"):
+        with pytest.raises(Exception) as raised:
+            subscribe(path, SUB)
+        assert type(raised.value).__name__ == "UnauthorizedException"
