@@ -34,6 +34,7 @@ class Rejection(Exception):  # not frozen: raising sets __traceback__
     window: int | None = None
     month: int | None = None
     refusal_reason: str | None = None
+    expired_reservations: int = 0
 
 
 class Gatekeeper:
@@ -143,6 +144,7 @@ class Gatekeeper:
             month_remaining=month,
             admitted_at=self.clock(),
             cached_answer=cached.answer if cached else None,
+            expired_reservations=decision.expired_reservations if decision else 0,
         )
 
     def _reject(
@@ -168,7 +170,8 @@ class Gatekeeper:
                 cache_hit=False,
                 stop_reason=None,
                 stack=self.config.stack,
-            )
+            ),
+            expired_reservations=rejection.expired_reservations,
         )
         if not isinstance(sub, str) or not channels.is_valid_segment(sub):
             return  # no channel of the caller's own to tell
@@ -196,7 +199,11 @@ def _conversation(channel: channels.Channel, request: protocol.ChatRequest) -> s
 
 
 def _refusal(decision: Any) -> Rejection:
-    remaining = {"window": decision.window_remaining, "month": decision.month_remaining}
+    remaining = {
+        "window": decision.window_remaining,
+        "month": decision.month_remaining,
+        "expired_reservations": decision.expired_reservations,
+    }
     if decision.retry_after_s is None:
         limit = "rolling-window" if decision.reason == "window" else "monthly"
         return Rejection(

@@ -134,6 +134,7 @@ class WorkerJob(BaseModel):
     month_remaining: int
     admitted_at: float
     cached_answer: str | None = None
+    expired_reservations: int = 0  # leases the admission found expired, for the ExpiredReservations metric
 
 
 # --- events on the responses channel --------------------------------------------------------------------

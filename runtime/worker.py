@@ -122,6 +122,7 @@ class Worker:
                 stack=self.config.stack,
             ),
             overshoot_tokens=overshoot,
+            expired_reservations=job.expired_reservations,
         )
         observability.log_prompt(job.request_id, job.messages, None, enabled=self.config.log_prompts)
         return outcome

@@ -322,3 +322,37 @@ def test_subscribe_handler_allows_own_channels_only() -> None:
         with pytest.raises(Exception) as raised:
             subscribe(path, SUB)
         assert type(raised.value).__name__ == "UnauthorizedException"
+
+
+def test_expired_leases_found_at_admission_reach_the_metric(
+    gateway: Gateway, capsys: pytest.CaptureFixture[str]
+) -> None:
+    limits = gateway.config.tier("free").limits
+    gateway.meter.admit(SUB, limits, input_tokens=10, max_output_tokens=100)  # a worker that crashed
+    gateway.clock.t += gateway.config.lease_seconds
+    gateway.publish(ask())
+    gateway.run_jobs()
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    expired = [blob["ExpiredReservations"] for blob in lines if "ExpiredReservations" in blob]
+    assert expired == [[1.0]]  # one EMF blob; Powertools writes metric values as lists
+
+
+def test_handlers_route_appsync_events_to_the_gatekeeper_and_worker(
+    gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(handlers, "gatekeeper", lambda: gateway.gatekeeper)
+    monkeypatch.setattr(handlers, "worker", lambda: gateway.worker)
+    event = {
+        "identity": {"sub": SUB, "username": "user", "groups": None, "claims": {}},
+        "request": {"headers": {}, "domainName": None},
+        "info": {"channel": {"path": f"/chat/{SUB}", "segments": ["chat", SUB]},
+                 "channelNamespace": {"name": "chat"}, "operation": "PUBLISH"},
+        "events": [{"id": "a", "payload": ask(requestId="req-a")}, {"id": "b", "payload": {"messages": "nope"}}],
+        "outErrors": [],
+    }
+    response = handlers.gatekeeper_handler(event, None)
+    assert response["events"][0] == {"id": "a", "payload": {"requestId": "req-a", "status": "accepted"}}
+    assert response["events"][1]["id"] == "b" and response["events"][1]["error"].startswith("invalid_request")
+    [job] = gateway.jobs
+    handlers.worker_handler(json.loads(job.model_dump_json()), None)  # the asynchronous invoke's payload
+    assert gateway.events()[-1]["type"] == "end"
