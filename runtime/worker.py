@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from runtime import observability, protocol
@@ -34,6 +34,7 @@ class _Outcome:
     ttft_ms: int | None = None
     error_code: protocol.ErrorCode | None = None
     error_message: str = ""
+    text: list[str] = field(default_factory=list)  # the answer as streamed (logged only with logPrompts)
 
 
 class Worker:
@@ -124,7 +125,7 @@ class Worker:
             overshoot_tokens=overshoot,
             expired_reservations=job.expired_reservations,
         )
-        observability.log_prompt(job.request_id, job.messages, None, enabled=self.config.log_prompts)
+        observability.log_prompt(job.request_id, job.messages, "".join(outcome.text), enabled=self.config.log_prompts)
         return outcome
 
     # -- the two sources of text
@@ -132,12 +133,13 @@ class Worker:
     def _stream_cached(self, job: protocol.WorkerJob, coalescer: Coalescer, outcome: _Outcome, started: float) -> None:
         outcome.ttft_ms = int((self.monotonic() - started) * 1000)
         for piece in chunks(job.cached_answer or ""):
+            outcome.text.append(piece)
             self._send(coalescer.add_delta, piece)
         # A prepared answer costs what the stack says (cache_cost_tokens), charged as output.
         outcome.stop_reason, outcome.output_tokens, outcome.reported_usage = "end_turn", job.reserved_tokens, True
 
     def _stream_model(self, job: protocol.WorkerJob, coalescer: Coalescer, outcome: _Outcome, started: float) -> None:
-        streamed: list[str] = []
+        streamed = outcome.text
         try:
             for event in self.model.stream(
                 job.model_id, job.messages, job.granted_output_tokens, guardrail=self.guardrail

@@ -356,3 +356,16 @@ def test_handlers_route_appsync_events_to_the_gatekeeper_and_worker(
     [job] = gateway.jobs
     handlers.worker_handler(json.loads(job.model_dump_json()), None)  # the asynchronous invoke's payload
     assert gateway.events()[-1]["type"] == "end"
+
+
+def test_with_log_prompts_on_the_prompt_and_answer_are_logged(
+    dynamodb: Any, receiver: AppSyncReceiver, bedrock: BedrockEmulator, capsys: pytest.CaptureFixture[str]
+) -> None:
+    gateway = Gateway(dynamodb, receiver, bedrock)
+    gateway.worker.config = gateway.config.model_copy(update={"log_prompts": True})
+    gateway.publish(ask("Tell me about Lyon"))
+    gateway.run_jobs()
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    [prompt] = [line for line in lines if line.get("record_type") == "prompt"]
+    text = "".join(e["text"] for e in gateway.events() if e["type"] == "delta")
+    assert "Tell me about Lyon" in json.dumps(prompt) and text in json.dumps(prompt)
