@@ -62,6 +62,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from runtime.errors import InvalidCacheEntryError
+from runtime.tables import on_demand_table
 
 TTL_ATTRIBUTE = "ttl"
 PARTITION_KEY = "pk"
@@ -81,12 +82,7 @@ _MAX_NORMALIZE_PASSES = 8
 
 def table_spec(table_name: str) -> dict[str, Any]:
     """boto3 `create_table` kwargs for the answer cache table (TTL is then enabled on `TTL_ATTRIBUTE`)."""
-    return {
-        "TableName": table_name,
-        "KeySchema": [{"AttributeName": PARTITION_KEY, "KeyType": "HASH"}],
-        "AttributeDefinitions": [{"AttributeName": PARTITION_KEY, "AttributeType": "S"}],
-        "BillingMode": "PAY_PER_REQUEST",
-    }
+    return on_demand_table(table_name, PARTITION_KEY)
 
 
 # --- pure functions ----------------------------------------------------------------------------------------------

@@ -65,3 +65,13 @@ def meter_table(dynamodb: Any) -> str:
 
 # moto's server logs every request through werkzeug: noise in failures, and slow when captured.
 logging.getLogger("werkzeug").setLevel(logging.WARNING)
+
+
+@pytest.fixture
+def calls(dynamodb: Any) -> Iterator[Any]:
+    """DynamoDB calls made during the test, by operation name (`calls.take()`)."""
+    from tests.support import CallCounter
+
+    counter = CallCounter(dynamodb)
+    yield counter
+    counter.close()

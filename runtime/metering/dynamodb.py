@@ -37,6 +37,7 @@ from typing import Any
 from runtime.errors import InvalidLimitsError, InvalidUserIdError, MeterContentionError
 from runtime.metering import core
 from runtime.metering.core import Decision, Entry, Limits, MeterState, Settlement, Usage
+from runtime.tables import on_demand_table
 
 TTL_ATTRIBUTE = "ttl"
 PARTITION_KEY = "pk"
@@ -45,12 +46,7 @@ MAX_USER_ID_LENGTH = 256
 
 def table_spec(table_name: str) -> dict[str, Any]:
     """boto3 `create_table` kwargs for the metering table: the one definition tests, `aigw dev` and Pulumi use."""
-    return {
-        "TableName": table_name,
-        "KeySchema": [{"AttributeName": PARTITION_KEY, "KeyType": "HASH"}],
-        "AttributeDefinitions": [{"AttributeName": PARTITION_KEY, "AttributeType": "S"}],
-        "BillingMode": "PAY_PER_REQUEST",
-    }
+    return on_demand_table(table_name, PARTITION_KEY)
 
 
 def _user_key(user_id: object) -> dict[str, dict[str, str]]:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections import Counter
-from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -15,31 +13,8 @@ from runtime.errors import (
     InvalidUserIdError,
 )
 from runtime.metering import TTL_ATTRIBUTE, Limits, Meter, table_spec
-
-T0 = datetime(2026, 11, 15, 12, 0, 3, tzinfo=UTC).timestamp()
-
-
-class Clock:
-    def __init__(self, t: float = T0) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
-
-
-class CallCounter:
-    """Counts DynamoDB API calls through botocore's event hooks, by operation name."""
-
-    def __init__(self, client: Any) -> None:
-        self.calls: Counter[str] = Counter()
-        client.meta.events.register("before-call.dynamodb.*", self._count)
-
-    def _count(self, model: Any, **_: Any) -> None:
-        self.calls[model.name] += 1
-
-    def take(self) -> Counter[str]:
-        calls, self.calls = self.calls, Counter()
-        return calls
+from tests.support import MID_MONTH as T0
+from tests.support import CallCounter, Clock
 
 
 @pytest.fixture
@@ -72,8 +47,9 @@ def test_the_documented_example_works(meter: Meter) -> None:
     assert (u.window_remaining, u.month_remaining) == (20_000 - 1820, 1_000_000 - 1820)
 
 
-def test_round_trips_admit_two_refuse_one_settle_one(dynamodb: Any, meter: Meter) -> None:
-    counter = CallCounter(dynamodb)
+def test_round_trips_admit_two_refuse_one_settle_one(calls: CallCounter, meter: Meter) -> None:
+    counter = calls
+    counter.take()  # table set-up is not the meter's
     limits = Limits(window_tokens=1_000, monthly_tokens=100_000)
     d = meter.admit("rt", limits, input_tokens=100, max_output_tokens=900)
     assert counter.take() == {"GetItem": 1, "PutItem": 1}
@@ -166,8 +142,8 @@ def test_items_carry_the_ttl_attribute_except_while_an_override_exists(dynamodb:
         lambda m, L: m.set_override("u", None),
     ],
 )
-def test_bad_input_raises_a_typed_value_error_before_any_write(dynamodb: Any, meter: Meter, call: Any) -> None:
-    counter = CallCounter(dynamodb)
+def test_bad_input_raises_a_typed_value_error_before_any_write(calls: CallCounter, meter: Meter, call: Any) -> None:
+    counter = calls
     with pytest.raises(ValueError) as raised:
         call(meter, Limits(1_000, 10_000))
     assert isinstance(

@@ -31,36 +31,10 @@ from runtime.cache import (
     table_spec,
 )
 from runtime.errors import InvalidCacheEntryError, InvalidInputError
+from tests.support import CallCounter, Clock
 
 T0 = datetime(2026, 11, 15, 12, 0, 3, tzinfo=UTC).timestamp() + 0.25
 MODEL = "anthropic.claude-sonnet-4"
-
-
-class Clock:
-    def __init__(self, t: float = T0) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
-
-
-class CallCounter:
-    """Counts DynamoDB API calls through botocore's event hooks, by operation name."""
-
-    def __init__(self, client: Any) -> None:
-        self.calls: Counter[str] = Counter()
-        self._client = client
-        client.meta.events.register("before-call.dynamodb.*", self._count)
-
-    def _count(self, model: Any, **_: Any) -> None:
-        self.calls[model.name] += 1
-
-    def take(self) -> Counter[str]:
-        calls, self.calls = self.calls, Counter()
-        return calls
-
-    def close(self) -> None:
-        self._client.meta.events.unregister("before-call.dynamodb.*", self._count)
 
 
 def user(*texts: str) -> list[dict[str, Any]]:
@@ -76,19 +50,12 @@ def table(dynamodb: Any) -> str:
 
 @pytest.fixture
 def clock() -> Clock:
-    return Clock()
+    return Clock(T0)
 
 
 @pytest.fixture
 def cache(dynamodb: Any, table: str, clock: Clock) -> AnswerCache:
     return AnswerCache(table, client=dynamodb, clock=clock)
-
-
-@pytest.fixture
-def calls(dynamodb: Any) -> Any:
-    counter = CallCounter(dynamodb)
-    yield counter
-    counter.close()
 
 
 # --- properties of the pure functions ----------------------------------------------------------------------------
@@ -324,18 +291,15 @@ def test_delete(cache: AnswerCache) -> None:
     assert cache.lookup(user("What is X?"), MODEL) is None
 
 
-def test_list_paginates_and_stays_in_its_namespace(dynamodb: Any, table: str, clock: Clock) -> None:
+def test_list_paginates_and_stays_in_its_namespace(dynamodb: Any, table: str, clock: Clock, calls: CallCounter) -> None:
     cache = AnswerCache(table, client=dynamodb, clock=clock, scan_page_size=3)
     other = AnswerCache(table, client=dynamodb, clock=clock, namespace="other", scan_page_size=3)
     mine = {cache.put(f"Question {i}?", MODEL, f"answer {i}").key for i in range(8)}
     theirs = {other.put(f"Question {i}?", MODEL, f"other {i}").key for i in range(4)}
     assert not mine & theirs
-    counter = CallCounter(dynamodb)
-    try:
-        listed = cache.list()
-        assert counter.take()["Scan"] >= 4  # 12 items, 3 per page
-    finally:
-        counter.close()
+    calls.take()
+    listed = cache.list()
+    assert calls.take()["Scan"] >= 4  # 12 items, 3 per page
     assert {e.key for e in listed} == mine
     assert all(isinstance(e, CacheEntry) and e.namespace == "default" for e in listed)
     assert {e.key for e in other.list()} == theirs

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import uuid
 from collections import Counter
-from datetime import UTC, datetime
 from typing import Any
 
 import boto3
@@ -30,21 +29,13 @@ from runtime.config import RuntimeConfig
 from runtime.gatekeeper import Gatekeeper
 from runtime.metering import Limits, Meter, table_spec
 from runtime.worker import Worker
+from tests.support import Clock
 
 SUB = "3f1c2a9e-0b7d-4d7e-9a51-2c8f6e1d4b00"
 OTHER = "9a8b7c6d-1111-2222-3333-444455556666"
 MODEL = "anthropic.claude-3-5-haiku-20241022-v1:0"
 BIG_MODEL = "anthropic.claude-sonnet-4-20250514-v1:0"
-T0 = datetime(2026, 11, 15, 12, 0, 3, tzinfo=UTC).timestamp()
 CREDS = Credentials("AKIDWORKER", "worker-secret")
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.t = T0
-
-    def __call__(self) -> float:
-        return self.t
 
 
 class Gateway:
