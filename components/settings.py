@@ -1,0 +1,261 @@
+"""One settings model for a stack, validated once.
+
+`__main__.py` feeds it from Pulumi config (`StackSettings.from_pulumi_config`), the local gateway from the
+stack file (`StackSettings.from_stack_file("Pulumi.dev.yaml")`): one parser, two sources. Components never
+read config; they receive the typed pieces they need. Errors name the key and the command that fixes it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic.alias_generators import to_camel
+
+from runtime.config import RuntimeConfig, TierSettings
+
+PROJECT = "ai-gateway"
+# A Bedrock model id (`provider.model...`), optionally behind a cross-region inference-profile prefix.
+MODEL_ID = re.compile(
+    r"^(?:(?P<geo>us|eu|apac|us-gov|global|jp|au|ca)\.)?[a-z0-9-]{1,63}\.[a-z0-9-]{1,63}(?:[.:][a-z0-9-]{1,63})*$"
+)
+# CloudWatch Logs accepts only these retention periods (PutRetentionPolicy).
+LOG_RETENTION_DAYS = (1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557,
+                      2922, 3288, 3653)
+
+
+class _Camel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, alias_generator=to_camel, populate_by_name=True)
+
+
+class FunctionSizing(_Camel):
+    memory_mb: int = Field(ge=128, le=10_240)
+    timeout_s: int = Field(ge=1, le=900)
+    reserved_concurrency: int | None = Field(default=None, ge=1)
+
+
+class FunctionsSettings(_Camel):
+    gatekeeper: FunctionSizing = FunctionSizing(memory_mb=256, timeout_s=10)
+    # The worker streams whole answers: its timeout bounds the longest generation.
+    worker: FunctionSizing = FunctionSizing(memory_mb=512, timeout_s=300)
+    subscribe: FunctionSizing = FunctionSizing(memory_mb=128, timeout_s=5)
+
+
+class GuardrailSettings(_Camel):
+    enabled: bool = False
+    content_filter_strength: Literal["LOW", "MEDIUM", "HIGH"] = "HIGH"
+    prompt_attack_strength: Literal["LOW", "MEDIUM", "HIGH"] = "HIGH"
+    pii_action: Literal["ANONYMIZE", "BLOCK"] = "ANONYMIZE"
+    blocked_input_message: str = "Sorry, this request can't be answered here."
+    blocked_output_message: str = "Sorry, the answer was withheld by the content policy."
+
+
+class FederationProviderSettings(_Camel):
+    name: str = Field(min_length=1, max_length=32)
+    type: Literal["OIDC", "SAML", "Google", "Facebook", "LoginWithAmazon", "SignInWithApple"]
+    details: dict[str, str]
+    attribute_mapping: dict[str, str] = {"email": "email"}
+
+
+class StackSettings(_Camel):
+    region: str = Field(pattern=r"^[a-z]{2}(-[a-z]+)+-\d$")
+    tiers: tuple[TierSettings, ...] = Field(min_length=1)
+    default_tier: str
+    log_prompts: bool = False
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_retention_days: int = 14
+    point_in_time_recovery: bool = False
+    deletion_protection: bool = False
+    mfa: Literal["OFF", "OPTIONAL", "ON"] = "OPTIONAL"
+    cache_namespace: str = "default"
+    cache_cost_tokens: int = Field(default=0, ge=0)
+    cache_ttl_days: int = Field(default=30, ge=1, le=3650)
+    flush_interval_ms: int = Field(default=50, gt=0, le=1000)
+    max_messages: int = Field(default=40, gt=0)
+    max_message_chars: int = Field(default=32_000, gt=0)
+    max_total_chars: int = Field(default=120_000, gt=0)
+    lease_seconds: int = Field(default=900, ge=60)
+    functions: FunctionsSettings = FunctionsSettings()
+    powertools_layer_version: int = Field(default=18, ge=1)
+    guardrail: GuardrailSettings = GuardrailSettings()
+    alarms: bool = True
+    alarm_email: str | None = Field(default=None, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+    federation: tuple[FederationProviderSettings, ...] = ()
+    hosted_domain_prefix: str | None = Field(default=None, pattern=r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
+    callback_urls: tuple[str, ...] = ()
+    tags: dict[str, str] = {}
+
+    @field_validator("tiers")
+    @classmethod
+    def _models_are_bedrock_ids(cls, tiers: tuple[TierSettings, ...]) -> tuple[TierSettings, ...]:
+        for tier in tiers:
+            for model in tier.models:
+                if not MODEL_ID.match(model):
+                    raise ValueError(f"tier {tier.name!r}: {model!r} is not a Bedrock model id (provider.model)")
+        return tiers
+
+    @field_validator("log_retention_days")
+    @classmethod
+    def _retention_is_one_cloudwatch_accepts(cls, value: int) -> int:
+        if value not in LOG_RETENTION_DAYS:
+            raise ValueError(f"must be one of {LOG_RETENTION_DAYS}")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> StackSettings:
+        names = [t.name for t in self.tiers]
+        if len(set(names)) != len(names):
+            raise _KeyedError("tiers", f"tier names must be unique, got {names}")
+        if self.default_tier not in names:
+            raise _KeyedError("defaultTier", f"{self.default_tier!r} is not one of the tiers {names}")
+        if self.functions.worker.timeout_s >= self.lease_seconds:
+            raise _KeyedError(
+                "functions.worker.timeoutS",
+                f"{self.functions.worker.timeout_s} must be below leaseSeconds ({self.lease_seconds}): "
+                "a reservation must outlive the worker that holds it",
+            )
+        return self
+
+    # -- derived values
+
+    @property
+    def model_ids(self) -> tuple[str, ...]:
+        """Every model some tier allows, in first-seen order."""
+        return tuple(dict.fromkeys(m for t in self.tiers for m in t.models))
+
+    def model_arns(self, account: str) -> list[str]:
+        """IAM resources for invoking the allowed models.
+
+        A cross-region inference profile (`us.anthropic...`) needs the profile in this region and the
+        foundation model in every region the profile may route to, hence `bedrock:*` for those.
+        """
+        arns: list[str] = []
+        for model in self.model_ids:
+            match = MODEL_ID.match(model)
+            if match and match["geo"]:
+                base = model.split(".", 1)[1]
+                arns.append(f"arn:aws:bedrock:{self.region}:{account}:inference-profile/{model}")
+                arns.append(f"arn:aws:bedrock:*::foundation-model/{base}")
+            else:
+                arns.append(f"arn:aws:bedrock:{self.region}::foundation-model/{model}")
+        return arns
+
+    def runtime_config(
+        self, *, stack: str, metering_table: str, cache_table: str, http_endpoint: str, worker_function_name: str
+    ) -> RuntimeConfig:
+        """The Lambda functions' configuration for this stack (rendered with `RuntimeConfig.to_env()`)."""
+        return RuntimeConfig(
+            metering_table=metering_table,
+            cache_table=cache_table,
+            appsync_http_endpoint=http_endpoint,
+            worker_function_name=worker_function_name,
+            tiers=self.tiers,
+            default_tier=self.default_tier,
+            region=self.region,
+            log_prompts=self.log_prompts,
+            flush_interval_ms=self.flush_interval_ms,
+            max_messages=self.max_messages,
+            max_message_chars=self.max_message_chars,
+            max_total_chars=self.max_total_chars,
+            cache_namespace=self.cache_namespace,
+            cache_cost_tokens=self.cache_cost_tokens,
+            lease_seconds=self.lease_seconds,
+            stack=stack,
+        )
+
+    # -- sources
+
+    @classmethod
+    def from_values(cls, values: Mapping[str, Any]) -> StackSettings:
+        """Validate config values keyed as in the stack file, without the project prefix."""
+        try:
+            return cls.model_validate(dict(values))
+        except ValidationError as err:
+            raise SettingsError(err) from None
+
+    @classmethod
+    def from_pulumi_config(cls) -> StackSettings:
+        """Read every key this model knows from the running Pulumi program's config."""
+        import pulumi
+
+        config, aws = pulumi.Config(PROJECT), pulumi.Config("aws")
+        values: dict[str, Any] = {}
+        for name, field in cls.model_fields.items():
+            key = field.alias or name
+            raw = aws.get("region") if key == "region" else config.get(key)
+            if raw is not None:
+                values[key] = _decode(raw)
+        return cls.from_values(values)
+
+    @classmethod
+    def from_stack_file(cls, path: str | Path) -> StackSettings:
+        return cls.from_values(stack_file_values(path))
+
+
+def stack_file_values(path: str | Path) -> dict[str, Any]:
+    """The `config:` of a Pulumi stack file, keyed without the project prefix (`aws:region` as `region`)."""
+    document = yaml.safe_load(Path(path).read_text()) or {}
+    values: dict[str, Any] = {}
+    for key, value in (document.get("config") or {}).items():
+        namespace, _, name = key.partition(":")
+        if namespace == PROJECT:
+            values[name] = value
+        elif key == "aws:region":
+            values["region"] = value
+    return values
+
+
+def _decode(raw: str) -> Any:
+    # Pulumi hands structured values (objects, lists, numbers, booleans) to programs as JSON text.
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError:
+        return raw
+
+
+class _KeyedError(ValueError):
+    """A cross-field rule broken at a known key (pydantic reports model-level errors without a location)."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(message)
+        self.key = key
+
+
+class SettingsError(ValueError):
+    """Stack configuration that cannot be deployed; the message names each key and how to fix it."""
+
+    def __init__(self, err: ValidationError) -> None:
+        lines = []
+        errors = err.errors()
+        for e in errors:
+            if e["type"] == "too_short" and any(o["loc"][: len(e["loc"])] == e["loc"] and o is not e for o in errors):
+                continue  # "no valid items left" is only the echo of the item errors reported below it
+            keyed = (e.get("ctx") or {}).get("error")
+            path = keyed.key if isinstance(keyed, _KeyedError) else _config_path(e["loc"])
+            message = str(keyed) if isinstance(keyed, _KeyedError) else e["msg"].removeprefix("Value error, ")
+            key = "aws:region" if path == "region" else f"{PROJECT}:{path}" if path else PROJECT
+            fix = (
+                f"pulumi config set --path '{path}' <value>"
+                if path and path != "region"
+                else "pulumi config set aws:region <region>"
+                if path
+                else "see the README's configuration table"
+            )
+            lines.append(f"{key}: {message} (fix: {fix})")
+        super().__init__("invalid stack configuration:\n  " + "\n  ".join(lines))
+
+
+def _config_path(loc: tuple[Any, ...]) -> str:
+    """`('tiers', 0, 'windowTokens')` -> `tiers[0].windowTokens` (the `--path` syntax of pulumi config)."""
+    path = ""
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        else:
+            path += ("." if path else "") + to_camel(str(part))
+    return path

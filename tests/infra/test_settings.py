@@ -1,0 +1,103 @@
+"""The stack settings model: both stack files validate, bad config fails with the key and the fix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from components.settings import SettingsError, StackSettings, stack_file_values
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def valid() -> dict[str, Any]:
+    return {
+        "region": "us-east-1",
+        "defaultTier": "free",
+        "tiers": [{"name": "free", "precedence": 1, "windowTokens": 1000, "monthlyTokens": 10000,
+                   "models": ["amazon.nova-lite-v1:0"]}],
+    }
+
+
+@pytest.mark.parametrize("stack", ["dev", "prod"])
+def test_both_stack_files_validate(stack: str) -> None:
+    settings = StackSettings.from_stack_file(ROOT / f"Pulumi.{stack}.yaml")
+    assert settings.region == "us-east-1" and settings.tiers
+
+
+def test_dev_and_prod_differ_where_they_should() -> None:
+    dev = StackSettings.from_stack_file(ROOT / "Pulumi.dev.yaml")
+    prod = StackSettings.from_stack_file(ROOT / "Pulumi.prod.yaml")
+    assert (dev.point_in_time_recovery, prod.point_in_time_recovery) == (False, True)
+    assert (dev.deletion_protection, prod.deletion_protection) == (False, True)
+    assert prod.mfa == "ON" and dev.mfa != "ON"
+    assert prod.log_retention_days > dev.log_retention_days
+    assert prod.alarms and not dev.alarms
+    assert prod.guardrail.enabled and not dev.guardrail.enabled
+    assert all(f.reserved_concurrency for f in (prod.functions.gatekeeper, prod.functions.worker))
+    assert dev.functions.worker.reserved_concurrency is None
+    assert {t.name for t in dev.tiers} != {t.name for t in prod.tiers} or dev.tiers != prod.tiers
+
+
+def test_pulumi_yaml_declares_the_models_defaults() -> None:
+    declared = yaml.safe_load((ROOT / "Pulumi.yaml").read_text())["config"]
+    fields = {f.alias: f for f in StackSettings.model_fields.values()}
+    for key, declaration in declared.items():
+        assert key in fields, f"Pulumi.yaml declares {key!r}, which the settings model does not know"
+        if "default" in declaration:
+            assert declaration["default"] == fields[key].default, key
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (lambda v: v.pop("defaultTier"),
+         "ai-gateway:defaultTier: Field required (fix: pulumi config set --path 'defaultTier'"),
+        (lambda v: v["tiers"][0].update(windowTokens=-5),
+         "ai-gateway:tiers[0].windowTokens: Input should be greater than 0"),
+        (lambda v: v["tiers"][0].update(models=["not a model"]), "'not a model' is not a Bedrock model id"),
+        (lambda v: v["tiers"][0].update(defaultModel="amazon.titan-x"), "defaultModel 'amazon.titan-x' is not among"),
+        (lambda v: v.update(defaultTier="gold"), "ai-gateway:defaultTier: 'gold' is not one of the tiers"),
+        (lambda v: v.update(logRetentionDays=10), "ai-gateway:logRetentionDays: must be one of"),
+        (lambda v: v.update(functions={"worker": {"memoryMb": 512, "timeoutS": 900}}),
+         "ai-gateway:functions.worker.timeoutS: 900 must be below leaseSeconds (900)"),
+        (lambda v: v.pop("region"), "aws:region: Field required (fix: pulumi config set aws:region <region>)"),
+        (lambda v: v.update(unknownKey=1), "ai-gateway:unknownKey: Extra inputs are not permitted"),
+    ],
+)
+def test_bad_config_names_the_key_and_the_fix(change: Any, expected: str) -> None:
+    values = valid()
+    change(values)
+    with pytest.raises(SettingsError) as raised:
+        StackSettings.from_values(values)
+    assert expected in str(raised.value)
+
+
+def test_the_runtime_configuration_is_derived_not_repeated() -> None:
+    settings = StackSettings.from_stack_file(ROOT / "Pulumi.prod.yaml")
+    runtime = settings.runtime_config(
+        stack="prod", metering_table="m-table", cache_table="c-table",
+        http_endpoint="https://example.appsync-api.us-east-1.amazonaws.com/event", worker_function_name="w",
+    )
+    assert runtime.tiers == settings.tiers and runtime.default_tier == settings.default_tier
+    assert runtime.lease_seconds == settings.lease_seconds
+
+
+def test_inference_profiles_grant_the_profile_and_its_foundation_model() -> None:
+    values = valid()
+    values["tiers"][0]["models"] = ["amazon.nova-lite-v1:0", "us.anthropic.claude-3-5-haiku-20241022-v1:0"]
+    arns = StackSettings.from_values(values).model_arns("123456789012")
+    assert arns == [
+        "arn:aws:bedrock:us-east-1::foundation-model/amazon.nova-lite-v1:0",
+        "arn:aws:bedrock:us-east-1:123456789012:inference-profile/us.anthropic.claude-3-5-haiku-20241022-v1:0",
+        "arn:aws:bedrock:*::foundation-model/anthropic.claude-3-5-haiku-20241022-v1:0",
+    ]
+
+
+def test_stack_file_values_strip_the_project_prefix(tmp_path: Path) -> None:
+    path = tmp_path / "Pulumi.x.yaml"
+    path.write_text("config:\n  aws:region: eu-west-1\n  ai-gateway:logPrompts: true\n  other:key: 1\n")
+    assert stack_file_values(path) == {"region": "eu-west-1", "logPrompts": True}
