@@ -16,6 +16,8 @@ from typing import Literal, get_args
 import pulumi
 import pulumi_aws as aws
 
+from components.settings import LOG_RETENTION_DAYS
+
 __all__ = ["APPSYNC_TRUST_POLICY", "COGNITO", "IAM", "LOG_RETENTION_DAYS", "EventsApi", "EventsApiArgs", "LogLevel"]
 
 COGNITO = "AMAZON_COGNITO_USER_POOLS"
@@ -23,10 +25,6 @@ IAM = "AWS_IAM"
 
 LogLevel = Literal["NONE", "ERROR", "INFO", "DEBUG", "ALL"]
 
-LOG_RETENTION_DAYS = frozenset(
-    {1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922, 3288, 3653}
-)
-"""The retention periods CloudWatch Logs accepts (PutRetentionPolicy ``retentionInDays``)."""
 
 _API_NAME = re.compile(r"[A-Za-z0-9_\- ]{1,50}")  # AppSync CreateApi ``name`` (botocore shape ApiName)
 
