@@ -50,6 +50,7 @@ class RecordingMocks(pulumi.runtime.Mocks):
                 "REALTIME": f"{args.name}apiid.appsync-realtime-api.{self.region}.amazonaws.com",
             }
         if args.typ == "aws:lambda/function:Function":
+            outputs["arn"] = f"arn:aws:lambda:{self.region}:{ACCOUNT}:function:{outputs['name']}"
             outputs["invokeArn"] = f"arn:aws:apigateway:{self.region}:lambda:path/{outputs['arn']}/invocations"
         if args.typ == "aws:cognito/userPool:UserPool":
             outputs["endpoint"] = f"cognito-idp.{self.region}.amazonaws.com/{self.region}_{args.name}"
