@@ -52,6 +52,15 @@ class RecordingMocks(pulumi.runtime.Mocks):
         if args.typ == "aws:lambda/function:Function":
             outputs["arn"] = f"arn:aws:lambda:{self.region}:{ACCOUNT}:function:{outputs['name']}"
             outputs["invokeArn"] = f"arn:aws:apigateway:{self.region}:lambda:path/{outputs['arn']}/invocations"
+        if args.typ == "aws:bedrock/guardrail:Guardrail":
+            outputs.update(
+                guardrailId=f"{args.name}gr", version="DRAFT",
+                guardrailArn=f"arn:aws:bedrock:{self.region}:{ACCOUNT}:guardrail/{args.name}gr",
+            )
+        if args.typ == "aws:bedrock/guardrailVersion:GuardrailVersion":
+            outputs["version"] = "1"
+        if args.typ == "aws:sqs/queue:Queue":
+            outputs["url"] = f"https://sqs.{self.region}.amazonaws.com/{ACCOUNT}/{outputs['name']}"
         if args.typ == "aws:cognito/userPool:UserPool":
             outputs["endpoint"] = f"cognito-idp.{self.region}.amazonaws.com/{self.region}_{args.name}"
         self.resources.append(
