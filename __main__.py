@@ -1,32 +1,194 @@
-"""The Pulumi program. For now it creates the metering table; the components (identity, AppSync Events API,
-functions, cache, observability, analytics) arrive with the infrastructure issue, each in `components/`."""
+"""The Pulumi program: read and validate all configuration once, compose one component per concern, export.
+
+Components never read config: each gets the typed pieces it needs from `StackSettings`. Names the runtime
+relies on (table keys, TTL attributes, channel namespaces, environment variables) come from `runtime/`.
+"""
 
 from __future__ import annotations
+
+from typing import Any
 
 import pulumi
 import pulumi_aws as aws
 
-from runtime.metering import TTL_ATTRIBUTE, table_spec
+from components.cache import AnswerCacheTable, AnswerCacheTableArgs
+from components.channel_handlers import ChannelHandlers, ChannelHandlersArgs
+from components.events_api import EventsApi, EventsApiArgs
+from components.functions import Functions, FunctionsArgs, FunctionSettings
+from components.guardrails import Guardrail, GuardrailArgs
+from components.identity import FederationProvider, Identity, IdentityArgs
+from components.metering import MeteringTable, MeteringTableArgs
+from components.observability import Observability, ObservabilityArgs
+from components.settings import PROJECT, FunctionSizing, StackSettings
 
-config = pulumi.Config()
-spec = table_spec(f"{pulumi.get_project()}-{pulumi.get_stack()}-metering")
+# AppSync Events logs at these levels; the functions' WARNING has no AppSync twin, so it logs errors only.
+APPSYNC_LOG_LEVEL = {"DEBUG": "DEBUG", "INFO": "INFO", "WARNING": "ERROR", "ERROR": "ERROR"}
 
-# Key schema and billing come from the runtime's own table spec: one definition for code, tests and infra.
-metering_table = aws.dynamodb.Table(
-    "metering",
-    name=spec["TableName"],
-    billing_mode=spec["BillingMode"],
-    hash_key=next(k["AttributeName"] for k in spec["KeySchema"] if k["KeyType"] == "HASH"),
-    attributes=[
-        aws.dynamodb.TableAttributeArgs(name=a["AttributeName"], type=a["AttributeType"])
-        for a in spec["AttributeDefinitions"]
-    ],
-    ttl=aws.dynamodb.TableTtlArgs(attribute_name=TTL_ATTRIBUTE, enabled=True),
-    server_side_encryption=aws.dynamodb.TableServerSideEncryptionArgs(enabled=True),
-    point_in_time_recovery=aws.dynamodb.TablePointInTimeRecoveryArgs(
-        enabled=config.get_bool("pointInTimeRecovery") or False
-    ),
-    deletion_protection_enabled=config.get_bool("deletionProtection") or False,
-)
 
-pulumi.export("metering_table_name", metering_table.name)
+def sizing(f: FunctionSizing) -> FunctionSettings:
+    return FunctionSettings(memory_mb=f.memory_mb, timeout_s=f.timeout_s, reserved_concurrency=f.reserved_concurrency)
+
+
+def main() -> dict[str, Any]:
+    settings = StackSettings.from_pulumi_config()
+    stack = pulumi.get_stack()
+    prefix = f"{PROJECT}-{stack}"
+    tags = {"project": PROJECT, "stack": stack, **settings.tags}
+    account = aws.get_caller_identity_output().account_id
+
+    identity = Identity(
+        "identity",
+        IdentityArgs(
+            name=prefix,
+            tiers=tuple((t.name, t.precedence) for t in settings.tiers),
+            mfa=settings.mfa,
+            deletion_protection=settings.deletion_protection,
+            federation=tuple(
+                FederationProvider(p.name, p.type, p.details, p.attribute_mapping) for p in settings.federation
+            ),
+            hosted_domain_prefix=settings.hosted_domain_prefix,
+            callback_urls=settings.callback_urls,
+            tags=tags,
+        ),
+    )
+    metering = MeteringTable(
+        "metering",
+        MeteringTableArgs(
+            name=f"{prefix}-metering",
+            point_in_time_recovery=settings.point_in_time_recovery,
+            deletion_protection=settings.deletion_protection,
+            tags=tags,
+        ),
+    )
+    cache = AnswerCacheTable(
+        "cache",
+        AnswerCacheTableArgs(
+            name=f"{prefix}-answers",
+            point_in_time_recovery=settings.point_in_time_recovery,
+            deletion_protection=settings.deletion_protection,
+            tags=tags,
+        ),
+    )
+    guardrail = (
+        Guardrail(
+            "guardrail",
+            GuardrailArgs(
+                name=prefix,
+                content_filter_strength=settings.guardrail.content_filter_strength,
+                prompt_attack_strength=settings.guardrail.prompt_attack_strength,
+                pii_action=settings.guardrail.pii_action,
+                blocked_input_message=settings.guardrail.blocked_input_message,
+                blocked_output_message=settings.guardrail.blocked_output_message,
+                tags=tags,
+            ),
+        )
+        if settings.guardrail.enabled
+        else None
+    )
+    api = EventsApi(
+        "events",
+        EventsApiArgs(
+            name=prefix,
+            user_pool_id=identity.user_pool_id,
+            region=settings.region,
+            log_retention_days=settings.log_retention_days,
+            log_level=APPSYNC_LOG_LEVEL[settings.log_level],
+            tags=tags,
+        ),
+    )
+
+    worker_name = f"{prefix}-worker"
+
+    def runtime_env(values: list[Any]) -> dict[str, str]:
+        metering_name, cache_name, endpoint, guardrail_id, guardrail_version = values
+        config = settings.runtime_config(
+            stack=stack,
+            metering_table=metering_name,
+            cache_table=cache_name,
+            http_endpoint=endpoint,
+            worker_function_name=worker_name,
+        )
+        if guardrail_id:
+            config = config.model_copy(update={"guardrail_id": guardrail_id, "guardrail_version": guardrail_version})
+        return config.to_env()
+
+    env = pulumi.Output.all(
+        metering.table_name,
+        cache.table_name,
+        api.http_endpoint,
+        guardrail.guardrail_id if guardrail else None,
+        guardrail.version if guardrail else None,
+    ).apply(runtime_env)
+
+    functions = Functions(
+        "functions",
+        FunctionsArgs(
+            name=prefix,
+            region=settings.region,
+            runtime_env=env,
+            metering_table_arn=metering.table_arn,
+            cache_table_arn=cache.table_arn,
+            api_id=api.api_id,
+            model_arns=account.apply(settings.model_arns),
+            powertools_layer_version=settings.powertools_layer_version,
+            lease_seconds=settings.lease_seconds,
+            gatekeeper=sizing(settings.functions.gatekeeper),
+            worker=sizing(settings.functions.worker),
+            subscribe=sizing(settings.functions.subscribe),
+            log_retention_days=settings.log_retention_days,
+            log_level=settings.log_level,
+            guardrail_arn=guardrail.guardrail_arn if guardrail else None,
+            tags=tags,
+        ),
+    )
+    handlers = ChannelHandlers(
+        "handlers",
+        ChannelHandlersArgs(
+            name=prefix,
+            api_id=api.api_id,
+            subscribe_function_arn=functions.subscribe_arn,
+            gatekeeper_function_arn=functions.gatekeeper_arn,
+            tags=tags,
+        ),
+    )
+    observability = Observability(
+        "observability",
+        ObservabilityArgs(
+            name=prefix,
+            region=settings.region,
+            model_ids=settings.model_ids,
+            function_names={
+                "gatekeeper": functions.gatekeeper_name,
+                "worker": functions.worker_name,
+                "subscribe": functions.subscribe_name,
+            },
+            alarms_enabled=settings.alarms,
+            dead_letter_queue_name=functions.dead_letter_queue_url.apply(lambda url: url.rsplit("/", 1)[-1]),
+            alarm_email=settings.alarm_email,
+            tags=tags,
+        ),
+    )
+    # Analytics (Firehose -> Parquet in S3 -> Glue/Athena) arrives as its own component, beside these.
+
+    outputs = {
+        "region": settings.region,
+        "http_endpoint": api.http_endpoint,
+        "realtime_endpoint": api.realtime_endpoint,
+        "user_pool_id": identity.user_pool_id,
+        "web_client_id": identity.client_id,
+        "issuer": identity.issuer,
+        "metering_table": metering.table_name,
+        "cache_table": cache.table_name,
+        "gatekeeper_function": functions.gatekeeper_name,
+        "worker_function": functions.worker_name,
+        "subscribe_function": functions.subscribe_name,
+        "chat_namespace": handlers.chat_namespace_name,
+        "responses_namespace": handlers.responses_namespace_name,
+        "dashboard_url": observability.dashboard_url,
+    }
+    for key, value in outputs.items():
+        pulumi.export(key, value)
+    return outputs
+
+
+main()

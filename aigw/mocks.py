@@ -15,6 +15,16 @@ from typing import Any
 import pulumi
 
 ACCOUNT = "123456789012"
+# Real ARN shapes where they matter (IAM linting reads them); anything else gets a generic service ARN.
+ARN_FORMATS = {
+    "aws:dynamodb/table:Table": "arn:aws:dynamodb:{region}:{account}:table/{name}",
+    "aws:sqs/queue:Queue": "arn:aws:sqs:{region}:{account}:{name}",
+    "aws:sns/topic:Topic": "arn:aws:sns:{region}:{account}:{name}",
+    "aws:cloudwatch/logGroup:LogGroup": "arn:aws:logs:{region}:{account}:log-group:{name}",
+    "aws:iam/role:Role": "arn:aws:iam::{account}:role/{name}",
+    "aws:cognito/userPool:UserPool": "arn:aws:cognito-idp:{region}:{account}:userpool/{region}_{name}",
+    "aws:kms/key:Key": "arn:aws:kms:{region}:{account}:key/{name}",
+}
 
 
 @dataclass
@@ -40,11 +50,15 @@ class RecordingMocks(pulumi.runtime.Mocks):
         outputs = dict(args.inputs)
         resource_id = f"{args.name}-id"
         short = args.typ.split(":")[1].split("/")[0] if ":" in args.typ else "x"
-        outputs.setdefault("arn", f"arn:aws:{short}:{self.region}:{ACCOUNT}:{args.name}")
         outputs.setdefault("name", args.inputs.get("name", args.name))
+        arn_format = ARN_FORMATS.get(args.typ, "arn:aws:{service}:{region}:{account}:{name}")
+        outputs.setdefault(
+            "arn", arn_format.format(service=short, region=self.region, account=ACCOUNT, name=outputs["name"])
+        )
         outputs.setdefault("id", resource_id)
         if args.typ == "aws:appsync/api:Api":
             outputs["apiId"] = f"{args.name}apiid"
+            outputs["arn"] = f"arn:aws:appsync:{self.region}:{ACCOUNT}:apis/{outputs['apiId']}"
             outputs["dns"] = {
                 "HTTP": f"{args.name}apiid.appsync-api.{self.region}.amazonaws.com",
                 "REALTIME": f"{args.name}apiid.appsync-realtime-api.{self.region}.amazonaws.com",

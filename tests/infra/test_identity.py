@@ -159,7 +159,7 @@ def test_outputs() -> None:
     deploy(DEV, plain)
     assert plain == {
         "user_pool_id": "identity-pool-id",
-        "user_pool_arn": "arn:aws:cognito:eu-west-1:123456789012:identity-pool",
+        "user_pool_arn": "arn:aws:cognito-idp:eu-west-1:123456789012:userpool/eu-west-1_ai-gateway-dev",
         "client_id": "identity-client-id",
         "issuer": "https://cognito-idp.eu-west-1.amazonaws.com/identity-pool-id",
         "hosted_domain": None,

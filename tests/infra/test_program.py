@@ -1,32 +1,151 @@
-"""The Pulumi program under `pulumi.runtime.set_mocks`: what it would create, checked without AWS."""
+"""The real `__main__.py` under mocks, for both stacks: the wiring between components, checked offline."""
 
 from __future__ import annotations
 
-import runpy
-from pathlib import Path
+import json
+from functools import cache
+from typing import Any
 
 import pytest
+from parliament import analyze_policy_string
 
-from aigw.mocks import run
+from aigw.mocks import Recorded, RecordingMocks
+from aigw.plan import inventory, run_stack
+from components.settings import SettingsError, StackSettings
+from runtime import cache as answer_cache
+from runtime import channels
+from runtime.config import ENV
+from runtime.metering import TTL_ATTRIBUTE as METERING_TTL
 
-ROOT = Path(__file__).resolve().parents[2]
+STACKS = ("dev", "prod")
+COMPONENTS = {
+    "ai-gateway:identity:Identity",
+    "ai-gateway:metering:MeteringTable",
+    "ai-gateway:cache:AnswerCacheTable",
+    "ai-gateway:events:EventsApi",
+    "ai-gateway:functions:Functions",
+    "ai-gateway:events:ChannelHandlers",
+    "ai-gateway:observability:Observability",
+}
 
 
-def run_program(stack: str, config: dict[str, str]):
-    return run(lambda: runpy.run_path(str(ROOT / "__main__.py")) and None, stack=stack,
-               config={f"ai-gateway:{k}": v for k, v in config.items()})
+@cache
+def program(stack: str) -> RecordingMocks:
+    return run_stack(stack)
 
 
-@pytest.mark.parametrize(("stack", "protected"), [("dev", "false"), ("prod", "true")])
-def test_metering_table_matches_the_runtime_spec(stack: str, protected: str) -> None:
-    from runtime.metering import TTL_ATTRIBUTE, table_spec
+def by_name(mocks: RecordingMocks, type_: str, fragment: str) -> Recorded:
+    [found] = [r for r in mocks.of_type(type_) if fragment in r.name]
+    return found
 
-    mocks = run_program(stack, {"pointInTimeRecovery": protected, "deletionProtection": protected})
-    table = mocks.one("aws:dynamodb/table:Table")
-    spec = table_spec("x")
-    assert table.inputs["hashKey"] == spec["KeySchema"][0]["AttributeName"]
-    assert table.inputs["billingMode"] == "PAY_PER_REQUEST"
-    assert table.inputs["ttl"] == {"attributeName": TTL_ATTRIBUTE, "enabled": True}
-    assert table.inputs["serverSideEncryption"]["enabled"] is True
-    assert table.inputs["pointInTimeRecovery"]["enabled"] is (protected == "true")
-    assert table.inputs["deletionProtectionEnabled"] is (protected == "true")
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_every_component_is_present_and_every_resource_parented(stack: str) -> None:
+    mocks = program(stack)
+    types = {r.type for r in mocks.resources}
+    assert types >= COMPONENTS
+    assert ("ai-gateway:guardrails:Guardrail" in types or any("guardrail" in t.lower() for t in types)) == (
+        stack == "prod"
+    )
+    orphans = [r.name for r in mocks.resources if r.type.startswith("aws:") and r.parent is None]
+    assert orphans == []
+    assert all(item.component for item in inventory(mocks))
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_tables_use_the_runtime_ttl_attributes(stack: str) -> None:
+    mocks = program(stack)
+    metering = by_name(mocks, "aws:dynamodb/table:Table", "metering")
+    answers = by_name(mocks, "aws:dynamodb/table:Table", "cache")
+    assert metering.inputs["ttl"] == {"attributeName": METERING_TTL, "enabled": True}
+    assert answers.inputs["ttl"] == {"attributeName": answer_cache.TTL_ATTRIBUTE, "enabled": True}
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_handlers_point_at_the_right_functions_with_the_right_invoke_types(stack: str) -> None:
+    mocks = program(stack)
+    functions = {r.inputs["name"]: r for r in mocks.of_type("aws:lambda/function:Function")}
+    sources = {r.inputs["name"]: r for r in mocks.of_type("aws:appsync/dataSource:DataSource")}
+    namespaces = {r.inputs["name"]: r for r in mocks.of_type("aws:appsync/channelNamespace:ChannelNamespace")}
+    assert set(namespaces) == {channels.CHAT_NAMESPACE, channels.RESPONSES_NAMESPACE}
+
+    def target(namespace: str, hook: str) -> tuple[str, str]:
+        handler = namespaces[namespace].inputs["handlerConfigs"][hook]
+        assert handler["behavior"] == "DIRECT"
+        source = sources[handler["integration"]["dataSourceName"]]
+        arn = source.inputs["lambdaConfig"]["functionArn"]
+        [function] = [f for f in functions.values() if arn.endswith(f":function:{f.inputs['name']}")]
+        return function.inputs["handler"], handler["integration"]["lambdaConfig"]["invokeType"]
+
+    assert target(channels.CHAT_NAMESPACE, "onPublish") == ("runtime.handlers.gatekeeper_handler", "REQUEST_RESPONSE")
+    assert target(channels.RESPONSES_NAMESPACE, "onSubscribe") == (
+        "runtime.handlers.subscribe_handler",
+        "REQUEST_RESPONSE",
+    )
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_functions_get_the_runtime_environment_from_the_settings(stack: str) -> None:
+    mocks = program(stack)
+    settings = StackSettings.from_stack_file(f"Pulumi.{stack}.yaml")
+    for function in mocks.of_type("aws:lambda/function:Function"):
+        env = function.inputs["environment"]["variables"]
+        required = {v for k, v in ENV.items() if k not in ("guardrail_id", "guardrail_version", "region")}
+        assert required <= set(env), function.name
+        assert json.loads(env[ENV["tiers"]]) == [
+            t.model_dump(mode="json", by_alias=True, exclude_none=True) for t in settings.tiers
+        ]
+        assert env[ENV["worker_function_name"]].endswith("-worker")
+        assert (ENV["guardrail_id"] in env) == settings.guardrail.enabled
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_every_iam_policy_passes_parliament(stack: str) -> None:
+    mocks = program(stack)
+    for policy in mocks.of_type("aws:iam/rolePolicy:RolePolicy"):
+        document = policy.inputs["policy"]
+        findings = [
+            f for f in analyze_policy_string(document).findings
+            # parliament#48: it demands every resource type of bedrock:InvokeModelWithResponseStream at once.
+            if not (f.issue == "RESOURCE_MISMATCH" and "bedrock:InvokeModel" in json.dumps(f.detail))
+        ]
+        assert findings == [], (policy.name, findings)
+        for statement in json.loads(document)["Statement"]:
+            actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
+            resources = statement["Resource"] if isinstance(statement["Resource"], list) else [statement["Resource"]]
+            assert not any(a == "*" or a.endswith(":*") for a in actions), policy.name
+            assert "*" not in resources, policy.name
+
+
+def test_dev_and_prod_differ_in_the_resources_too() -> None:
+    def table(stack: str) -> dict[str, Any]:
+        return by_name(program(stack), "aws:dynamodb/table:Table", "metering").inputs
+
+    assert table("prod")["deletionProtectionEnabled"] and not table("dev")["deletionProtectionEnabled"]
+    pool = {s: program(s).one("aws:cognito/userPool:UserPool").inputs for s in STACKS}
+    assert pool["prod"]["mfaConfiguration"] == "ON" and pool["dev"]["mfaConfiguration"] == "OPTIONAL"
+    alarms = {s: len(program(s).of_type("aws:cloudwatch/metricAlarm:MetricAlarm")) for s in STACKS}
+    assert alarms["dev"] == 0 < alarms["prod"]
+    reserved = {
+        s: [f.inputs.get("reservedConcurrentExecutions") for f in program(s).of_type("aws:lambda/function:Function")]
+        for s in STACKS
+    }
+    assert all(r and r > 0 for r in reserved["prod"]) and not any(r and r > 0 for r in reserved["dev"])
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ({"defaultTier": None}, "ai-gateway:defaultTier: Field required"),
+        ({"tiers": [{"name": "free", "precedence": 1, "windowTokens": -1, "monthlyTokens": 10, "models": ["a.b"]}]},
+         "ai-gateway:tiers[0].windowTokens: Input should be greater than 0"),
+        ({"defaultTier": "platinum"}, "ai-gateway:defaultTier: 'platinum' is not one of the tiers"),
+    ],
+)
+def test_bad_config_stops_the_program_with_the_documented_message(override: dict[str, Any], message: str) -> None:
+    with pytest.raises(Exception) as raised:
+        run_stack("dev", overrides=override)
+    error = raised.value
+    while not isinstance(error, SettingsError) and (error.__cause__ or error.__context__):
+        error = error.__cause__ or error.__context__
+    assert message in str(error)
