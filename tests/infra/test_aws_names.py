@@ -1,0 +1,125 @@
+"""Every name and enumerated value the program sends to AWS, checked against botocore's service models.
+
+Pulumi accepts any string; AWS rejects bad names only at `pulumi up`. botocore carries each API's patterns,
+lengths, ranges and enums, so a small table (Pulumi type + property -> service, operation, member) lets the
+test catch them offline — including names Pulumi would auto-generate (`<logical name>-<7 hex chars>`).
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+import botocore.session
+import pytest
+import regex  # botocore patterns are Java regexes (\p{L} and friends), which `re` does not read
+
+from aigw.mocks import Recorded
+from tests.infra.test_program import STACKS, program
+
+AUTONAME_SUFFIX = "-a1b2c3d"
+
+# (pulumi type, input property) -> (botocore service, operation, member); `[]` marks a list of values.
+CHECKS: dict[tuple[str, str], tuple[str, str, str]] = {
+    ("aws:dynamodb/table:Table", "name"): ("dynamodb", "CreateTable", "TableName"),
+    ("aws:dynamodb/table:Table", "billingMode"): ("dynamodb", "CreateTable", "BillingMode"),
+    ("aws:lambda/function:Function", "name"): ("lambda", "CreateFunction", "FunctionName"),
+    ("aws:lambda/function:Function", "runtime"): ("lambda", "CreateFunction", "Runtime"),
+    ("aws:lambda/function:Function", "architectures[]"): ("lambda", "CreateFunction", "Architectures"),
+    ("aws:lambda/function:Function", "memorySize"): ("lambda", "CreateFunction", "MemorySize"),
+    ("aws:lambda/function:Function", "timeout"): ("lambda", "CreateFunction", "Timeout"),
+    ("aws:lambda/function:Function", "handler"): ("lambda", "CreateFunction", "Handler"),
+    ("aws:lambda/function:Function", "reservedConcurrentExecutions"): (
+        "lambda", "PutFunctionConcurrency", "ReservedConcurrentExecutions"),
+    ("aws:iam/role:Role", "name"): ("iam", "CreateRole", "RoleName"),
+    ("aws:iam/rolePolicy:RolePolicy", "name"): ("iam", "PutRolePolicy", "PolicyName"),
+    ("aws:appsync/api:Api", "name"): ("appsync", "CreateApi", "name"),
+    ("aws:appsync/dataSource:DataSource", "name"): ("appsync", "CreateDataSource", "name"),
+    ("aws:appsync/dataSource:DataSource", "type"): ("appsync", "CreateDataSource", "type"),
+    ("aws:appsync/channelNamespace:ChannelNamespace", "name"): ("appsync", "CreateChannelNamespace", "name"),
+    ("aws:cloudwatch/logGroup:LogGroup", "name"): ("logs", "CreateLogGroup", "logGroupName"),
+    ("aws:cloudwatch/logGroup:LogGroup", "retentionInDays"): ("logs", "PutRetentionPolicy", "retentionInDays"),
+    ("aws:cognito/userPool:UserPool", "name"): ("cognito-idp", "CreateUserPool", "PoolName"),
+    ("aws:cognito/userPool:UserPool", "mfaConfiguration"): ("cognito-idp", "SetUserPoolMfaConfig", "MfaConfiguration"),
+    ("aws:cognito/userPool:UserPool", "deletionProtection"): ("cognito-idp", "CreateUserPool", "DeletionProtection"),
+    ("aws:cognito/userPoolClient:UserPoolClient", "name"): ("cognito-idp", "CreateUserPoolClient", "ClientName"),
+    ("aws:cognito/userPoolClient:UserPoolClient", "explicitAuthFlows[]"): (
+        "cognito-idp", "CreateUserPoolClient", "ExplicitAuthFlows"),
+    ("aws:cognito/userGroup:UserGroup", "name"): ("cognito-idp", "CreateGroup", "GroupName"),
+    ("aws:cognito/userGroup:UserGroup", "precedence"): ("cognito-idp", "CreateGroup", "Precedence"),
+    ("aws:sqs/queue:Queue", "name"): ("sqs", "CreateQueue", "QueueName"),
+    ("aws:sns/topic:Topic", "name"): ("sns", "CreateTopic", "Name"),
+    ("aws:cloudwatch/metricAlarm:MetricAlarm", "name"): ("cloudwatch", "PutMetricAlarm", "AlarmName"),
+    ("aws:cloudwatch/metricAlarm:MetricAlarm", "comparisonOperator"): (
+        "cloudwatch", "PutMetricAlarm", "ComparisonOperator"),
+    ("aws:cloudwatch/metricAlarm:MetricAlarm", "treatMissingData"): (
+        "cloudwatch", "PutMetricAlarm", "TreatMissingData"),
+    ("aws:cloudwatch/dashboard:Dashboard", "dashboardName"): ("cloudwatch", "PutDashboard", "DashboardName"),
+    ("aws:bedrock/guardrail:Guardrail", "name"): ("bedrock", "CreateGuardrail", "name"),
+    ("aws:lambda/functionEventInvokeConfig:FunctionEventInvokeConfig", "maximumRetryAttempts"): (
+        "lambda", "PutFunctionEventInvokeConfig", "MaximumRetryAttempts"),
+    ("aws:lambda/functionEventInvokeConfig:FunctionEventInvokeConfig", "maximumEventAgeInSeconds"): (
+        "lambda", "PutFunctionEventInvokeConfig", "MaximumEventAgeInSeconds"),
+}
+# Name properties Pulumi fills in when the program leaves them out.
+AUTONAMED = {"name", "dashboardName"}
+
+
+@cache
+def shape(service: str, operation: str, member: str) -> Any:
+    model = botocore.session.get_session().get_service_model(service)
+    return model.operation_model(operation).input_shape.members[member]
+
+
+def problems(value: Any, s: Any) -> list[str]:
+    if s.type_name == "list":
+        return [p for item in value for p in problems(item, s.member)]
+    meta, found = s.metadata, []
+    if "enum" in meta and value not in meta["enum"]:
+        found.append(f"{value!r} not in {meta['enum']}")
+    if s.type_name == "string":
+        if "min" in meta and len(value) < meta["min"]:
+            found.append(f"{value!r} shorter than {meta['min']}")
+        if "max" in meta and len(value) > meta["max"]:
+            found.append(f"{value!r} longer than {meta['max']}")
+        if "pattern" in meta and not regex.fullmatch(meta["pattern"], value):
+            found.append(f"{value!r} does not match {meta['pattern']}")
+    if s.type_name in ("integer", "long"):
+        if "min" in meta and value < meta["min"]:
+            found.append(f"{value} below {meta['min']}")
+        if "max" in meta and value > meta["max"]:
+            found.append(f"{value} above {meta['max']}")
+    return found
+
+
+def value_of(resource: Recorded, prop: str) -> Any:
+    key = prop.removesuffix("[]")
+    if key in resource.inputs:
+        value = resource.inputs[key]
+        return int(value) if isinstance(value, float) and value.is_integer() else value
+    return resource.name + AUTONAME_SUFFIX if key in AUTONAMED else None
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_names_and_enums_are_valid_for_the_aws_apis_that_receive_them(stack: str) -> None:
+    mocks = program(stack)
+    checked, failures = 0, []
+    for (type_, prop), (service, operation, member) in CHECKS.items():
+        for resource in mocks.of_type(type_):
+            value = value_of(resource, prop)
+            if value is None:
+                continue
+            checked += 1
+            found = problems(value, shape(service, operation, member))
+            failures += [f"{type_} {resource.name}.{prop}: {p}" for p in found]
+    assert failures == []
+    assert checked > 40  # the table actually found the program's resources
+
+
+def test_the_checker_catches_what_aws_would_reject() -> None:
+    assert problems("gate-keeper", shape("appsync", "CreateDataSource", "name"))  # no hyphens in data sources
+    assert problems("x" * 65, shape("iam", "CreateRole", "RoleName"))
+    assert problems("x86", shape("lambda", "CreateFunction", "Architectures"))
+    assert problems(["x86"], shape("lambda", "CreateFunction", "Architectures"))
+    assert problems(100_000, shape("lambda", "CreateFunction", "MemorySize"))
+    assert not problems(["arm64"], shape("lambda", "CreateFunction", "Architectures"))
