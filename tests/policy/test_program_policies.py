@@ -1,0 +1,59 @@
+"""The policy pack over what the real program creates for each stack: clean as is, and it bites when broken."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import pytest
+from pulumi_policy import ResourceValidationPolicy, StackValidationPolicy
+
+from aigw.mocks import Recorded
+from policy.rules import ALL_RULES, from_recorded, resource_args, stack_args
+from tests.infra.test_program import STACKS, program
+
+
+def violations(stack: str, resources: list[Recorded]) -> list[tuple[str, str, str]]:
+    config = {"stack": stack}
+    found: list[tuple[str, str, str]] = []
+    for rule in ALL_RULES:
+        if isinstance(rule, ResourceValidationPolicy):
+            for r in resources:
+                rule.validate(
+                    resource_args(r.type, r.inputs, name=r.name, config=config),
+                    lambda message, urn=None, rule=rule, r=r: found.append((rule.name, r.name, message)),
+                )
+        elif isinstance(rule, StackValidationPolicy):
+            rule.validate(
+                stack_args(from_recorded(resources), config=config),
+                lambda message, urn=None, rule=rule: found.append((rule.name, urn or "", message)),
+            )
+    return found
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_the_program_passes_every_rule(stack: str) -> None:
+    assert violations(stack, program(stack).resources) == []
+
+
+def mutate(resources: list[Recorded], type_: str, **inputs: Any) -> list[Recorded]:
+    return [dataclasses.replace(r, inputs={**r.inputs, **inputs}) if r.type == type_ else r for r in resources]
+
+
+@pytest.mark.parametrize(
+    ("type_", "inputs", "rule"),
+    [
+        ("aws:dynamodb/table:Table", {"deletionProtectionEnabled": False}, "dynamodb-deletion-protection-prod"),
+        ("aws:dynamodb/table:Table", {"pointInTimeRecovery": {"enabled": False}}, "dynamodb-pitr-prod"),
+        ("aws:lambda/function:Function", {"architectures": ["x86_64"]}, "lambda-arm64"),
+        ("aws:lambda/function:Function", {"reservedConcurrentExecutions": None}, "lambda-reserved-concurrency-prod"),
+        ("aws:cognito/userPool:UserPool", {"mfaConfiguration": "OFF"}, "cognito-mfa-prod"),
+        ("aws:cloudwatch/logGroup:LogGroup", {"retentionInDays": None}, "cloudwatch-log-retention"),
+        ("aws:iam/rolePolicy:RolePolicy",
+         {"policy": '{"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}'},
+         "iam-no-wildcards"),
+    ],
+)
+def test_breaking_the_prod_program_is_caught(type_: str, inputs: dict[str, Any], rule: str) -> None:
+    broken = mutate(program("prod").resources, type_, **inputs)
+    assert rule in {name for name, _, _ in violations("prod", broken)}

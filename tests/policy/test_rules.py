@@ -1,0 +1,278 @@
+"""Every rule in `policy.rules`, called directly with real pulumi-policy args objects (props wrapped in the
+analyzer's unknown-checking proxies, camelCase keys as Pulumi sends them). No server is started."""
+
+from __future__ import annotations
+
+import ast
+import json
+import runpy
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pulumi_policy
+import pytest
+from pulumi_policy.proxy import UNKNOWN_STRING_VALUE, UnknownValueError
+
+from policy import rules
+from policy.rules import ALL_RULES, policy_resource, resource_args, stack_args
+
+ROOT = Path(__file__).resolve().parents[2]
+PROD = {"stack": "prod"}
+DEV = {"stack": "dev"}
+
+
+def violations(rule: Any, args: Any) -> list[str]:
+    found: list[str] = []
+    result = rule.validate(args, lambda message, urn=None: found.append(message))
+    assert result is None  # every rule is synchronous
+    return found
+
+
+def doc(*statements: dict[str, Any]) -> str:
+    return json.dumps({"Version": "2012-10-17", "Statement": list(statements)})
+
+
+def allow(action: Any, resource: Any) -> dict[str, Any]:
+    return {"Effect": "Allow", "Action": action, "Resource": resource}
+
+
+TABLE_ARN = "arn:aws:dynamodb:us-east-1:123456789012:table/ai-gateway-prod-metering"
+LOG_KEY = "arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+ALL_FLAGS = {"blockPublicAcls": True, "blockPublicPolicy": True, "ignorePublicAcls": True,
+             "restrictPublicBuckets": True}
+AES = [{"applyServerSideEncryptionByDefault": {"sseAlgorithm": "AES256"}}]
+
+
+@dataclass(frozen=True)
+class Case:
+    rule: Any
+    label: str
+    args: Callable[[], Any]
+    violates: bool
+
+
+def r(type_: str, props: dict[str, Any], config: dict[str, Any] | None = None) -> Callable[[], Any]:
+    return lambda: resource_args(type_, props, name="x", config=config)
+
+
+def s(*resources: tuple[str, str, dict[str, Any]], config: dict[str, Any] | None = None) -> Callable[[], Any]:
+    return lambda: stack_args([policy_resource(t, n, p) for t, n, p in resources], config=config)
+
+
+BUCKET = "aws:s3/bucket:Bucket"
+SSE = "aws:s3/bucketServerSideEncryptionConfiguration:BucketServerSideEncryptionConfiguration"
+PAB = "aws:s3/bucketPublicAccessBlock:BucketPublicAccessBlock"
+TABLE, LOGS, FIREHOSE = rules.DYNAMODB_TABLE, rules.LOG_GROUP, rules.FIREHOSE
+FN, POOL, ROLE_POLICY = rules.LAMBDA_FUNCTION, rules.USER_POOL, "aws:iam/rolePolicy:RolePolicy"
+
+CASES = [
+    # Encryption at rest
+    Case(rules.dynamodb_encryption, "sse on", r(TABLE, {"serverSideEncryption": {"enabled": True}}), False),
+    Case(rules.dynamodb_encryption, "sse unset", r(TABLE, {}), True),
+    Case(rules.dynamodb_encryption, "sse off", r(TABLE, {"serverSideEncryption": {"enabled": False}}), True),
+    Case(rules.dynamodb_encryption, "other types ignored", r(FN, {}), False),
+    Case(rules.s3_encryption, "bucket-level config", s((BUCKET, "b", {"serverSideEncryptionConfiguration": {
+        "rule": {"applyServerSideEncryptionByDefault": {"sseAlgorithm": "aws:kms"}}}})), False),
+    Case(rules.s3_encryption, "separate config by id",
+         s((BUCKET, "b", {"id": "b-id"}), (SSE, "b-sse", {"bucket": "b-id", "rules": AES})), False),
+    Case(rules.s3_encryption, "no config", s((BUCKET, "b", {"id": "b-id"})), True),
+    Case(rules.s3_encryption, "config for another bucket",
+         s((BUCKET, "b", {"id": "b-id"}), (SSE, "c-sse", {"bucket": "c-id", "rules": AES})), True),
+    Case(rules.s3_encryption, "config without algorithm",
+         s((BUCKET, "b", {"id": "b-id"}), (SSE, "b-sse", {"bucket": "b-id", "rules": [{}]})), True),
+    Case(rules.log_group_kms, "no key, not required", r(LOGS, {"retentionInDays": 30}), False),
+    Case(rules.log_group_kms, "key ARN", r(LOGS, {"kmsKeyId": LOG_KEY}, {"requireKms": True}), False),
+    Case(rules.log_group_kms, "no key, required", r(LOGS, {}, {"requireKms": True}), True),
+    Case(rules.log_group_kms, "key id instead of ARN", r(LOGS, {"kmsKeyId": "1234abcd"}), True),
+    Case(rules.firehose_encryption, "sse on",
+         r(FIREHOSE, {"serverSideEncryption": {"enabled": True, "keyType": "AWS_OWNED_CMK"}}), False),
+    Case(rules.firehose_encryption, "stream-sourced (SSE not allowed)",
+         r(FIREHOSE, {"kinesisSourceConfiguration": {"kinesisStreamArn": "arn:x", "roleArn": "arn:y"}}), False),
+    Case(rules.firehose_encryption, "sse unset", r(FIREHOSE, {"destination": "extended_s3"}), True),
+    Case(rules.firehose_encryption, "CMK without key",
+         r(FIREHOSE, {"serverSideEncryption": {"enabled": True, "keyType": "CUSTOMER_MANAGED_CMK"}}), True),
+    # Prod durability
+    Case(rules.dynamodb_pitr, "prod, on", r(TABLE, {"pointInTimeRecovery": {"enabled": True}}, PROD), False),
+    Case(rules.dynamodb_pitr, "dev, off", r(TABLE, {"pointInTimeRecovery": {"enabled": False}}, DEV), False),
+    Case(rules.dynamodb_pitr, "prod, off", r(TABLE, {"pointInTimeRecovery": {"enabled": False}}, PROD), True),
+    Case(rules.dynamodb_pitr, "prod, unset", r(TABLE, {}, PROD), True),
+    Case(rules.dynamodb_deletion_protection, "prod, on", r(TABLE, {"deletionProtectionEnabled": True}, PROD), False),
+    Case(rules.dynamodb_deletion_protection, "dev, off", r(TABLE, {"deletionProtectionEnabled": False}, DEV), False),
+    Case(rules.dynamodb_deletion_protection, "prod, off", r(TABLE, {"deletionProtectionEnabled": False}, PROD), True),
+    # Logs
+    Case(rules.log_retention, "30 days", r(LOGS, {"retentionInDays": 30.0}), False),
+    Case(rules.log_retention, "unset", r(LOGS, {"name": "/aws/lambda/x"}), True),
+    Case(rules.log_retention, "0 = forever", r(LOGS, {"retentionInDays": 0}), True),
+    # S3 public access
+    Case(rules.s3_public_access, "all four flags",
+         s((BUCKET, "b", {"id": "b-id"}), (PAB, "b-pab", {"bucket": "b-id", **ALL_FLAGS})), False),
+    Case(rules.s3_public_access, "account-level block",
+         s((BUCKET, "b", {}), ("aws:s3/accountPublicAccessBlock:AccountPublicAccessBlock", "acct", ALL_FLAGS)),
+         False),
+    Case(rules.s3_public_access, "no block", s((BUCKET, "b", {"id": "b-id"})), True),
+    Case(rules.s3_public_access, "one flag off", s((BUCKET, "b", {"id": "b-id"}),
+         (PAB, "b-pab", {"bucket": "b-id", **ALL_FLAGS, "restrictPublicBuckets": False})), True),
+    # IAM
+    Case(rules.iam_least_privilege, "scoped",
+         r(ROLE_POLICY, {"policy": doc(allow(["dynamodb:GetItem", "dynamodb:UpdateItem"], TABLE_ARN))}), False),
+    Case(rules.iam_least_privilege, "x-ray on *",
+         r(ROLE_POLICY, {"policy": doc(allow(["xray:PutTraceSegments", "XRay:PutTelemetryRecords"], "*"))}), False),
+    Case(rules.iam_least_privilege, "metrics on *, as an object",
+         r("aws:iam/policy:Policy", {"policy": {"Statement": allow("cloudwatch:PutMetricData", ["*"])}}), False),
+    Case(rules.iam_least_privilege, "Deny may use wildcards",
+         r(ROLE_POLICY, {"policy": doc({"Effect": "Deny", "Action": "*", "Resource": "*"})}), False),
+    Case(rules.iam_least_privilege, "Action *", r(ROLE_POLICY, {"policy": doc(allow("*", TABLE_ARN))}), True),
+    Case(rules.iam_least_privilege, "service:*", r(ROLE_POLICY, {"policy": doc(allow("s3:*", TABLE_ARN))}), True),
+    Case(rules.iam_least_privilege, "Resource * for a scopable action",
+         r("aws:iam/policy:Policy", {"policy": doc(allow(["xray:PutTraceSegments", "bedrock:InvokeModel"], "*"))}),
+         True),
+    Case(rules.iam_least_privilege, "NotAction",
+         r(ROLE_POLICY, {"policy": doc({"Effect": "Allow", "NotAction": "iam:*", "Resource": TABLE_ARN})}), True),
+    Case(rules.iam_least_privilege, "unparseable JSON", r(ROLE_POLICY, {"policy": "{not json"}), True),
+    Case(rules.iam_least_privilege, "JSON but not an object", r(ROLE_POLICY, {"policy": "[]"}), True),
+    Case(rules.iam_least_privilege, "no Statement", r(ROLE_POLICY, {"policy": '{"Version": "2012-10-17"}'}), True),
+    Case(rules.iam_least_privilege, "missing policy", r(ROLE_POLICY, {"role": "r"}), True),
+    Case(rules.iam_least_privilege, "role inline policy",
+         r(rules.IAM_ROLE, {"inlinePolicies": [{"name": "p", "policy": doc(allow("dynamodb:*", "*"))}]}), True),
+    # Lambda
+    Case(rules.lambda_arm64, "arm64", r(FN, {"architectures": ["arm64"]}), False),
+    Case(rules.lambda_arm64, "unset (x86_64)", r(FN, {"runtime": "python3.12"}), True),
+    Case(rules.lambda_arm64, "x86_64", r(FN, {"architectures": ["x86_64"]}), True),
+    Case(rules.lambda_reserved_concurrency, "prod, 5", r(FN, {"reservedConcurrentExecutions": 5.0}, PROD), False),
+    Case(rules.lambda_reserved_concurrency, "dev, unset", r(FN, {}, DEV), False),
+    Case(rules.lambda_reserved_concurrency, "prod, unset", r(FN, {}, PROD), True),
+    Case(rules.lambda_reserved_concurrency, "prod, 0", r(FN, {"reservedConcurrentExecutions": 0}, PROD), True),
+    Case(rules.lambda_reserved_concurrency, "prod, -1 (unreserved)",
+         r(FN, {"reservedConcurrentExecutions": -1}, PROD), True),
+    # Cognito
+    Case(rules.cognito_mfa, "prod, optional TOTP",
+         r(POOL, {"mfaConfiguration": "OPTIONAL", "softwareTokenMfaConfiguration": {"enabled": True}}, PROD), False),
+    Case(rules.cognito_mfa, "dev, off", r(POOL, {"mfaConfiguration": "OFF"}, DEV), False),
+    Case(rules.cognito_mfa, "prod, off", r(POOL, {"mfaConfiguration": "OFF"}, PROD), True),
+    Case(rules.cognito_mfa, "prod, ON without TOTP", r(POOL, {"mfaConfiguration": "ON"}, PROD), True),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[f"{c.rule.name}: {c.label}" for c in CASES])
+def test_rule(case: Case) -> None:
+    found = violations(case.rule, case.args())
+    assert bool(found) is case.violates, found
+
+
+def test_every_rule_has_a_passing_and_a_violating_case() -> None:
+    names = [rule.name for rule in ALL_RULES]
+    assert len(set(names)) == len(names)
+    for rule in ALL_RULES:
+        outcomes = {c.violates for c in CASES if c.rule is rule}
+        assert outcomes == {True, False}, rule.name
+    assert {c.rule.name for c in CASES} == set(names)
+
+
+def test_kinds_of_rules() -> None:
+    stack_rules = {rule.name for rule in ALL_RULES if isinstance(rule, pulumi_policy.StackValidationPolicy)}
+    assert stack_rules == {"s3-encryption-at-rest", "s3-public-access-blocked"}
+    assert all(isinstance(rule, pulumi_policy.ResourceValidationPolicy | pulumi_policy.StackValidationPolicy)
+               for rule in ALL_RULES)
+
+
+# --- Prod-ness ----------------------------------------------------------------------------------------------
+
+def test_stack_comes_from_policy_config_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(rules.pulumi, "get_stack", lambda: "dev")
+    assert rules.stack_name(resource_args(TABLE, {}, config=PROD)) == "prod"
+    assert rules.is_prod(resource_args(TABLE, {}, config={"stack": "acme/ai-gateway/prod"}))
+    assert not rules.is_prod(resource_args(TABLE, {}, config={"stack": "production-like-dev"}))
+
+
+@pytest.mark.parametrize(("running", "violates"), [("prod", True), ("dev", False)])
+def test_stack_falls_back_to_the_running_stack(monkeypatch: pytest.MonkeyPatch, running: str, violates: bool) -> None:
+    # Under `pulumi preview --policy-pack`, pulumi-policy configures pulumi.runtime from PULUMI_STACK.
+    monkeypatch.setattr(rules.pulumi, "get_stack", lambda: running)
+    assert bool(violations(rules.dynamodb_pitr, resource_args(TABLE, {}))) is violates
+
+
+# --- Preview-time unknowns and shapes -----------------------------------------------------------------------
+
+def test_unknown_policy_document_is_left_to_pulumi_policy_not_reported() -> None:
+    # pulumi-policy turns UnknownValueError into an advisory "can't run during preview"; `up` re-checks.
+    args = resource_args(ROLE_POLICY, {"policy": UNKNOWN_STRING_VALUE})
+    with pytest.raises(UnknownValueError):
+        violations(rules.iam_least_privilege, args)
+
+
+def test_bucket_pairs_by_property_dependency_when_its_id_is_unknown() -> None:
+    bucket = policy_resource(BUCKET, "b", {"bucket": UNKNOWN_STRING_VALUE})
+    deps = {"bucket": [bucket]}
+    sse = policy_resource(SSE, "b-sse", {"bucket": UNKNOWN_STRING_VALUE, "rules": AES}, property_dependencies=deps)
+    pab = policy_resource(PAB, "b-pab", {"bucket": UNKNOWN_STRING_VALUE, **ALL_FLAGS}, property_dependencies=deps)
+    args = stack_args([bucket, sse, pab])
+    assert violations(rules.s3_encryption, args) == []
+    assert violations(rules.s3_public_access, args) == []
+    assert len(violations(rules.s3_public_access, stack_args([bucket, sse]))) == 1
+
+
+def test_violation_messages_name_the_resource_and_the_fix() -> None:
+    [message] = violations(rules.log_retention, resource_args(LOGS, {}, name="api-logs"))
+    assert "api-logs" in message and "retentionInDays" in message
+    found = violations(rules.iam_least_privilege, resource_args(ROLE_POLICY, {"policy": doc(allow("s3:*", "*"))}))
+    assert any("s3:*" in m for m in found) and any('Resource "*"' in m for m in found)
+
+
+def test_from_recorded_uses_mocked_outputs_so_buckets_pair_with_their_blocks() -> None:
+    @dataclass
+    class Recorded:  # the shape aigw.mocks records
+        type: str
+        name: str
+        inputs: dict[str, Any]
+        outputs: dict[str, Any]
+
+    records = [Recorded(BUCKET, "b", {}, {"id": "b-id", "arn": "arn:aws:s3:::b"}),
+               Recorded(PAB, "b-pab", {"bucket": "b-id", **ALL_FLAGS}, {"bucket": "b-id", **ALL_FLAGS, "id": "p"})]
+    assert violations(rules.s3_public_access, stack_args(rules.from_recorded(records))) == []
+
+
+def test_star_resource_allow_list_is_only_actions_without_resource_level_permissions() -> None:
+    from parliament import iam_definition
+
+    privileges = {f"{svc['prefix']}:{p['privilege']}".lower(): p["resource_types"]
+                  for svc in iam_definition for p in svc["privileges"]}
+    for action in rules.STAR_RESOURCE_ACTIONS:
+        assert action in privileges, action
+        assert {t["resource_type"] for t in privileges[action]} == {""}, action
+
+
+# --- The pack entry point -------------------------------------------------------------------------------------
+
+def test_main_constructs_one_policy_pack_with_all_rules_ast() -> None:
+    source = (ROOT / "policy" / "__main__.py").read_text()
+    calls = [n for n in ast.walk(ast.parse(source))
+             if isinstance(n, ast.Call) and getattr(n.func, "id", None) == "PolicyPack"]
+    assert len(calls) == 1
+    policies = {k.arg: k.value for k in calls[0].keywords}["policies"]
+    assert "ALL_RULES" in ast.unparse(policies)
+    for path in (ROOT / "policy").glob("*.py"):  # nowhere else
+        assert path.name == "__main__.py" or "PolicyPack(" not in path.read_text(), path
+
+
+def test_main_passes_every_rule_to_policy_pack(monkeypatch: pytest.MonkeyPatch) -> None:
+    constructed: list[dict[str, Any]] = []
+    monkeypatch.setattr(pulumi_policy, "PolicyPack", lambda **kwargs: constructed.append(kwargs))
+    # As the analyzer runs it: the pack directory, as __main__.
+    runpy.run_path(str(ROOT / "policy"), run_name="__main__")
+    [pack] = constructed
+    assert [p.name for p in pack["policies"]] == [p.name for p in ALL_RULES]
+    assert pack["policies"] == ALL_RULES  # the very objects from policy.rules, not a second copy
+    assert pack["enforcement_level"] is pulumi_policy.EnforcementLevel.MANDATORY
+
+
+def test_pack_metadata() -> None:
+    import yaml
+
+    meta = yaml.safe_load((ROOT / "policy" / "PulumiPolicy.yaml").read_text())
+    runtime = meta["runtime"]
+    assert (runtime if isinstance(runtime, str) else runtime["name"]) == "python"
+    assert meta["description"]
+    requirements = (ROOT / "policy" / "requirements.txt").read_text()
+    assert any(line.startswith("pulumi-policy>=") and ",<" in line for line in requirements.splitlines())

@@ -1,0 +1,128 @@
+"""The CI workflows can't run here; check their shape, and that zizmor (offline) finds nothing at medium+."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+WORKFLOWS = ROOT / ".github" / "workflows"
+OIDC_ACTION = "aws-actions/configure-aws-credentials"
+PULUMI_ACTION = "pulumi/actions"
+
+
+def load(name: str) -> dict[str, Any]:
+    workflow = yaml.safe_load((WORKFLOWS / name).read_text())
+    workflow["on"] = workflow.pop(True, workflow.get("on"))  # YAML 1.1 reads the `on:` key as True
+    return workflow
+
+
+def steps(job: dict[str, Any], action: str) -> list[dict[str, Any]]:
+    return [s for s in job.get("steps", []) if s.get("uses", "").split("@")[0] == action]
+
+
+def all_workflows() -> dict[str, dict[str, Any]]:
+    return {p.name: load(p.name) for p in sorted(WORKFLOWS.glob("*.yml"))}
+
+
+def test_the_three_workflows_exist() -> None:
+    assert {"test.yml", "preview.yml", "deploy.yml"} <= set(all_workflows())
+
+
+def test_triggers() -> None:
+    assert set(load("test.yml")["on"]) == {"pull_request", "push"}
+    assert load("test.yml")["on"]["push"]["branches"] == ["main"]
+    assert set(load("preview.yml")["on"]) == {"pull_request"}
+    assert set(load("deploy.yml")["on"]) == {"push"}
+    assert load("deploy.yml")["on"]["push"]["branches"] == ["main"]
+    for name, workflow in all_workflows().items():
+        assert "pull_request_target" not in workflow["on"], name
+        assert "workflow_run" not in workflow["on"], name
+
+
+def test_test_workflow_runs_the_whole_suite_on_python_311() -> None:
+    [job] = load("test.yml")["jobs"].values()
+    [setup] = steps(job, "actions/setup-python")
+    assert str(setup["with"]["python-version"]) == "3.11"
+    assert steps(job, "actions/checkout")
+    assert any(s.get("run", "").strip() in ("make test", ".ci/run") for s in job["steps"])
+
+
+def test_permissions_are_least_privilege_and_oidc_is_scoped_to_the_jobs_that_use_it() -> None:
+    for name, workflow in all_workflows().items():
+        assert workflow["permissions"] == {"contents": "read"}, name
+        for job_name, job in workflow["jobs"].items():
+            permissions = job.get("permissions", {})
+            assert permissions.get("contents", "read") == "read", (name, job_name)
+            uses_oidc = bool(steps(job, OIDC_ACTION))
+            assert (permissions.get("id-token") == "write") is uses_oidc, (name, job_name)
+            for step in steps(job, OIDC_ACTION):
+                assert re.fullmatch(r"\$\{\{ vars\.[A-Z_]+ \}\}", step["with"]["role-to-assume"]), step
+                assert "aws-access-key-id" not in step["with"]  # OIDC, never stored keys
+            if permissions.get("pull-requests") == "write":
+                assert any(s["with"].get("comment-on-pr") is True for s in steps(job, PULUMI_ACTION)), job_name
+
+
+def test_preview_runs_the_policy_pack_for_both_stacks() -> None:
+    [job] = load("preview.yml")["jobs"].values()
+    assert job["strategy"]["matrix"]["stack"] == ["dev", "prod"]
+    [pulumi] = steps(job, PULUMI_ACTION)
+    assert pulumi["with"]["command"] == "preview"
+    assert pulumi["with"]["stack-name"] == "${{ vars.PULUMI_ORG }}/ai-gateway/${{ matrix.stack }}"
+    assert pulumi["with"]["policyPacks"] == "policy"
+    assert pulumi["with"]["comment-on-pr"] is True
+    names = [s.get("uses", "").split("@")[0] for s in job["steps"]]
+    assert names.index(OIDC_ACTION) < names.index(PULUMI_ACTION)  # credentials before Pulumi
+
+
+def test_deploy_goes_dev_then_approved_prod() -> None:
+    jobs = load("deploy.yml")["jobs"]
+    assert set(jobs) == {"dev", "prod"}
+    assert jobs["prod"]["needs"] in ("dev", ["dev"])
+    assert jobs["prod"]["environment"] == "production"
+    for stack, job in jobs.items():
+        [pulumi] = steps(job, PULUMI_ACTION)
+        assert pulumi["with"]["command"] == "up"
+        assert pulumi["with"]["stack-name"] == f"${{{{ vars.PULUMI_ORG }}}}/ai-gateway/{stack}"
+        assert pulumi["with"]["policyPacks"] == "policy"
+    assert load("deploy.yml")["concurrency"]["cancel-in-progress"] is False
+
+
+def test_actions_are_pinned_to_full_commit_shas() -> None:
+    for name, workflow in all_workflows().items():
+        for job in workflow["jobs"].values():
+            for step in job["steps"]:
+                if "uses" in step:
+                    assert re.fullmatch(r"[\w.-]+/[\w.-]+@[0-9a-f]{40}", step["uses"]), (name, step["uses"])
+                if step.get("uses", "").startswith("actions/checkout@"):
+                    assert step["with"]["persist-credentials"] is False, name
+
+
+def test_the_policy_pack_input_name_matches_pulumi_actions() -> None:
+    # pulumi/actions reads `policyPacks` (camelCase, unlike its other inputs); a typo would be silently ignored.
+    for name in ("preview.yml", "deploy.yml"):
+        text = (WORKFLOWS / name).read_text()
+        assert "policyPacks: policy" in text and "policy-packs" not in text, name
+
+
+def _zizmor() -> str:
+    found = Path(sys.executable).with_name("zizmor")
+    return str(found) if found.exists() else (shutil.which("zizmor") or pytest.skip("zizmor is not installed"))
+
+
+def test_zizmor_finds_nothing_at_medium_or_higher() -> None:
+    result = subprocess.run(
+        [_zizmor(), "--offline", "--min-severity", "medium", "--format", "json", "--no-progress", str(WORKFLOWS)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    findings = json.loads(result.stdout or "[]")
+    assert findings == [], json.dumps(findings, indent=2)
