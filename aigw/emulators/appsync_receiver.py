@@ -14,12 +14,10 @@ signed when sent), per-event ``failed`` answers, handlers. Standard library plus
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import hmac
 import json
 import logging
-import socket
 import ssl
 import threading
 import time
@@ -27,14 +25,13 @@ import uuid
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from email.message import Message
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
 from typing import Any
 
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import ReadOnlyCredentials
 
+from aigw.emulators._http import BackgroundHTTPServer, ErrorAnswer, KeepAliveHandler
 from runtime.channels import parse_channel
 from runtime.errors import InvalidChannelError
 
@@ -159,14 +156,8 @@ def sigv4_error(
     return None
 
 
-class _Rejection(Exception):
+class _Rejection(ErrorAnswer):
     """An AppSync error answer: HTTP ``status`` with ``{"errors": [{"errorType", "message"}]}``."""
-
-    def __init__(self, status: int, error_type: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.error_type = error_type
-        self.message = message
 
 
 def _bad_request(message: str) -> _Rejection:
@@ -209,36 +200,8 @@ def _parse_publish(body: bytes) -> tuple[str, list[Any]]:
 # --------------------------------------------------------------------------------------------- server
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    receiver: AppSyncReceiver
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        # Connections cut by drop_connections()/stop() end handlers with socket errors; keep tests quiet.
-        logger.debug("appsync receiver: connection from %s ended in error", client_address, exc_info=True)
-
-
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(KeepAliveHandler["AppSyncReceiver"]):
     """One client connection; HTTP/1.1 keep-alive like the real endpoint."""
-
-    protocol_version = "HTTP/1.1"
-    # Headers and body go out in separate writes; with Nagle on, the body waits for the client's delayed
-    # ACK (~40 ms per response on Linux loopback).
-    disable_nagle_algorithm = True
-    server: _Server
-
-    def setup(self) -> None:
-        super().setup()
-        self.server.receiver._track(self.connection, add=True)
-
-    def finish(self) -> None:
-        try:
-            super().finish()
-        finally:
-            self.server.receiver._track(self.connection, add=False)
-
-    def log_message(self, format: str, *args: Any) -> None:  # name fixed by the base class
-        """Stay quiet: test output should not fill with access logs."""
 
     def do_POST(self) -> None:
         self._serve()
@@ -259,28 +222,17 @@ class _Handler(BaseHTTPRequestHandler):
             return
         body = self.rfile.read(length)  # always consume the body so the next request on the connection parses
         try:
-            status, answer = self.server.receiver._handle(self.command, self.path, self.headers, body)
+            status, answer = self.owner._handle(self.command, self.path, self.headers, body)
         except _Rejection as rejection:
             status, answer = rejection.status, _errors(rejection.error_type, rejection.message)
         self._send_json(status, answer)
-
-    def _send_json(self, status: int, body: dict[str, Any]) -> None:
-        data = json.dumps(body).encode("utf-8")
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.send_header("x-amzn-RequestId", str(uuid.uuid4()))
-        if self.close_connection:
-            self.send_header("Connection", "close")
-        self.end_headers()
-        self.wfile.write(data)
 
 
 def _errors(error_type: str, message: str) -> dict[str, Any]:
     return {"errors": [{"errorType": error_type, "message": message}]}
 
 
-class AppSyncReceiver:
+class AppSyncReceiver(BackgroundHTTPServer):
     """Serves ``POST /event`` on ``host`` (default 127.0.0.1, ephemeral port) in a background thread.
 
     ``credentials`` maps access key ids to secret keys; only requests signed with one of them are accepted.
@@ -288,8 +240,14 @@ class AppSyncReceiver:
     with every accepted publish (parsed events) before it is answered; if it raises, the publish is answered
     500 and not recorded. ``clock`` (wall-clock seconds) is what signature dates are checked against.
     ``ssl_context`` (a server context with a certificate) serves HTTPS, as AppSync does.
-    ``stop()`` then ``start()`` restarts on the same port.
+    ``stop()`` then ``start()`` restarts on the same port. Lifecycle (``start``/``stop``/context manager),
+    ``connections_accepted`` and ``drop_connections()`` come from `BackgroundHTTPServer`.
     """
+
+    handler_class = _Handler
+    thread_name = "appsync-receiver"
+    poll_interval_s = 0.02
+    _noun = "receiver"
 
     def __init__(
         self,
@@ -306,54 +264,9 @@ class AppSyncReceiver:
         self.region = region
         self.on_publish = on_publish
         self.clock = clock
-        self._host = host
-        self._port = port
-        self._ssl_context = ssl_context
         self._cond = threading.Condition()
         self._received: list[dict[str, Any]] = []
-        self._connections: set[socket.socket] = set()
-        self._connections_accepted = 0
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
-
-    # -- lifecycle -----------------------------------------------------------------------------------
-
-    def start(self) -> AppSyncReceiver:
-        """Bind and serve in a daemon thread; returns self. After ``stop()``, rebinds the same port."""
-        if self._server is not None:
-            raise RuntimeError("receiver already started")
-        server = _Server((self._host, self._port), _Handler)
-        if self._ssl_context is not None:
-            server.socket = self._ssl_context.wrap_socket(server.socket, server_side=True)
-        server.receiver = self
-        self._port = server.server_address[1]  # a restart comes back on the same port
-        self._server = server
-        # A short poll interval keeps stop() (which waits for the serve loop to notice) fast in tests.
-        self._thread = threading.Thread(
-            target=server.serve_forever, kwargs={"poll_interval": 0.02}, name="appsync-receiver", daemon=True
-        )
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        """Stop serving and cut open keep-alive connections, as a restarted server would."""
-        server, self._server = self._server, None
-        if server is None:
-            return
-        server.shutdown()
-        server.server_close()
-        self.drop_connections()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
-
-    def __enter__(self) -> AppSyncReceiver:
-        return self.start() if self._server is None else self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
+        super().__init__(host=host, port=port, ssl_context=ssl_context)
 
     @property
     def endpoint_url(self) -> str:
@@ -371,12 +284,6 @@ class AppSyncReceiver:
         with self._cond:
             return list(self._received)
 
-    @property
-    def connections_accepted(self) -> int:
-        """TCP connections accepted since construction (across restarts)."""
-        with self._cond:
-            return self._connections_accepted
-
     def wait_for(self, predicate: Callable[[list[dict[str, Any]]], bool], timeout: float = 5.0) -> bool:
         """Block until ``predicate(received)`` holds (True) or ``timeout`` seconds pass (False)."""
         with self._cond:
@@ -387,23 +294,7 @@ class AppSyncReceiver:
         with self._cond:
             self._received.clear()
 
-    def drop_connections(self) -> None:
-        """Close every open client connection, like a server-side idle timeout."""
-        with self._cond:
-            connections = list(self._connections)
-        for conn in connections:
-            with contextlib.suppress(OSError):  # already closed by the client
-                conn.shutdown(socket.SHUT_RDWR)
-
     # -- used by the handler -------------------------------------------------------------------------
-
-    def _track(self, conn: socket.socket, *, add: bool) -> None:
-        with self._cond:
-            if add:
-                self._connections.add(conn)
-                self._connections_accepted += 1
-            else:
-                self._connections.discard(conn)
 
     def _handle(self, method: str, path: str, headers: Message, body: bytes) -> tuple[int, dict[str, Any]]:
         if path.partition("?")[0] != "/event":

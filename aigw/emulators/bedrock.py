@@ -11,12 +11,10 @@ Standard library only; SigV4 is not verified.
 from __future__ import annotations
 
 import binascii
-import contextlib
 import hashlib
 import json
 import math
 import re
-import socket
 import struct
 import threading
 import time
@@ -24,10 +22,10 @@ import uuid
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
 from typing import Any
 from urllib.parse import unquote, urlsplit
+
+from aigw.emulators._http import BackgroundHTTPServer, ErrorAnswer, KeepAliveHandler
 
 __all__ = [
     "DEFAULT_MAX_TOKENS",
@@ -194,39 +192,12 @@ def _make_fault(kind: str, kw: dict[str, Any]) -> _Fault:
 # --------------------------------------------------------------------------------------------- server
 
 
-class _ClientError(Exception):
+class _ClientError(ErrorAnswer):
     """A rest-json error response: status, ``x-amzn-ErrorType`` and ``{"message": ...}``."""
 
-    def __init__(self, status: int, error_type: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.error_type = error_type
-        self.message = message
 
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    emulator: BedrockEmulator
-
-
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(KeepAliveHandler["BedrockEmulator"]):
     """One connection; HTTP/1.1 keep-alive so boto3's connection pool behaves as it does against AWS."""
-
-    protocol_version = "HTTP/1.1"
-    server: _Server
-
-    def setup(self) -> None:
-        super().setup()
-        self.server.emulator._track(self.connection, add=True)
-
-    def finish(self) -> None:
-        try:
-            super().finish()
-        finally:
-            self.server.emulator._track(self.connection, add=False)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        """Stay quiet: test output should not fill with access logs."""
 
     def do_POST(self) -> None:
         self._serve()
@@ -239,19 +210,8 @@ class _Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         return self.rfile.read(length) if length > 0 else b""
 
-    def _send_json(self, status: int, body: dict[str, Any], error_type: str | None = None) -> None:
-        data = json.dumps(body).encode("utf-8")
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.send_header("x-amzn-RequestId", str(uuid.uuid4()))
-        if error_type is not None:
-            self.send_header("x-amzn-ErrorType", error_type)
-        self.end_headers()
-        self.wfile.write(data)
-
     def _send_error(self, err: _ClientError) -> None:
-        self._send_json(err.status, {"message": err.message}, error_type=err.error_type)
+        self._send_json(err.status, {"message": err.message}, {"x-amzn-ErrorType": err.error_type})
 
     def _write_chunk(self, data: bytes) -> None:
         self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
@@ -273,7 +233,7 @@ class _Handler(BaseHTTPRequestHandler):
         if not isinstance(body, dict):
             self._send_error(_ClientError(400, "SerializationException", "Request body is not a JSON object"))
             return
-        emulator = self.server.emulator
+        emulator = self.owner
         model_id = unquote(match["model_id"])
         fault = emulator._record_and_pop_fault(model_id, body)
         streaming = match["op"] == "converse-stream"
@@ -300,7 +260,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._converse(tokens, stop_reason, usage_in, received)
 
     def _converse(self, tokens: list[str], stop_reason: str, usage_in: int, received: float) -> None:
-        emulator = self.server.emulator
+        emulator = self.owner
         if tokens:
             time.sleep(emulator.first_token_delay_s + emulator.pacing_s * (len(tokens) - 1))
         self._send_json(
@@ -316,7 +276,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _stream(
         self, fault: _Fault | None, tokens: list[str], stop_reason: str, usage_in: int, received: float
     ) -> None:
-        emulator = self.server.emulator
+        emulator = self.owner
         self.send_response(200)
         self.send_header("Content-Type", _EVENTSTREAM_CONTENT_TYPE)
         self.send_header("Transfer-Encoding", "chunked")
@@ -361,13 +321,19 @@ def _elapsed_ms(since: float) -> int:
 # --------------------------------------------------------------------------------------------- public API
 
 
-class BedrockEmulator:
+class BedrockEmulator(BackgroundHTTPServer):
     """A Bedrock Runtime ``Converse``/``ConverseStream`` peer on 127.0.0.1, run in a background thread.
 
     ``answer`` overrides the deterministic answer text (it gets the parsed request body). ``pacing_s`` is the
     sleep between deltas and ``first_token_delay_s`` the sleep before the first event. ``requests`` records
-    every well-formed model call (including faulted ones, so retries are visible).
+    every well-formed model call (including faulted ones, so retries are visible). Lifecycle (``start``/
+    ``stop``/context manager; a restart rebinds the same port) comes from `BackgroundHTTPServer`.
     """
+
+    handler_class = _Handler
+    thread_name = "bedrock-emulator"
+    poll_interval_s = 0.05
+    _noun = "emulator"
 
     def __init__(
         self,
@@ -381,53 +347,10 @@ class BedrockEmulator:
         self.answer = answer or default_answer
         self.pacing_s = pacing_s
         self.first_token_delay_s = first_token_delay_s
-        self._host = host
-        self._port = port
         self._lock = threading.Lock()
         self._requests: list[dict[str, Any]] = []
         self._faults: deque[_Fault] = deque()
-        self._connections: set[socket.socket] = set()
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
-
-    # -- lifecycle -----------------------------------------------------------------------------------
-
-    def start(self) -> BedrockEmulator:
-        """Bind (port 0 = ephemeral) and serve in a daemon thread; returns self for chaining."""
-        if self._server is not None:
-            raise RuntimeError("emulator already started")
-        server = _Server((self._host, self._port), _Handler)
-        server.emulator = self
-        self._server = server
-        self._thread = threading.Thread(
-            target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="bedrock-emulator", daemon=True
-        )
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        """Stop serving and drop open keep-alive connections, so pooled clients cannot reach a dead server."""
-        server, self._server = self._server, None
-        if server is None:
-            return
-        server.shutdown()
-        server.server_close()
-        with self._lock:
-            connections = list(self._connections)
-        for conn in connections:
-            with contextlib.suppress(OSError):  # already closed by the client
-                conn.shutdown(socket.SHUT_RDWR)
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
-
-    def __enter__(self) -> BedrockEmulator:
-        return self.start() if self._server is None else self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
+        super().__init__(host=host, port=port)
 
     @property
     def endpoint_url(self) -> str:
@@ -487,10 +410,3 @@ class BedrockEmulator:
         if len(tokens) > max_tokens:
             return tokens[:max_tokens], "max_tokens"
         return tokens, "end_turn"
-
-    def _track(self, conn: socket.socket, *, add: bool) -> None:
-        with self._lock:
-            if add:
-                self._connections.add(conn)
-            else:
-                self._connections.discard(conn)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import http.client
 import json
 import math
+import socket
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -347,6 +349,37 @@ def test_stream_wire_format(emu: BedrockEmulator) -> None:
         assert m.headers[":content-type"] == "application/json"
     assert json.loads(messages[0].payload) == {"role": "assistant"}
     assert json.loads(messages[-2].payload) == {"stopReason": "max_tokens"}
+
+
+def test_client_that_stops_reading_after_a_mid_stream_fault_prints_no_traceback(
+    emu: BedrockEmulator, client: Any, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """A client giving up on a failed stream is normal: the server must not print a handler traceback.
+
+    The client only peeks at the response until the whole stream (exception event and chunked terminator) is
+    in its receive buffer, then closes without consuming it, so the kernel answers with a reset: the handler,
+    back waiting for the next keep-alive request, sees ``ConnectionResetError``.
+    """
+    emu.inject_fault("mid_stream", after_deltas=1)
+    body = json.dumps({"messages": _messages("hi")}).encode()
+    host, port = emu.endpoint_url.removeprefix("http://").split(":")
+    capfd.readouterr()
+    before = set(threading.enumerate())
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.sendall(
+            b"POST /model/m/converse-stream HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (host.encode(), len(body), body)
+        )
+        deadline = time.monotonic() + 5
+        while not (peeked := sock.recv(1 << 16, socket.MSG_PEEK)).endswith(b"\r\n0\r\n\r\n"):
+            assert peeked and time.monotonic() < deadline, peeked
+            time.sleep(0.005)
+    assert b"modelStreamErrorException" in peeked
+    for thread in set(threading.enumerate()) - before:  # the connection's handler thread, which nobody joins
+        thread.join(timeout=5)
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and "Exception occurred during processing of request" not in err, err
+    assert _collect(client.converse_stream(modelId=MODEL, messages=_messages("hi"))["stream"])["stop"] == "end_turn"
 
 
 def test_count_input_tokens() -> None:
