@@ -32,7 +32,7 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Any
+from typing import Any, TypeVar
 
 from runtime.errors import InvalidLimitsError, InvalidUserIdError, MeterContentionError
 from runtime.metering import core
@@ -40,6 +40,7 @@ from runtime.metering.core import Decision, Entry, Limits, MeterState, Settlemen
 from runtime.tables import on_demand_table
 
 TTL_ATTRIBUTE = "ttl"
+R = TypeVar("R")
 PARTITION_KEY = "pk"
 MAX_USER_ID_LENGTH = 256
 
@@ -200,11 +201,9 @@ class Meter:
         key = _user_key(user_id)
         core.check_token_count("input_tokens", input_tokens)
         core.check_token_count("max_output_tokens", max_output_tokens, positive=True)
-        item = self._read(key)
-        for attempt in range(self.max_attempts):
-            state = state_from_item(item)
-            now = self.clock()
-            decision, new_state = core.admit(
+
+        def decide(state: MeterState, now: float) -> tuple[Decision, MeterState | None]:
+            return core.admit(
                 state,
                 limits,
                 input_tokens,
@@ -214,15 +213,13 @@ class Meter:
                 lease_seconds=self.lease_seconds,
                 grace_seconds=self.lease_seconds,
             )
-            if new_state is None:
-                return decision
-            written, item = self._put_if_unchanged(key, state, new_state, now)
-            if written or _holds(item, decision.reservation_id):
-                # The second case: our write landed but its answer was lost and the SDK's retry then failed
-                # the condition against our own write. Retrying would orphan the reservation.
-                return decision
-            self._backoff(attempt)
-        raise MeterContentionError(f"admit for {user_id!r} conflicted {self.max_attempts} times")
+
+        # A conflict whose current item already holds our reservation means our write landed but its answer
+        # was lost and the SDK's retry then failed the condition against our own write: retrying would
+        # orphan the reservation.
+        return self._decide_and_write(
+            key, self._read(key), decide, lambda d, item: _holds(item, d.reservation_id), f"admit for {user_id!r}"
+        )
 
     def settle(self, user_id: str, reservation_id: str, input_tokens: int, output_tokens: int) -> Settlement:
         """Replace a reservation with the actual usage. Idempotent; late and unknown ids still record usage."""
@@ -261,24 +258,15 @@ class Meter:
         except self.client.exceptions.ConditionalCheckFailedException as err:
             item = err.response.get("Item") or self._read(key)
         # Slow path: already settled, lease expired, or unknown — decided by the core on the current item.
-        for attempt in range(self.max_attempts):
-            state = state_from_item(item)
-            now = self.clock()
-            settlement, new_state = core.settle(
-                state,
-                reservation_id,
-                input_tokens,
-                output_tokens,
-                now,
-                lease_seconds=self.lease_seconds,
-            )
-            if new_state is None:
-                return settlement
-            written, item = self._put_if_unchanged(key, state, new_state, now)
-            if written:
-                return settlement
-            self._backoff(attempt)
-        raise MeterContentionError(f"settle for {user_id!r} conflicted {self.max_attempts} times")
+        return self._decide_and_write(
+            key,
+            item,
+            lambda state, now: core.settle(
+                state, reservation_id, input_tokens, output_tokens, now, lease_seconds=self.lease_seconds
+            ),
+            lambda _settlement, _item: False,
+            f"settle for {user_id!r}",
+        )
 
     def set_override(self, user_id: str, limits: Limits) -> None:
         """Store per-user limits that take precedence over the tier's. Overrides do not expire."""
@@ -306,6 +294,26 @@ class Meter:
             )
 
     # -- plumbing
+
+    def _decide_and_write(
+        self,
+        key: dict[str, Any],
+        item: dict[str, Any] | None,
+        decide: Callable[[MeterState, float], tuple[R, MeterState | None]],
+        landed: Callable[[R, dict[str, Any] | None], bool],
+        what: str,
+    ) -> R:
+        """Optimistic concurrency: decide on the item as read, write only if unchanged, else decide again."""
+        for attempt in range(self.max_attempts):
+            state, now = state_from_item(item), self.clock()
+            result, new_state = decide(state, now)
+            if new_state is None:
+                return result
+            written, item = self._put_if_unchanged(key, state, new_state, now)
+            if written or landed(result, item):
+                return result
+            self._backoff(attempt)
+        raise MeterContentionError(f"{what} conflicted {self.max_attempts} times")
 
     def _put_if_unchanged(
         self, key: dict[str, Any], read: MeterState, new_state: MeterState, now: float
