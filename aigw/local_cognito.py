@@ -29,6 +29,7 @@ from typing import Any
 import jwt
 from jwt.algorithms import RSAAlgorithm
 
+from aigw.events_server import AuthError as EventsAuthError
 from components.settings import StackSettings
 from runtime.errors import GatewayError
 
@@ -51,7 +52,7 @@ _TOKEN_USES = ("id", "access")
 # -- errors
 
 
-class AuthError(GatewayError):
+class AuthError(EventsAuthError, GatewayError):
     """A token (or sign-in) that does not authenticate anyone. `reason` is a short code, safe to return."""
 
     REASONS = frozenset({
