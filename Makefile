@@ -1,10 +1,10 @@
-# Two commands set everything up on a fresh machine: `make test` and (later) `make dev`.
+# Two commands set everything up on a fresh machine: `make dev` (the local gateway) and `make test`.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: test lint bench clean
+.PHONY: test dev lint bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +17,9 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+
+dev: $(STAMP)
+	$(BIN)/aigw dev
 
 test: $(STAMP) lint
 	HYPOTHESIS_PROFILE=ci $(BIN)/python -m pytest

@@ -1,4 +1,4 @@
-"""The `aigw` command line: offline plan now; the local gateway (`aigw dev`) arrives with its issue."""
+"""The `aigw` command line: the local gateway (`aigw dev`) and the offline plan (`aigw plan`)."""
 
 from __future__ import annotations
 
@@ -34,6 +34,65 @@ def main(
     ] = False,
 ) -> None:
     """ai-gateway command line."""
+
+
+@app.command()
+def dev(
+    stack_file: Annotated[str, typer.Option("--stack-file", help="Stack settings to mirror.")] = "Pulumi.dev.yaml",
+    events_port: Annotated[int, typer.Option("--events-port", help="AppSync Events HTTP + WebSocket.")] = 4100,
+    moto_port: Annotated[int, typer.Option("--moto-port", help="moto (DynamoDB, Cognito).")] = 4101,
+    bedrock_port: Annotated[int, typer.Option("--bedrock-port", help="Bedrock emulator.")] = 4102,
+    lambda_port: Annotated[int, typer.Option("--lambda-port", help="Lambda Invoke endpoint.")] = 4103,
+    pacing_ms: Annotated[float, typer.Option("--pacing-ms", help="Emulated model: ms between tokens.")] = 20.0,
+    json_logs: Annotated[bool, typer.Option("--json-logs", help="Raw JSON logs instead of the dev console.")] = False,
+) -> None:
+    """Run the whole gateway on this machine (Ctrl-C stops it)."""
+    import signal
+    import sys
+    import threading
+
+    from aigw.console import DevConsole
+    from aigw.dev import DevGateway, PortInUseError, Ports
+    from components.settings import SettingsError, StackSettings
+
+    try:
+        settings = StackSettings.from_stack_file(stack_file)
+    except (SettingsError, OSError) as err:
+        typer.echo(str(err), err=True)
+        raise typer.Exit(2) from None
+    ports = Ports(events=events_port, moto=moto_port, bedrock=bedrock_port, lambda_=lambda_port)
+    gateway = DevGateway(settings, ports=ports, pacing_s=pacing_ms / 1000)
+    try:
+        gateway.start()
+    except PortInUseError as err:
+        typer.echo(str(err), err=True)
+        raise typer.Exit(2) from None
+    path = gateway.write_info()
+    console = Console()
+    info = gateway.info
+    console.print(f"[bold]ai-gateway dev[/bold] — settings from {stack_file}, endpoints in {path}")
+    for label, value in (
+        ("HTTP", info["http"]),
+        ("WebSocket", info["realtime"]),
+        ("Cognito", f"{info['cognito']['endpoint']} pool {info['cognito']['user_pool_id']} "
+                    f"client {info['cognito']['client_id']}"),
+        ("demo user", f"{info['demo_user']['username']} / {info['demo_user']['password']}"),
+    ):
+        console.print(f"  {label:<10} {value}", markup=False, highlight=False)
+    console.print("  chat with: [bold].venv/bin/aigw chat[/bold]   (Ctrl-C stops everything)")
+    if not json_logs:
+        sys.stdout = DevConsole(sys.__stdout__)  # the runtime logs JSON exactly as in Lambda; this renders it
+    stopped = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopped.set())
+    try:
+        while not stopped.wait(0.5):
+            pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        sys.stdout = sys.__stdout__
+        gateway.stop()
+        console.print("stopped")
 
 
 @app.command()

@@ -8,6 +8,7 @@ the local gateway, the tests and the benchmarks serve moto through this serialis
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -37,6 +38,7 @@ class AtomicMotoServer:
         self._thread: threading.Thread | None = None
 
     def start(self) -> AtomicMotoServer:
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request is noise here
         app = _SerializedApp(DomainDispatcherApplication(create_backend_app))
         self._server = make_server(self._host, self._port, app, threaded=True, request_handler=MotoRequestHandler)
         self._thread = threading.Thread(target=self._server.serve_forever, name="moto", daemon=True)

@@ -1,0 +1,165 @@
+"""A small AppSync Events client for people and tests: sign in to Cognito, connect, subscribe, publish, stream.
+
+Speaks the same protocol as AWS's clients (header subprotocol auth, connection_init, per-operation ids), so
+it works against `aigw dev` and a deployed stack alike. `ask()` sends one chat request and yields the events
+of its answer until `end` or `error`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import aiohttp
+import boto3
+
+SUBPROTOCOL = "aws-appsync-event-ws"
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    http: str
+    realtime: str
+    region: str
+    cognito_endpoint: str | None
+    user_pool_id: str
+    client_id: str
+
+    @classmethod
+    def from_dev_json(cls, path: str | Path = ".aigw/dev.json") -> Endpoints:
+        info = json.loads(Path(path).read_text())
+        c = info["cognito"]
+        return cls(info["http"], info["realtime"], info["region"], c.get("endpoint"), c["user_pool_id"], c["client_id"])
+
+
+def sign_in(endpoints: Endpoints, username: str, password: str) -> dict[str, str]:
+    """Cognito USER_PASSWORD_AUTH; returns the AuthenticationResult (IdToken, AccessToken, RefreshToken...)."""
+    cognito = boto3.client("cognito-idp", region_name=endpoints.region, endpoint_url=endpoints.cognito_endpoint)
+    result = cognito.initiate_auth(
+        ClientId=endpoints.client_id,
+        AuthFlow="USER_PASSWORD_AUTH",
+        AuthParameters={"USERNAME": username, "PASSWORD": password},
+    )
+    return result["AuthenticationResult"]
+
+
+def token_sub(token: str) -> str:
+    """The `sub` claim of a JWT (read, not verified: the server verifies)."""
+    payload = token.split(".")[1]
+    return json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))["sub"]
+
+
+class ProtocolError(RuntimeError):
+    """The server answered an operation with an error frame."""
+
+    def __init__(self, frame: dict[str, Any]) -> None:
+        errors = frame.get("errors") or [{}]
+        super().__init__(f"{frame.get('type')}: {errors[0].get('errorType')}: {errors[0].get('message')}")
+        self.frame = frame
+
+
+@dataclass
+class EventsClient:
+    endpoints: Endpoints
+    token: str
+    _session: aiohttp.ClientSession | None = None
+    _ws: aiohttp.ClientWebSocketResponse | None = None
+    _queues: dict[str, asyncio.Queue[dict[str, Any]]] = field(default_factory=dict)
+    _pending: dict[str, asyncio.Future[dict[str, Any]]] = field(default_factory=dict)
+    _reader: asyncio.Task[None] | None = None
+
+    @property
+    def auth(self) -> dict[str, str]:
+        return {"host": urlparse(self.endpoints.http).netloc, "Authorization": self.token}
+
+    async def __aenter__(self) -> EventsClient:
+        header = base64.urlsafe_b64encode(json.dumps(self.auth).encode()).decode().rstrip("=")
+        self._session = aiohttp.ClientSession()
+        self._ws = await self._session.ws_connect(self.endpoints.realtime, protocols=[SUBPROTOCOL, f"header-{header}"])
+        await self._ws.send_json({"type": "connection_init"})
+        ack = await self._ws.receive_json(timeout=10)
+        if ack.get("type") != "connection_ack":
+            await self.close()
+            raise ProtocolError(ack)
+        self._reader = asyncio.create_task(self._read())
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._reader:
+            self._reader.cancel()
+        if self._ws is not None:
+            await self._ws.close()
+        if self._session is not None:
+            await self._session.close()
+
+    async def _read(self) -> None:
+        assert self._ws is not None
+        async for message in self._ws:
+            if message.type != aiohttp.WSMsgType.TEXT:
+                break
+            frame = json.loads(message.data)
+            kind, frame_id = frame.get("type"), frame.get("id")
+            if kind == "data" and frame_id in self._queues:
+                await self._queues[frame_id].put(json.loads(frame["event"]))
+            elif frame_id in self._pending:
+                self._pending.pop(frame_id).set_result(frame)
+
+    async def _call(self, message: dict[str, Any]) -> dict[str, Any]:
+        assert self._ws is not None
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._pending[message["id"]] = future
+        await self._ws.send_json(message)
+        frame = await asyncio.wait_for(future, 30)
+        if frame["type"].endswith("_error") or frame["type"] == "error":
+            raise ProtocolError(frame)
+        return frame
+
+    async def subscribe(self, channel: str) -> asyncio.Queue[dict[str, Any]]:
+        sub_id = uuid.uuid4().hex
+        self._queues[sub_id] = asyncio.Queue()
+        await self._call({"type": "subscribe", "id": sub_id, "channel": channel, "authorization": self.auth})
+        return self._queues[sub_id]
+
+    async def publish(self, channel: str, events: list[Any]) -> dict[str, Any]:
+        return await self._call({
+            "type": "publish",
+            "id": uuid.uuid4().hex,
+            "channel": channel,
+            "events": [json.dumps(e) for e in events],
+            "authorization": self.auth,
+        })
+
+    async def ask(
+        self, messages: list[dict[str, Any]], *, conversation_id: str, model_id: str | None = None,
+        max_tokens: int | None = None, timeout_s: float = 60,
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Publish one chat request; yield its events (`start`, `delta`..., `end` | `error`)."""
+        sub = token_sub(self.token)
+        queue = await self.subscribe(f"/responses/{sub}/{conversation_id}")
+        request_id = uuid.uuid4().hex
+        request: dict[str, Any] = {"requestId": request_id, "conversationId": conversation_id, "messages": messages}
+        if model_id:
+            request["modelId"] = model_id
+        if max_tokens:
+            request["maxTokens"] = max_tokens
+        answer = await self.publish(f"/chat/{sub}/{conversation_id}", [request])
+        if answer.get("failed"):
+            # The gatekeeper refused the event; the typed error event follows on the responses channel.
+            pass
+        while True:
+            event = await asyncio.wait_for(queue.get(), timeout_s)
+            if event.get("requestId") != request_id:
+                continue
+            yield event
+            if event["type"] in ("end", "error"):
+                return

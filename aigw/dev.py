@@ -1,0 +1,197 @@
+"""`aigw dev`: the whole gateway on one machine, running the same handler functions as Lambda.
+
+What starts, each on a 127.0.0.1 port:
+- moto's server (served atomically) for DynamoDB and Cognito IDP: the runtime's tables and a user pool,
+  client and tier groups mirroring the stack file, read through the same `StackSettings` as `__main__.py`;
+- the Bedrock ConverseStream emulator;
+- the AppSync Events server (HTTP `/event`, WebSocket `/event/realtime`) whose namespaces call
+  `runtime.handlers.subscribe_handler` and `gatekeeper_handler`, exactly as AppSync calls the Lambdas;
+- a Lambda Invoke endpoint running `runtime.handlers.worker_handler` for the gatekeeper's async invoke.
+Local and AWS differ only in configuration: the runtime finds everything through `AWS_ENDPOINT_URL_<SERVICE>`
+and its `AIGW_*` variables.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import boto3
+from botocore.config import Config
+
+from aigw.emulators.bedrock import BedrockEmulator
+from aigw.emulators.lambda_invoke import LambdaEmulator
+from aigw.emulators.moto_server import AtomicMotoServer
+from aigw.events_server import EventsServer, Identity, LocalAuthenticator, NamespaceConfig, ServerThread
+from aigw.local_cognito import JwtVerifier, LocalPool, identity_from_claims, provision, seed_demo_user
+from components.settings import PROJECT, StackSettings
+from runtime import cache as answer_cache
+from runtime import channels, metering
+
+COGNITO = "AMAZON_COGNITO_USER_POOLS"
+IAM = "AWS_IAM"
+STATE_DIR = Path(".aigw")
+
+
+class PortInUseError(RuntimeError):
+    """A port `aigw dev` needs is taken; the message names it and the flag that moves it."""
+
+
+@dataclass(frozen=True)
+class Ports:
+    events: int = 4100
+    moto: int = 4101
+    bedrock: int = 4102
+    lambda_: int = 4103
+
+    def check_free(self, host: str = "127.0.0.1") -> None:
+        for name, port in asdict(self).items():
+            if port == 0:
+                continue
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                try:
+                    probe.bind((host, port))
+                except OSError:
+                    flag = "--" + name.rstrip("_").replace("_", "-") + "-port"
+                    service = name.rstrip("_")
+                    raise PortInUseError(f"port {port} ({service}) is taken; choose another with {flag}") from None
+
+
+@dataclass
+class DevGateway:
+    """Starts and stops every local service; `info` is what `.aigw/dev.json` records."""
+
+    settings: StackSettings
+    ports: Ports = field(default_factory=Ports)
+    stack: str = "dev"
+    pacing_s: float = 0.02
+    keepalive_s: float = 60.0
+    seed_user: bool = True
+    info: dict[str, Any] = field(default_factory=dict)
+    _stack: list[Any] = field(default_factory=list)
+
+    def start(self) -> DevGateway:
+        self.ports.check_free()
+        region = self.settings.region
+        prefix = f"{PROJECT}-{self.stack}"
+        # Local credentials: the worker signs its publishes with these and the events server checks them.
+        access_key, secret_key = "AKIDAIGWLOCAL", secrets.token_urlsafe(24)
+        os.environ.update(
+            AWS_ACCESS_KEY_ID=access_key,
+            AWS_SECRET_ACCESS_KEY=secret_key,
+            AWS_REGION=region,
+            AWS_DEFAULT_REGION=region,
+        )
+        os.environ.pop("AWS_SESSION_TOKEN", None)
+        os.environ.pop("AWS_PROFILE", None)
+
+        moto = AtomicMotoServer(port=self.ports.moto).start()
+        self._stack.append(moto)
+        os.environ["AWS_ENDPOINT_URL_DYNAMODB"] = moto.endpoint_url
+        os.environ["AWS_ENDPOINT_URL_COGNITO_IDENTITY_PROVIDER"] = moto.endpoint_url
+        config = Config(retries={"mode": "standard", "max_attempts": 3}, max_pool_connections=64)
+        dynamodb = boto3.client("dynamodb", region_name=region, config=config)
+        tables = {"metering": f"{prefix}-metering", "cache": f"{prefix}-answers"}
+        for spec_of, ttl, name in (
+            (metering.table_spec, metering.TTL_ATTRIBUTE, tables["metering"]),
+            (answer_cache.table_spec, answer_cache.TTL_ATTRIBUTE, tables["cache"]),
+        ):
+            dynamodb.create_table(**spec_of(name))
+            dynamodb.update_time_to_live(
+                TableName=name, TimeToLiveSpecification={"Enabled": True, "AttributeName": ttl}
+            )
+
+        cognito = boto3.client("cognito-idp", region_name=region, config=config)
+        pool: LocalPool = provision(cognito, self.settings, name=prefix)
+        demo = seed_demo_user(cognito, pool, self.settings) if self.seed_user else None
+
+        bedrock = BedrockEmulator(port=self.ports.bedrock, pacing_s=self.pacing_s).start()
+        self._stack.append(bedrock)
+        os.environ["AWS_ENDPOINT_URL_BEDROCK_RUNTIME"] = bedrock.endpoint_url
+
+        from runtime import handlers  # imported once the environment is in place
+
+        verifier = JwtVerifier(pool.jwks_url, pool.issuer, pool.client_id)
+
+        def cognito_identity(token: str) -> Identity:
+            found = identity_from_claims(verifier.verify(token))
+            return Identity(
+                kind="cognito", sub=found["sub"], username=found["username"], groups=found["groups"],
+                claims=found["claims"],
+            )
+
+        authenticator = LocalAuthenticator({access_key: secret_key}, cognito=cognito_identity, region=region)
+        namespaces = [
+            NamespaceConfig(
+                name=channels.CHAT_NAMESPACE,
+                publish_auth={COGNITO},
+                subscribe_auth={IAM},
+                on_publish=handlers.gatekeeper_handler,
+            ),
+            NamespaceConfig(
+                name=channels.RESPONSES_NAMESPACE,
+                publish_auth={IAM},
+                subscribe_auth={COGNITO},
+                on_subscribe=handlers.subscribe_handler,
+            ),
+        ]
+        server = EventsServer(authenticator, namespaces, port=self.ports.events, keepalive_s=self.keepalive_s)
+        events = ServerThread(server)
+        events.start()
+        self._stack.append(events)
+
+        worker_name = f"{prefix}-worker"
+        lambdas = LambdaEmulator({worker_name: handlers.worker_handler}, port=self.ports.lambda_).start()
+        self._stack.append(lambdas)
+        os.environ["AWS_ENDPOINT_URL_LAMBDA"] = lambdas.endpoint_url
+
+        runtime = self.settings.runtime_config(
+            stack=f"local-{self.stack}",
+            metering_table=tables["metering"],
+            cache_table=tables["cache"],
+            http_endpoint=server.http_url,
+            worker_function_name=worker_name,
+        )
+        os.environ.update(runtime.to_env())
+        for cached in (handlers.config, handlers.publisher, handlers.gatekeeper, handlers.worker):
+            cached.cache_clear()  # a previous gateway in this process must not leak its clients
+
+        self.info = {
+            "http": server.http_url,
+            "realtime": server.realtime_url,
+            "region": region,
+            "cognito": {"endpoint": moto.endpoint_url, "user_pool_id": pool.user_pool_id, "client_id": pool.client_id},
+            "demo_user": {"username": demo[0], "password": demo[1]} if demo else None,
+            "tables": tables,
+            "bedrock": bedrock.endpoint_url,
+            "lambda": lambdas.endpoint_url,
+            "worker_function": worker_name,
+        }
+        return self
+
+    def stop(self) -> None:
+        while self._stack:
+            self._stack.pop().stop()
+
+    def write_info(self, directory: Path = STATE_DIR) -> Path:
+        directory.mkdir(exist_ok=True)
+        path = directory / "dev.json"
+        path.write_text(json.dumps(self.info, indent=2) + "\n")
+        return path
+
+
+@contextmanager
+def running(settings: StackSettings, **kwargs: Any) -> Iterator[DevGateway]:
+    gateway = DevGateway(settings, **kwargs).start()
+    try:
+        yield gateway
+    finally:
+        gateway.stop()

@@ -1,0 +1,53 @@
+"""`aigw dev` in-process: the real handlers behind the local AppSync Events server, over real sockets."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from aigw.client import Endpoints, EventsClient, sign_in
+from aigw.dev import DevGateway, Ports, running
+from components.settings import StackSettings
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def gateway() -> Iterator[DevGateway]:
+    settings = StackSettings.from_stack_file(ROOT / "Pulumi.dev.yaml")
+    with running(settings, ports=Ports(0, 0, 0, 0), pacing_s=0.0, keepalive_s=5) as gw:
+        yield gw
+
+
+def endpoints(gw: DevGateway) -> Endpoints:
+    info = gw.info
+    c = info["cognito"]
+    return Endpoints(info["http"], info["realtime"], info["region"], c["endpoint"], c["user_pool_id"], c["client_id"])
+
+
+def test_a_signed_in_user_gets_a_streamed_answer(gateway: DevGateway) -> None:
+    demo = gateway.info["demo_user"]
+    token = sign_in(endpoints(gateway), demo["username"], demo["password"])["IdToken"]
+
+    async def conversation() -> list[dict[str, Any]]:
+        async with EventsClient(endpoints(gateway), token) as client:
+            messages = [{"role": "user", "content": [{"text": "Hello, gateway"}]}]
+            return [e async for e in client.ask(messages, conversation_id="conv-1")]
+
+    events = asyncio.run(conversation())
+    kinds = [e["type"] for e in events]
+    assert kinds[0] == "start" and kinds[-1] == "end" and "delta" in kinds
+    assert set(kinds[1:-1]) == {"delta"}
+    end = events[-1]
+    assert end["usage"]["output"] > 0 and end["remaining"]["window"] < 20_000
+
+
+def test_info_names_everything_dev_json_promises(gateway: DevGateway, tmp_path: Path) -> None:
+    path = gateway.write_info(tmp_path)
+    text = path.read_text()
+    for key in ('"http"', '"realtime"', '"region"', '"cognito"', '"demo_user"', '"tables"'):
+        assert key in text
