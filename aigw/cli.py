@@ -1,14 +1,20 @@
-"""The `aigw` command line: the local gateway (`aigw dev`) and the offline plan (`aigw plan`)."""
+"""The `aigw` command line: the local gateway (`aigw dev`), the offline plan (`aigw plan`), the terminal client
+(`aigw chat`) and the admin commands (`aigw users|limits|usage|cache`, logic in `aigw.admin`)."""
 
 from __future__ import annotations
 
 import json
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from enum import StrEnum
-from typing import Annotated
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
+from rich.prompt import Prompt
 from rich.table import Table
 
 from aigw import __version__
@@ -45,6 +51,10 @@ def dev(
     lambda_port: Annotated[int, typer.Option("--lambda-port", help="Lambda Invoke endpoint.")] = 4103,
     pacing_ms: Annotated[float, typer.Option("--pacing-ms", help="Emulated model: ms between tokens.")] = 20.0,
     json_logs: Annotated[bool, typer.Option("--json-logs", help="Raw JSON logs instead of the dev console.")] = False,
+    tls: Annotated[
+        bool,
+        typer.Option("--tls", help="Serve https/wss on localhost with a certificate from a local CA kept in .aigw."),
+    ] = False,
 ) -> None:
     """Run the whole gateway on this machine (Ctrl-C stops it)."""
     import signal
@@ -61,7 +71,7 @@ def dev(
         typer.echo(str(err), err=True)
         raise typer.Exit(2) from None
     ports = Ports(events=events_port, moto=moto_port, bedrock=bedrock_port, lambda_=lambda_port)
-    gateway = DevGateway(settings, ports=ports, pacing_s=pacing_ms / 1000)
+    gateway = DevGateway(settings, ports=ports, pacing_s=pacing_ms / 1000, tls=tls)
     try:
         gateway.start()
     except PortInUseError as err:
@@ -79,6 +89,12 @@ def dev(
         ("demo user", f"{info['demo_user']['username']} / {info['demo_user']['password']}"),
     ):
         console.print(f"  {label:<10} {value}", markup=False, highlight=False)
+    if info.get("tls"):
+        console.print(
+            f"  {'CA':<10} {info['tls']['ca_file']}  (Node: NODE_EXTRA_CA_CERTS; Python clients read it from dev.json)",
+            markup=False,
+            highlight=False,
+        )
     console.print("  chat with: [bold].venv/bin/aigw chat[/bold]   (Ctrl-C stops everything)")
     if not json_logs:
         sys.stdout = DevConsole(sys.__stdout__)  # the runtime logs JSON exactly as in Lambda; this renders it
@@ -119,6 +135,573 @@ def plan(
         settings = ", ".join(f"{k}={v}" for k, v in item.settings.items() if k != "name")
         table.add_row(item.component or "-", item.type.removeprefix("aws:"), item.name, settings)
     Console().print(table)
+
+
+
+# -- the admin and chat commands: options shared by every command that acts on a gateway
+
+DevJson = Annotated[
+    Path, typer.Option("--dev-json", help="The local gateway's endpoints, as `aigw dev` wrote them.")
+]
+StackName = Annotated[
+    str | None, typer.Option("--stack", help="Act on a deployed stack (reads `pulumi stack output`).")
+]
+StackFile = Annotated[
+    Path | None, typer.Option("--stack-file", help="Tiers from this stack file [default: Pulumi.<stack>.yaml].")
+]
+Region = Annotated[str | None, typer.Option("--region", help="Deployed: AWS region (with the flags below).")]
+UserPoolId = Annotated[str | None, typer.Option("--user-pool-id", help="Deployed: the Cognito user pool.")]
+MeteringTable = Annotated[str | None, typer.Option("--metering-table", help="Deployed: the metering table.")]
+CacheTable = Annotated[str | None, typer.Option("--cache-table", help="Deployed: the answer-cache table.")]
+DEFAULT_DEV_JSON = Path(".aigw/dev.json")
+
+
+def _fail(message: str, code: int = 2) -> NoReturn:
+    typer.echo(message, err=True)
+    raise typer.Exit(code)
+
+
+@contextmanager
+def _handled() -> Iterator[None]:
+    """Bad input exits 2 with its message; AWS trouble exits 1 with the service's words; never a traceback."""
+    from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError, NoCredentialsError
+
+    from aigw.admin import AdminError
+
+    try:
+        yield
+    except AdminError as err:
+        _fail(str(err), 2)
+    except NoCredentialsError:
+        _fail("no AWS credentials found: configure them (aws configure / AWS_PROFILE) or act on `aigw dev`", 2)
+    except EndpointConnectionError as err:
+        _fail(f"cannot reach {err.kwargs.get('endpoint_url')}: is the gateway running (`aigw dev`)?", 1)
+    except ClientError as err:
+        error = err.response.get("Error", {})
+        _fail(f"{error.get('Code', 'error')}: {error.get('Message', err)}", 1)
+    except BotoCoreError as err:
+        _fail(str(err), 1)
+
+
+def _target(
+    dev_json: Path,
+    stack: str | None,
+    stack_file: Path | None,
+    region: str | None = None,
+    user_pool_id: str | None = None,
+    metering_table: str | None = None,
+    cache_table: str | None = None,
+) -> Any:
+    """Where to act: `--stack` (its outputs, then any explicit flag), explicit flags alone, else dev.json."""
+    from aigw.admin import AdminError, Target
+
+    flags = {"region": region, "user_pool_id": user_pool_id, "metering_table": metering_table,
+             "cache_table": cache_table}
+    if stack is not None:
+        return Target.from_stack(stack, stack_file).with_flags(**flags)
+    if any(v is not None for v in flags.values()):
+        if region is None:
+            raise AdminError("explicit flags name a deployed gateway: pass --region too (or --stack)")
+        return Target.from_flags(region=region, user_pool_id=user_pool_id, metering_table=metering_table,
+                                 cache_table=cache_table, stack_file=stack_file)
+    return Target.from_dev_json(dev_json, stack_file)
+
+
+def _int(n: int) -> str:
+    return f"{n:,}"
+
+
+# -- aigw users
+
+users_app = typer.Typer(help="Users of the gateway and their tiers (Cognito).", no_args_is_help=True)
+app.add_typer(users_app, name="users")
+
+
+@users_app.command("add")
+def users_add(
+    email: Annotated[str, typer.Argument(help="The user's email address (their sign-in name).")],
+    tier: Annotated[str | None, typer.Option("--tier", help="Tier group [default: the stack's default tier].")] = None,
+    password: Annotated[
+        str | None, typer.Option("--password", help="Permanent password [default: generated and printed].")
+    ] = None,
+    dev_json: DevJson = DEFAULT_DEV_JSON,
+    stack: StackName = None,
+    stack_file: StackFile = None,
+    region: Region = None,
+    user_pool_id: UserPoolId = None,
+) -> None:
+    """Create a confirmed user with a permanent password, in a tier."""
+    from aigw import admin
+
+    with _handled():
+        target = _target(dev_json, stack, stack_file, region, user_pool_id)
+        address, sub, secret = admin.add_user(target.cognito(), target, email, tier=tier, password=password)
+    console = Console()
+    console.print(f"added [bold]{address}[/bold] (sub {sub}) to tier {tier or target.default_tier}")
+    if password is None:
+        console.print(f"password: {secret}", markup=False, highlight=False)
+
+
+@users_app.command("list")
+def users_list(
+    dev_json: DevJson = DEFAULT_DEV_JSON,
+    stack: StackName = None,
+    stack_file: StackFile = None,
+    region: Region = None,
+    user_pool_id: UserPoolId = None,
+) -> None:
+    """Every user with their sub and tier."""
+    from aigw import admin
+
+    with _handled():
+        target = _target(dev_json, stack, stack_file, region, user_pool_id)
+        users = admin.list_users(target.cognito(), target)
+    table = Table(title=f"{len(users)} users — {target.description}")
+    table.add_column("email", no_wrap=True)
+    table.add_column("sub", no_wrap=True)
+    table.add_column("tier")
+    table.add_column("tier groups")
+    for user in sorted(users, key=lambda u: u["username"]):
+        groups = ", ".join(user["tiers"]) or "(none: default tier)"
+        table.add_row(user["username"], user["sub"], user["tier"], groups)
+    Console().print(table)
+
+
+@users_app.command("set-tier")
+def users_set_tier(
+    user: Annotated[str, typer.Argument(help="Email or sub.")],
+    tier: Annotated[str, typer.Argument(help="The new tier.")],
+    dev_json: DevJson = DEFAULT_DEV_JSON,
+    stack: StackName = None,
+    stack_file: StackFile = None,
+    region: Region = None,
+    user_pool_id: UserPoolId = None,
+) -> None:
+    """Move a user to a tier (out of every other tier group). Takes effect at their next sign-in."""
+    from aigw import admin
+
+    with _handled():
+        target = _target(dev_json, stack, stack_file, region, user_pool_id)
+        found = admin.set_tier(target.cognito(), target, user, tier)
+    Console().print(f"{found.email} is now in tier [bold]{tier}[/bold] (from their next sign-in)")
+
+
+# -- aigw limits / aigw usage
+
+limits_app = typer.Typer(help="Per-user token limits that override the tier's.", no_args_is_help=True)
+app.add_typer(limits_app, name="limits")
+
+
+def _limits_table(view: Any) -> Table:
+    table = Table(title=f"limits of {view.user.email} (tier {view.tier.name})")
+    table.add_column("")
+    for column in ("window tokens", "window seconds", "monthly tokens", "min output tokens"):
+        table.add_column(column, justify="right")
+
+    def row(label: str, limits: Any) -> None:
+        table.add_row(label, _int(limits.window_tokens), _int(limits.window_seconds), _int(limits.monthly_tokens),
+                      _int(limits.min_output_tokens))
+
+    row(f"tier {view.tier.name}", view.tier.limits)
+    if view.override is not None:
+        row("override", view.override)
+    row("[bold]effective[/bold]", view.effective)
+    return table
+
+
+@limits_app.command("show")
+def limits_show(
+    user: Annotated[str, typer.Argument(help="Email or sub.")],
+    dev_json: DevJson = DEFAULT_DEV_JSON,
+    stack: StackName = None,
+    stack_file: StackFile = None,
+    region: Region = None,
+    user_pool_id: UserPoolId = None,
+    metering_table: MeteringTable = None,
+) -> None:
+    """A user's tier limits, override (if any) and the limits in effect."""
+    from aigw import admin
+
+    with _handled():
+        target = _target(dev_json, stack, stack_file, region, user_pool_id, metering_table)
+        view = admin.show_limits(target.cognito(), target.meter(), target, user)
+    Console().print(_limits_table(view))
+    if view.override is None:
+        Console().print("no override: the tier's limits apply")
+
+
+@limits_app.command("set")
+def limits_set(
+    user: Annotated[str, typer.Argument(help="Email or sub.")],
+    window_tokens: Annotated[int, typer.Option("--window-tokens", help="Tokens per rolling window.")],
+    monthly_tokens: Annotated[int, typer.Option("--monthly-tokens", help="Tokens per UTC month.")],
+    window_seconds: Annotated[
+        int | None, typer.Option("--window-seconds", help="Window length, a multiple of 10 [default: the tier's].")
+    ] = None,
+    min_output_tokens: Annotated[
+        int | None, typer.Option("--min-output-tokens", help="Smallest output worth admitting [default: the tier's].")
+    ] = None,
+    dev_json: DevJson = DEFAULT_DEV_JSON,
+    stack: StackName = None,
+    stack_file: StackFile = None,
+    region: Region = None,
+    user_pool_id: UserPoolId = None,
+    metering_table: MeteringTable = None,
+) -> None:
+    """Give a user limits of their own (they never expire; `limits clear` removes them)."""
+    from aigw import admin
+
+    with _handled():
+        target = _target(dev_json, stack, stack_file, region, user_pool_id, metering_table)
+        view = admin.set_limits(
+            target.cognito(), target.meter(), target, user, window_tokens=window_tokens,
+            monthly_tokens=monthly_tokens, window_seconds=window_seconds, min_output_tokens=min_output_tokens,
+        )
+    Console().print(_limits_table(view))
+
+
+@limits_app.command("clear")
+def limits_clear(
+    user: Annotated[str, typer.Argument(help="Email or sub.")],
+    dev_json: DevJson = DEFAULT_DEV_JSON,
+    stack: StackName = None,
+    stack_file: StackFile = None,
+    region: Region = None,
+    user_pool_id: UserPoolId = None,
+    metering_table: MeteringTable = None,
+) -> None:
+    """Remove a user's override: the tier's limits apply again."""
+    from aigw import admin
+
+    with _handled():
+        target = _target(dev_json, stack, stack_file, region, user_pool_id, metering_table)
+        view = admin.clear_limits(target.cognito(), target.meter(), target, user)
+    Console().print(f"override of {view.user.email} cleared: tier {view.tier.name} limits apply")
+
+
+@app.command()
+def usage(
+    user: Annotated[str, typer.Argument(help="Email or sub.")],
+    dev_json: DevJson = DEFAULT_DEV_JSON,
+    stack: StackName = None,
+    stack_file: StackFile = None,
+    region: Region = None,
+    user_pool_id: UserPoolId = None,
+    metering_table: MeteringTable = None,
+) -> None:
+    """Tokens a user used and has left, in the rolling window and this UTC month."""
+    from aigw import admin
+
+    with _handled():
+        target = _target(dev_json, stack, stack_file, region, user_pool_id, metering_table)
+        view = admin.usage(target.cognito(), target.meter(), target, user)
+    u, limits = view.usage, view.usage.limits
+    source = "override" if view.overridden else f"tier {view.tier.name}"
+    table = Table(title=f"usage of {view.user.email}")
+    for column, justify in (("", "left"), ("used", "right"), ("remaining", "right"), ("limit", "right")):
+        table.add_column(column, justify=justify)  # type: ignore[arg-type]
+    table.add_row(f"window ({limits.window_seconds} s)", _int(u.window_used), _int(u.window_remaining),
+                  _int(limits.window_tokens))
+    table.add_row("month (UTC)", _int(u.month_used), _int(u.month_remaining), _int(limits.monthly_tokens))
+    console = Console()
+    console.print(table)
+    console.print(f"tier {view.tier.name}; limits from {source}")
+    if u.reserved:
+        console.print(f"{_int(u.reserved)} tokens are reserved by answers in progress")
+
+
+# -- aigw cache
+
+cache_app = typer.Typer(help="Prepared answers served instead of calling the model.", no_args_is_help=True)
+app.add_typer(cache_app, name="cache")
+Model = Annotated[str, typer.Option("--model", help="The model id the answer is for.")]
+
+
+def _cache(dev_json: Path, stack: str | None, stack_file: Path | None, region: str | None,
+           cache_table: str | None) -> Any:
+    return _target(dev_json, stack, stack_file, region, cache_table=cache_table).cache()
+
+
+def _expires(entry: Any) -> str:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(entry.expires_at, UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+@cache_app.command("put")
+def cache_put(
+    question: Annotated[str, typer.Argument(help="The question, as users ask it.")],
+    answer: Annotated[str, typer.Argument(help="The prepared answer.")],
+    model: Model,
+    ttl_days: Annotated[
+        int | None, typer.Option("--ttl-days", help="Days to keep it [default: the stack's cacheTtlDays].")
+    ] = None,
+    dev_json: DevJson = DEFAULT_DEV_JSON,
+    stack: StackName = None,
+    stack_file: StackFile = None,
+    region: Region = None,
+    cache_table: CacheTable = None,
+) -> None:
+    """Store (or replace) the answer to a question for a model."""
+    from aigw import admin
+
+    with _handled():
+        entry = admin.cache_put(_cache(dev_json, stack, stack_file, region, cache_table), question, answer, model,
+                                ttl_days)
+    Console().print(f"stored for {entry.model_id} until {_expires(entry)} (matches {entry.normalized_question!r})",
+                    markup=False, highlight=False)
+
+
+@cache_app.command("get")
+def cache_get(
+    question: Annotated[str, typer.Argument(help="The question.")],
+    model: Model,
+    dev_json: DevJson = DEFAULT_DEV_JSON,
+    stack: StackName = None,
+    stack_file: StackFile = None,
+    region: Region = None,
+    cache_table: CacheTable = None,
+) -> None:
+    """The stored answer to a question (exit 1 when there is none)."""
+    from aigw import admin
+
+    with _handled():
+        entry = admin.cache_get(_cache(dev_json, stack, stack_file, region, cache_table), question, model)
+    if entry is None:
+        _fail(f"no answer stored for {question!r} and {model}", 1)
+    console = Console()
+    console.print(entry.answer, markup=False, highlight=False)
+    console.print(f"[dim]{entry.hit_count} hits, expires {_expires(entry)}[/dim]")
+
+
+@cache_app.command("list")
+def cache_list(
+    dev_json: DevJson = DEFAULT_DEV_JSON,
+    stack: StackName = None,
+    stack_file: StackFile = None,
+    region: Region = None,
+    cache_table: CacheTable = None,
+) -> None:
+    """Every live prepared answer of the stack's cache namespace."""
+    with _handled():
+        cache = _cache(dev_json, stack, stack_file, region, cache_table)
+        entries = cache.list()
+    table = Table(title=f"{len(entries)} prepared answers (namespace {cache.namespace})")
+    for column in ("question", "model", "answer", "hits", "expires"):
+        table.add_column(column)
+    for entry in sorted(entries, key=lambda e: (e.normalized_question, e.model_id)):
+        answer = entry.answer if len(entry.answer) <= 60 else entry.answer[:59] + "…"
+        table.add_row(entry.question, entry.model_id, answer, str(entry.hit_count), _expires(entry))
+    Console().print(table)
+
+
+@cache_app.command("rm")
+def cache_rm(
+    question: Annotated[str, typer.Argument(help="The question.")],
+    model: Model,
+    dev_json: DevJson = DEFAULT_DEV_JSON,
+    stack: StackName = None,
+    stack_file: StackFile = None,
+    region: Region = None,
+    cache_table: CacheTable = None,
+) -> None:
+    """Remove the answer to a question (exit 1 when there was none)."""
+    from aigw import admin
+
+    with _handled():
+        removed = admin.cache_delete(_cache(dev_json, stack, stack_file, region, cache_table), question, model)
+    if not removed:
+        _fail(f"no answer stored for {question!r} and {model}", 1)
+    Console().print("removed")
+
+
+@cache_app.command("import")
+def cache_import(
+    file: Annotated[Path, typer.Argument(help='JSONL: {"question", "answer", "modelId", "ttlSeconds"?} a line.')],
+    dev_json: DevJson = DEFAULT_DEV_JSON,
+    stack: StackName = None,
+    stack_file: StackFile = None,
+    region: Region = None,
+    cache_table: CacheTable = None,
+) -> None:
+    """Store one answer per line; bad lines are reported with their number (exit 1 if any) and skipped."""
+    from aigw import admin
+
+    with _handled():
+        report = admin.cache_import(_cache(dev_json, stack, stack_file, region, cache_table), file)
+    console = Console()
+    console.print(f"imported {report.imported} answers from {file}", markup=False, highlight=False)
+    for error in report.errors:
+        console.print(f"  line {error.line}: {error.reason}", markup=False, highlight=False)
+    if report.errors:
+        raise typer.Exit(1)
+
+
+# -- aigw chat
+
+
+@app.command()
+def chat(
+    model: Annotated[str | None, typer.Option("--model", help="Model id [default: the tier's].")] = None,
+    user: Annotated[str | None, typer.Option("--user", help="Email [default: the local demo user].")] = None,
+    password: Annotated[str | None, typer.Option("--password", help="Password [default: asked].")] = None,
+    prompt: Annotated[
+        str | None, typer.Option("--prompt", help="Send this one message, print the answer and exit.")
+    ] = None,
+    no_wait: Annotated[
+        bool, typer.Option("--no-wait", help="When rate limited, say how long to wait instead of counting down.")
+    ] = False,
+    dev_json: DevJson = DEFAULT_DEV_JSON,
+    stack: StackName = None,
+) -> None:
+    """Talk to the gateway: a multi-turn conversation with answers streamed as they are written.
+
+    Type a message and press Enter; /quit or Ctrl-D ends. When rate limited, the wait is counted down and the
+    message sent again (Ctrl-C stops waiting; --no-wait only says how long).
+    """
+    import asyncio
+
+    import aiohttp
+
+    from aigw.admin import AdminError, ChatSession, Target
+    from aigw.client import EventsClient, ProtocolError, sign_in
+
+    if prompt is not None and not prompt.strip():
+        _fail("--prompt must not be empty", 2)
+    with _handled():
+        target = Target.from_stack(stack) if stack is not None else Target.from_dev_json(dev_json)
+        endpoints = target.endpoints()
+        if user is None:
+            if target.demo_user is None:
+                raise AdminError("pass --user and --password: this gateway has no demo user")
+            user, password = target.demo_user if password is None else (target.demo_user[0], password)
+        if password is None:
+            password = typer.prompt(f"password for {user}", hide_input=True)
+        token = _sign_in(sign_in, endpoints, user, password)
+
+    console = Console()
+    with asyncio.Runner() as runner:
+        client = EventsClient(endpoints, token)
+        try:
+            runner.run(client.__aenter__())
+        except (OSError, ProtocolError, TimeoutError, aiohttp.ClientError) as err:
+            runner.run(client.close())
+            _fail(f"cannot connect to {endpoints.realtime}: {err}", 1)
+        try:
+            session = runner.run(ChatSession(client, model=model).open())
+            if prompt is not None:
+                answered = _chat_turn(runner, session, prompt, console, wait=not no_wait)
+                raise typer.Exit(0 if answered else 1)
+            console.print(f"[bold]aigw chat[/bold] as {user} on {target.description} — /quit or Ctrl-D to end")
+            while True:
+                try:
+                    text = Prompt.ask("[bold cyan]you[/bold cyan]", console=console)
+                except (EOFError, KeyboardInterrupt):
+                    console.print()
+                    break
+                if text.strip() in ("/quit", "/exit"):
+                    break
+                if text.strip():
+                    _chat_turn(runner, session, text, console, wait=not no_wait)
+        except KeyboardInterrupt:
+            console.print("\n[dim]stopped[/dim]")
+        except ProtocolError as err:
+            _fail(f"the gateway refused: {err}", 1)
+        except (OSError, TimeoutError, aiohttp.ClientError) as err:
+            _fail(f"lost the connection to the gateway: {err!r}", 1)
+        finally:
+            runner.run(client.close())
+
+
+def _sign_in(sign_in: Any, endpoints: Any, user: str, password: str) -> str:
+    from botocore.exceptions import ClientError
+
+    from aigw.admin import AdminError
+
+    try:
+        result = sign_in(endpoints, user, password)
+    except ClientError as err:
+        if err.response.get("Error", {}).get("Code") not in ("NotAuthorizedException", "UserNotFoundException"):
+            raise
+        raise AdminError(f"sign-in refused for {user}: wrong email or password") from None
+    except KeyError:
+        raise AdminError(f"sign-in of {user} needs another step (new password or MFA): not supported here") from None
+    return result["IdToken"]
+
+
+def _chat_turn(runner: Any, session: Any, prompt: str, console: Console, *, wait: bool) -> bool:
+    """One message and its streamed answer; True when answered. A rate limit is waited out and retried."""
+    for _ in range(3):
+        final = runner.run(_stream(session, prompt, console))
+        if final.get("type") == "end":
+            remaining = final.get("remaining") or {}
+            cached = " (prepared answer)" if final.get("cached") else ""
+            console.print(
+                f"[dim]remaining: {_int(remaining.get('window', 0))} tokens in this window, "
+                f"{_int(remaining.get('month', 0))} this month{cached}[/dim]"
+            )
+            return True
+        if not _show_error(final, console, wait=wait):
+            return False
+    return False
+
+
+async def _stream(session: Any, prompt: str, console: Console) -> dict[str, Any]:
+    """Print the deltas as they arrive; return the final event (`end` or `error`)."""
+    wrote = False
+    final: dict[str, Any] = {"type": "error", "code": "internal", "message": "the answer ended without an end event"}
+    async for event in session.turn(prompt):
+        kind = event.get("type")
+        if kind == "delta":
+            console.print(event.get("text", ""), end="", markup=False, highlight=False, soft_wrap=True)
+            wrote = True
+        elif kind in ("end", "error"):
+            final = event
+    if wrote:
+        console.print()
+    return final
+
+
+def _show_error(event: dict[str, Any], console: Console, *, wait: bool) -> bool:
+    """Say what went wrong, humanely; True when the same message should be sent again (a rate limit waited out)."""
+    import time
+
+    from runtime.metering.core import next_month_start
+
+    code, message = event.get("code", "error"), event.get("message", "")
+    remaining = event.get("remaining")
+    left = (f" ({_int(remaining['window'])} tokens left in this window, {_int(remaining['month'])} this month)"
+            if isinstance(remaining, dict) and {"window", "month"} <= remaining.keys() else "")
+    if code == "rate_limited":
+        seconds = math.ceil(float(event.get("retryAfterSeconds") or 0))
+        console.print(f"[yellow]rate limited[/yellow]: {message}{left}. Retry in {seconds} s.", highlight=False)
+        return wait and _countdown(console, seconds)
+    if code == "quota_exhausted":
+        from datetime import UTC, datetime
+
+        reset = datetime.fromtimestamp(next_month_start(time.time()), UTC).strftime("%Y-%m-%d %H:%M UTC")
+        console.print(f"[red]monthly quota used up[/red]: {message}. It resets on {reset}.", highlight=False)
+        return False
+    console.print(f"[red]{code}[/red]: {message}{left}", highlight=False)
+    return False
+
+
+def _countdown(console: Console, seconds: int) -> bool:
+    """Count down live, once a second; True when the wait ran out, False when Ctrl-C stopped it."""
+    import time
+
+    from rich.live import Live
+
+    deadline = time.monotonic() + seconds
+    try:
+        with Live(console=console, transient=True, auto_refresh=False) as live:
+            while (left := deadline - time.monotonic()) > 0:
+                live.update(f"[dim]sending again in {math.ceil(left)} s (Ctrl-C to stop waiting)[/dim]", refresh=True)
+                time.sleep(min(1.0, left))
+    except KeyboardInterrupt:
+        console.print("[dim]not waiting: send another message when ready[/dim]")
+        return False
+    return True
 
 
 if __name__ == "__main__":  # pragma: no cover

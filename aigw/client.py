@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import ssl
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -31,12 +32,24 @@ class Endpoints:
     cognito_endpoint: str | None
     user_pool_id: str
     client_id: str
+    ca_file: str | None = None  # a local CA to trust (`aigw dev --tls`)
 
     @classmethod
     def from_dev_json(cls, path: str | Path = ".aigw/dev.json") -> Endpoints:
         info = json.loads(Path(path).read_text())
         c = info["cognito"]
-        return cls(info["http"], info["realtime"], info["region"], c.get("endpoint"), c["user_pool_id"], c["client_id"])
+        ca_file = (info.get("tls") or {}).get("ca_file")
+        return cls(
+            info["http"], info["realtime"], info["region"], c.get("endpoint"), c["user_pool_id"], c["client_id"],
+            ca_file,
+        )
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        if not self.ca_file:
+            return None
+        context = ssl.create_default_context()
+        context.load_verify_locations(self.ca_file)
+        return context
 
 
 def sign_in(endpoints: Endpoints, username: str, password: str) -> dict[str, str]:
@@ -82,7 +95,11 @@ class EventsClient:
     async def __aenter__(self) -> EventsClient:
         header = base64.urlsafe_b64encode(json.dumps(self.auth).encode()).decode().rstrip("=")
         self._session = aiohttp.ClientSession()
-        self._ws = await self._session.ws_connect(self.endpoints.realtime, protocols=[SUBPROTOCOL, f"header-{header}"])
+        self._ws = await self._session.ws_connect(
+            self.endpoints.realtime,
+            protocols=[SUBPROTOCOL, f"header-{header}"],
+            ssl=self.endpoints.ssl_context() or True,
+        )
         await self._ws.send_json({"type": "connection_init"})
         ack = await self._ws.receive_json(timeout=10)
         if ack.get("type") != "connection_ack":

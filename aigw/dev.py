@@ -13,6 +13,7 @@ and its `AIGW_*` variables.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -31,6 +32,7 @@ from aigw.emulators.lambda_invoke import LambdaEmulator
 from aigw.emulators.moto_server import AtomicMotoServer
 from aigw.events_server import EventsServer, Identity, LocalAuthenticator, NamespaceConfig, ServerThread
 from aigw.local_cognito import JwtVerifier, LocalPool, identity_from_claims, provision, seed_demo_user
+from aigw.tls import ensure_local_ca
 from components.settings import PROJECT, StackSettings
 from runtime import cache as answer_cache
 from runtime import channels, metering
@@ -38,6 +40,20 @@ from runtime import channels, metering
 COGNITO = "AMAZON_COGNITO_USER_POOLS"
 IAM = "AWS_IAM"
 STATE_DIR = Path(".aigw")
+
+
+class _EnvOverride:
+    """Sets an environment variable until `stop()`, which restores what was there (on the gateway's stop stack)."""
+
+    def __init__(self, name: str, value: str) -> None:
+        self.name, self._previous = name, os.environ.get(name)
+        os.environ[name] = value
+
+    def stop(self) -> None:
+        if self._previous is None:
+            os.environ.pop(self.name, None)
+        else:
+            os.environ[self.name] = self._previous
 
 
 class PortInUseError(RuntimeError):
@@ -67,7 +83,13 @@ class Ports:
 
 @dataclass
 class DevGateway:
-    """Starts and stops every local service; `info` is what `.aigw/dev.json` records."""
+    """Starts and stops every local service; `info` is what `.aigw/dev.json` records.
+
+    ``tls``: the events server serves https/wss as ``localhost`` with a certificate of the local CA that
+    `aigw.tls.ensure_local_ca` keeps in ``tls_dir``; ``info["tls"]["ca_file"]`` names the CA for clients
+    (Node: ``NODE_EXTRA_CA_CERTS``). The worker's publishes (``http.client`` with the default SSL context)
+    trust it through ``SSL_CERT_FILE`` = a bundle of the default CAs plus the local one, set while running.
+    """
 
     settings: StackSettings
     ports: Ports = field(default_factory=Ports)
@@ -75,6 +97,8 @@ class DevGateway:
     pacing_s: float = 0.02
     keepalive_s: float = 60.0
     seed_user: bool = True
+    tls: bool = False
+    tls_dir: Path = STATE_DIR
     info: dict[str, Any] = field(default_factory=dict)
     _stack: list[Any] = field(default_factory=list)
 
@@ -104,6 +128,10 @@ class DevGateway:
             (metering.table_spec, metering.TTL_ATTRIBUTE, tables["metering"]),
             (answer_cache.table_spec, answer_cache.TTL_ATTRIBUTE, tables["cache"]),
         ):
+            # A fresh gateway starts empty, even when an earlier one in this process (tests) used the names:
+            # moto keeps its state per process.
+            with contextlib.suppress(dynamodb.exceptions.ResourceNotFoundException):
+                dynamodb.delete_table(TableName=name)
             dynamodb.create_table(**spec_of(name))
             dynamodb.update_time_to_live(
                 TableName=name, TimeToLiveSpecification={"Enabled": True, "AttributeName": ttl}
@@ -143,10 +171,23 @@ class DevGateway:
                 on_subscribe=handlers.subscribe_handler,
             ),
         ]
-        server = EventsServer(authenticator, namespaces, port=self.ports.events, keepalive_s=self.keepalive_s)
+        local_tls = ensure_local_ca(self.tls_dir) if self.tls else None
+        server = EventsServer(
+            authenticator,
+            namespaces,
+            port=self.ports.events,
+            keepalive_s=self.keepalive_s,
+            ssl_context=local_tls.server_ssl_context() if local_tls else None,
+        )
         events = ServerThread(server)
         events.start()
         self._stack.append(events)
+        http_url, realtime_url = server.http_url, server.realtime_url
+        if local_tls is not None:
+            # The certificate names localhost (and 127.0.0.1); clients use the name, as they would on AWS.
+            http_url = f"https://localhost:{server.port}/event"
+            realtime_url = f"wss://localhost:{server.port}/event/realtime"
+            self._stack.append(_EnvOverride("SSL_CERT_FILE", str(local_tls.write_trust_bundle())))
 
         worker_name = f"{prefix}-worker"
         lambdas = LambdaEmulator({worker_name: handlers.worker_handler}, port=self.ports.lambda_).start()
@@ -157,7 +198,7 @@ class DevGateway:
             stack=f"local-{self.stack}",
             metering_table=tables["metering"],
             cache_table=tables["cache"],
-            http_endpoint=server.http_url,
+            http_endpoint=http_url,
             worker_function_name=worker_name,
         )
         os.environ.update(runtime.to_env())
@@ -165,8 +206,8 @@ class DevGateway:
             cached.cache_clear()  # a previous gateway in this process must not leak its clients
 
         self.info = {
-            "http": server.http_url,
-            "realtime": server.realtime_url,
+            "http": http_url,
+            "realtime": realtime_url,
             "region": region,
             "cognito": {"endpoint": moto.endpoint_url, "user_pool_id": pool.user_pool_id, "client_id": pool.client_id},
             "demo_user": {"username": demo[0], "password": demo[1]} if demo else None,
@@ -175,6 +216,8 @@ class DevGateway:
             "lambda": lambdas.endpoint_url,
             "worker_function": worker_name,
         }
+        if local_tls is not None:
+            self.info["tls"] = {"ca_file": str(local_tls.ca_file)}
         return self
 
     def stop(self) -> None:

@@ -51,3 +51,20 @@ def test_info_names_everything_dev_json_promises(gateway: DevGateway, tmp_path: 
     text = path.read_text()
     for key in ('"http"', '"realtime"', '"region"', '"cognito"', '"demo_user"', '"tables"'):
         assert key in text
+
+
+def test_the_python_client_trusts_a_tls_gateway_through_dev_json(tmp_path: Path) -> None:
+    settings = StackSettings.from_stack_file(ROOT / "Pulumi.dev.yaml")
+    with running(settings, ports=Ports(0, 0, 0, 0), pacing_s=0.0, tls=True, tls_dir=tmp_path, stack="tlstest") as gw:
+        ends = Endpoints.from_dev_json(gw.write_info(tmp_path))
+        assert ends.realtime.startswith("wss://localhost:") and ends.ca_file
+        demo = gw.info["demo_user"]
+        token = sign_in(ends, demo["username"], demo["password"])["IdToken"]
+
+        async def one_answer() -> list[str]:
+            async with EventsClient(ends, token) as client:
+                messages = [{"role": "user", "content": [{"text": "Over TLS?"}]}]
+                return [e["type"] async for e in client.ask(messages, conversation_id="tls-1")]
+
+        kinds = asyncio.run(one_answer())
+    assert kinds[0] == "start" and kinds[-1] == "end"

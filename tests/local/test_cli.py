@@ -1,0 +1,275 @@
+"""`aigw chat|users|limits|usage|cache` through typer's CliRunner, against an in-process `aigw dev` gateway.
+
+Every command gets `--dev-json <tmp>/.aigw/dev.json`; the stack file is found next to it (copied there), so
+nothing depends on the working directory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import shutil
+import subprocess
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from rich.console import Console
+from typer.testing import CliRunner
+
+from aigw import admin
+from aigw.cli import _show_error, app
+from aigw.client import EventsClient, sign_in
+from aigw.dev import Ports, running
+from aigw.emulators.bedrock import default_answer
+from components.settings import StackSettings
+
+ROOT = Path(__file__).resolve().parents[2]
+NOVA = "amazon.nova-lite-v1:0"
+PASSWORD = "Str0ng!Passw0rd-for-tests"
+
+
+@pytest.fixture(scope="module")
+def dev_json(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    project = tmp_path_factory.mktemp("project")
+    shutil.copy(ROOT / "Pulumi.dev.yaml", project / "Pulumi.dev.yaml")
+    settings = StackSettings.from_stack_file(ROOT / "Pulumi.dev.yaml")
+    # moto's backends are process-wide: a stack name of our own keeps our tables apart from any other
+    # in-process gateway of this pytest session (`ai-gateway-dev-*` may already exist).
+    stack = f"cli{uuid.uuid4().hex[:8]}"
+    with running(settings, ports=Ports(0, 0, 0, 0), pacing_s=0, stack=stack) as gw:
+        yield gw.write_info(project / ".aigw")
+
+
+# The in-process gateway's JSON logs and EMF lines land in the same captured stdout, between streamed deltas.
+_GATEWAY_LOG = re.compile(r'\{"(?:level|_aws)"[^\n]*\n')
+
+
+@dataclass
+class Run:
+    exit_code: int
+    stdout: str
+    stderr: str
+    output: str
+
+
+def aigw(dev_json: Path, *args: str, input: str | None = None) -> Run:
+    result = CliRunner().invoke(app, [*args, "--dev-json", str(dev_json)], input=input, env={"COLUMNS": "200"})
+    # Whatever happened, it was a clean exit with a message, never a traceback.
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.output
+    assert "Traceback" not in result.output
+    return Run(result.exit_code, *(_GATEWAY_LOG.sub("", t) for t in (result.stdout, result.stderr, result.output)))
+
+
+def answer_to(text: str) -> str:
+    return default_answer({"messages": [{"role": "user", "content": [{"text": text}]}]})
+
+
+# -- users
+
+
+def test_users_add_list_set_tier_round_trip(dev_json: Path) -> None:
+    added = aigw(dev_json, "users", "add", "alice@example.com", "--tier", "free")
+    assert added.exit_code == 0, added.output
+    password = re.search(r"password: (\S+)", added.stdout)
+    assert password, "a generated password is printed"
+    target = admin.Target.from_dev_json(dev_json)
+    assert sign_in(target.endpoints(), "alice@example.com", password[1])["IdToken"]  # and it signs in
+
+    listed = aigw(dev_json, "users", "list")
+    assert listed.exit_code == 0
+    row = next(line for line in listed.stdout.splitlines() if "alice@example.com" in line)
+    assert "free" in row and "pro" not in row
+    assert "demo@example.com" in listed.stdout
+
+    moved = aigw(dev_json, "users", "set-tier", "alice@example.com", "pro")
+    assert moved.exit_code == 0, moved.output
+    row = next(line for line in aigw(dev_json, "users", "list").stdout.splitlines() if "alice@example.com" in line)
+    assert "pro" in row and "free" not in row
+
+
+def test_bad_input_exits_2_with_a_message(dev_json: Path, tmp_path: Path) -> None:
+    cases = [
+        (("users", "add", "gold@example.com", "--tier", "gold"), "unknown tier 'gold'"),
+        (("users", "add", "not-an-email"), "not an email address"),
+        (("users", "add", "weak@example.com", "--password", "short"), "password refused"),
+        (("users", "set-tier", "demo@example.com", "platinum"), "unknown tier 'platinum'"),
+        (("users", "set-tier", "nobody@example.com", "pro"), "unknown user"),
+        (("limits", "show", "nobody@example.com"), "unknown user"),
+        (("usage", "00000000-0000-0000-0000-000000000000"), "unknown user"),
+        (("usage", "not a user!"), "neither an email address nor a user id"),
+        (("limits", "set", "demo@example.com", "--window-tokens", "0", "--monthly-tokens", "10"), "window_tokens"),
+        (("limits", "set", "demo@example.com", "--window-tokens", "100", "--monthly-tokens", "1000",
+          "--window-seconds", "15"), "multiple of 10"),
+        (("cache", "put", "   ", "an answer", "--model", NOVA), "question"),
+        (("cache", "put", "q", "a", "--model", NOVA, "--ttl-days", "0"), "--ttl-days"),
+        (("cache", "import", str(tmp_path / "missing.jsonl")), "no such file"),
+        (("chat", "--user", "demo@example.com", "--password", "Wr0ng!password", "--prompt", "hi"), "sign-in refused"),
+    ]
+    for args, message in cases:
+        result = aigw(dev_json, *args)
+        assert result.exit_code == 2, (args, result.output)
+        assert message in result.stderr, (args, result.stderr)
+    # The refused password left no half-made user behind.
+    assert "weak@example.com" not in aigw(dev_json, "users", "list").stdout
+
+    missing = aigw(tmp_path / "nowhere.json", "users", "list")
+    assert missing.exit_code == 2 and "aigw dev" in missing.stderr
+
+
+# -- limits and usage
+
+
+def test_limits_set_show_clear_change_what_usage_reports(dev_json: Path) -> None:
+    assert aigw(dev_json, "users", "add", "bob@example.com", "--password", PASSWORD).exit_code == 0
+    sub = next(line for line in aigw(dev_json, "users", "list").stdout.splitlines() if "bob@example.com" in line)
+    sub = re.search(r"[0-9a-f]{8}-[0-9a-f-]{27}", sub)[0]  # type: ignore[index]
+
+    before = aigw(dev_json, "usage", "bob@example.com")
+    assert before.exit_code == 0 and "limits from tier free" in before.stdout and "20,000" in before.stdout
+
+    changed = aigw(dev_json, "limits", "set", "bob@example.com", "--window-tokens", "5000", "--monthly-tokens",
+                   "90000", "--window-seconds", "300")
+    assert changed.exit_code == 0, changed.output
+    shown = aigw(dev_json, "limits", "show", sub)  # by sub as well as by email
+    assert shown.exit_code == 0
+    override = next(line for line in shown.stdout.splitlines() if "override" in line)
+    assert "5,000" in override and "90,000" in override and "300" in override and "64" in override
+    during = aigw(dev_json, "usage", sub)
+    assert "limits from override" in during.stdout and "5,000" in during.stdout and "90,000" in during.stdout
+
+    cleared = aigw(dev_json, "limits", "clear", "bob@example.com")
+    assert cleared.exit_code == 0 and "tier free limits apply" in cleared.stdout
+    after = aigw(dev_json, "usage", "bob@example.com")
+    assert "limits from tier free" in after.stdout and "20,000" in after.stdout and "5,000" not in after.stdout
+    assert "no override" in aigw(dev_json, "limits", "show", "bob@example.com").stdout
+
+
+# -- cache
+
+
+def test_cache_put_get_list_rm_import(dev_json: Path, tmp_path: Path) -> None:
+    put = aigw(dev_json, "cache", "put", "What is AIGW?", "A serverless AI gateway.", "--model", NOVA,
+               "--ttl-days", "7")
+    assert put.exit_code == 0, put.output
+    got = aigw(dev_json, "cache", "get", "what is  aigw", "--model", NOVA)  # normalized like the gateway does
+    assert got.exit_code == 0 and "A serverless AI gateway." in got.stdout
+    listed = aigw(dev_json, "cache", "list")
+    assert "What is AIGW?" in listed.stdout and NOVA in listed.stdout
+    assert aigw(dev_json, "cache", "rm", "What is AIGW?", "--model", NOVA).exit_code == 0
+    gone = aigw(dev_json, "cache", "get", "What is AIGW?", "--model", NOVA)
+    assert gone.exit_code == 1 and "no answer stored" in gone.stderr
+    assert aigw(dev_json, "cache", "rm", "What is AIGW?", "--model", NOVA).exit_code == 1
+
+    lines = tmp_path / "answers.jsonl"
+    lines.write_text(
+        '{"question": "Opening hours?", "answer": "Nine to five.", "modelId": "amazon.nova-lite-v1:0"}\n'
+        '{"question": "No answer here", "modelId": "amazon.nova-lite-v1:0"}\n'
+        "\n"
+        '{"question": "Refunds?", "answer": "Within 30 days.", "modelId": "amazon.nova-lite-v1:0", '
+        '"ttlSeconds": 3600}\n'
+        "not json\n"
+    )
+    imported = aigw(dev_json, "cache", "import", str(lines))
+    assert imported.exit_code == 1  # some lines were bad
+    assert "imported 2 answers" in imported.stdout
+    assert re.search(r"line 2: missing field\(s\): answer", imported.stdout)
+    assert re.search(r"line 5: invalid JSON", imported.stdout)
+    assert "Nine to five." in aigw(dev_json, "cache", "get", "opening hours", "--model", NOVA).stdout
+
+
+# -- chat
+
+
+def test_chat_prompt_streams_an_answer_and_the_remaining_budget(dev_json: Path) -> None:
+    result = aigw(dev_json, "chat", "--prompt", "hi")
+    assert result.exit_code == 0, result.output
+    assert answer_to("hi") in result.stdout
+    assert re.search(r"remaining: [\d,]+ tokens in this window, [\d,]+ this month", result.stdout)
+
+
+def test_chat_is_multi_turn_and_ends_on_quit(dev_json: Path) -> None:
+    result = aigw(dev_json, "chat", input="hello there\n\nand then?\n/quit\nnever sent\n")
+    assert result.exit_code == 0, result.output
+    assert answer_to("hello there") in result.stdout and answer_to("and then?") in result.stdout
+    assert result.stdout.count("remaining:") == 2
+
+    # The session sends the whole history each turn and keeps only answered turns.
+    target = admin.Target.from_dev_json(dev_json)
+    assert target.demo_user is not None
+    token = sign_in(target.endpoints(), *target.demo_user)["IdToken"]
+
+    async def two_turns() -> list[dict[str, Any]]:
+        async with EventsClient(target.endpoints(), token) as client:
+            session = await admin.ChatSession(client).open()
+            for prompt in ("first", "second"):
+                events = [e async for e in session.turn(prompt)]
+                assert events[-1]["type"] == "end"
+            return session.messages
+
+    messages = asyncio.run(two_turns())
+    assert [m["role"] for m in messages] == ["user", "assistant", "user", "assistant"]
+    assert messages[1]["content"][0]["text"] == answer_to("first")
+
+
+def test_chat_rate_limited_says_when_to_retry(dev_json: Path) -> None:
+    assert aigw(dev_json, "users", "add", "carol@example.com", "--password", PASSWORD).exit_code == 0
+    # A window just big enough for one answer: the second request must wait for the first to leave the window.
+    limited = aigw(dev_json, "limits", "set", "carol@example.com", "--window-tokens", "100", "--monthly-tokens",
+                   "1000000", "--min-output-tokens", "80")
+    assert limited.exit_code == 0, limited.output
+    login = ("--user", "carol@example.com", "--password", PASSWORD)
+    first = aigw(dev_json, "chat", *login, "--prompt", "hi")
+    assert first.exit_code == 0, first.output
+
+    # --no-wait: say how long to wait instead of counting it down (and resending), so the test does not wait.
+    second = aigw(dev_json, "chat", *login, "--prompt", "hi again", "--no-wait")
+    assert second.exit_code == 1, second.output
+    retry = re.search(r"rate limited: .*Retry in (\d+) s\.", second.stdout)
+    assert retry and 0 < int(retry[1]) <= 610, second.stdout
+
+
+def test_rate_limit_countdown_runs_out_then_resends() -> None:
+    # Without --no-wait the wait is counted down once a second (Ctrl-C stops it) and the message resent.
+    console = Console(record=True, width=200)
+    again = _show_error({"type": "error", "code": "rate_limited", "message": "too many tokens",
+                         "retryAfterSeconds": 0.4}, console, wait=True)
+    assert again is True
+    assert "Retry in 1 s." in console.export_text()
+
+
+def test_quota_exhausted_names_the_reset_date() -> None:
+    console = Console(record=True, width=200)
+    again = _show_error({"type": "error", "code": "quota_exhausted", "message": "your monthly token quota is used up",
+                         "retryAfterSeconds": 1000.0}, console, wait=True)
+    assert again is False
+    assert re.search(r"resets on \d{4}-\d{2}-01 00:00 UTC", console.export_text())
+
+
+# -- targets
+
+
+def test_from_stack_reads_pulumi_outputs_or_asks_for_flags(tmp_path: Path) -> None:
+    with pytest.raises(admin.AdminError, match="--region, --user-pool-id"):
+        admin.Target.from_stack("prod", which=lambda _: None)
+
+    outputs = ('{"region": "eu-west-1", "user_pool_id": "eu-west-1_abc", "web_client_id": "client", '
+               '"metering_table": "m", "cache_table": "c", "http_endpoint": "https://h/event", '
+               '"realtime_endpoint": "wss://r/event/realtime"}')
+    seen: list[list[str]] = []
+
+    def run(args: list[str], **_: Any) -> subprocess.CompletedProcess[str]:
+        seen.append(args)
+        return subprocess.CompletedProcess(args, 0, stdout=outputs, stderr="")
+
+    target = admin.Target.from_stack("prod", ROOT / "Pulumi.prod.yaml", which=lambda _: "/bin/pulumi", run=run)
+    assert seen == [["/bin/pulumi", "stack", "output", "--json", "--stack", "prod"]]
+    assert (target.region, target.user_pool_id, target.client_id) == ("eu-west-1", "eu-west-1_abc", "client")
+    assert (target.metering_table, target.cache_table, target.local) == ("m", "c", False)
+    assert target.tiers and target.default_tier
+
+    result = CliRunner().invoke(app, ["users", "list", "--stack", "prod"], env={"PATH": str(tmp_path)})
+    assert result.exit_code == 2 and "pulumi" in result.stderr
