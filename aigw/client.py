@@ -142,10 +142,18 @@ class EventsClient:
         return frame
 
     async def subscribe(self, channel: str) -> asyncio.Queue[dict[str, Any]]:
+        queue, _ = await self._subscribe(channel)
+        return queue
+
+    async def _subscribe(self, channel: str) -> tuple[asyncio.Queue[dict[str, Any]], str]:
         sub_id = uuid.uuid4().hex
         self._queues[sub_id] = asyncio.Queue()
         await self._call({"type": "subscribe", "id": sub_id, "channel": channel, "authorization": self.auth})
-        return self._queues[sub_id]
+        return self._queues[sub_id], sub_id
+
+    async def unsubscribe(self, sub_id: str) -> None:
+        self._queues.pop(sub_id, None)
+        await self._call({"type": "unsubscribe", "id": sub_id})
 
     async def publish(self, channel: str, events: list[Any]) -> dict[str, Any]:
         return await self._call({
@@ -162,7 +170,18 @@ class EventsClient:
     ) -> AsyncIterator[dict[str, Any]]:
         """Publish one chat request; yield its events (`start`, `delta`..., `end` | `error`)."""
         sub = token_sub(self.token)
-        queue = await self.subscribe(f"/responses/{sub}/{conversation_id}")
+        channel = f"/responses/{sub}/{conversation_id}"
+        queue, sub_id = await self._subscribe(channel)
+        try:
+            async for event in self._answer(queue, sub, conversation_id, messages, model_id, max_tokens, timeout_s):
+                yield event
+        finally:
+            await self.unsubscribe(sub_id)  # a connection may hold only 200 subscriptions
+
+    async def _answer(
+        self, queue: asyncio.Queue[dict[str, Any]], sub: str, conversation_id: str, messages: list[dict[str, Any]],
+        model_id: str | None, max_tokens: int | None, timeout_s: float,
+    ) -> AsyncIterator[dict[str, Any]]:
         request_id = uuid.uuid4().hex
         request: dict[str, Any] = {"requestId": request_id, "conversationId": conversation_id, "messages": messages}
         if model_id:

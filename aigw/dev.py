@@ -202,7 +202,7 @@ class DevGateway:
             worker_function_name=worker_name,
         )
         os.environ.update(runtime.to_env())
-        for cached in (handlers.config, handlers.publisher, handlers.gatekeeper, handlers.worker):
+        for cached in (handlers.config, handlers.gatekeeper, handlers.worker):
             cached.cache_clear()  # a previous gateway in this process must not leak its clients
 
         self.info = {

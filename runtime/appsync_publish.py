@@ -369,10 +369,11 @@ class Coalescer:
 
     Consecutive ``add_delta`` texts merge into one ``{"type": "delta", "text": ..., **common_fields}`` event
     (at most ``max_delta_chars`` characters each); ``add`` appends an event as-is. A publish carries at most
-    5 events. The flush decision runs on every call, with time from ``clock``: once the oldest pending event
-    is ``flush_interval_s`` old, everything pending is sent. No thread runs in the background, so a caller
-    that may go quiet should call ``poll()`` (``seconds_until_flush()`` tells when). If ``send`` raises, the
-    batch stays pending and the exception propagates; the next flush retries it. Not thread-safe.
+    5 events. The flush decision runs on every call, with time from ``clock``: the first text is sent at
+    once, and after that everything pending is sent once the oldest pending event is ``flush_interval_s``
+    old. No thread runs in the background, so a caller that may go quiet should call ``poll()``
+    (``seconds_until_flush()`` tells when). If ``send`` raises, the batch stays pending and the exception
+    propagates; the next flush retries it. Not thread-safe.
     """
 
     def __init__(
@@ -384,6 +385,7 @@ class Coalescer:
         common_fields: Mapping[str, Any] | None = None,
         max_delta_chars: int = DEFAULT_MAX_DELTA_CHARS,
         clock: Callable[[], float] = time.monotonic,
+        first_text_at_once: bool = True,
     ) -> None:
         common = dict(common_fields or {})
         if {"type", "text"} & common.keys():
@@ -400,6 +402,7 @@ class Coalescer:
         self._clock = clock
         self._pending: list[_Pending] = []
         self._closed = False
+        self._first_text_at_once = first_text_at_once
         self.publish_count = 0
 
     @property
@@ -467,7 +470,13 @@ class Coalescer:
         self._flush_if_due(now)
 
     def _flush_if_due(self, now: float) -> bool:
-        if self._pending and now - self._pending[0].created_at >= self.flush_interval_s:
+        # The first text goes out at once (with whatever preceded it): time to first token is what users feel.
+        first_text = (
+            self._first_text_at_once
+            and self.publish_count == 0
+            and any(p.parts is not None for p in self._pending)
+        )
+        if self._pending and (first_text or now - self._pending[0].created_at >= self.flush_interval_s):
             self.flush()
             return True
         return False

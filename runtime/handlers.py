@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import json
+import threading
 from typing import Any
 
 from aws_lambda_powertools.event_handler import AppSyncEventsResolver
@@ -27,11 +28,19 @@ def config() -> RuntimeConfig:
     return RuntimeConfig.from_env()
 
 
-@functools.cache
+_thread = threading.local()
+
+
 def publisher() -> Any:
+    """This thread's publisher: one keep-alive connection each (Lambda runs one invocation per container at a
+    time, so there is one; `aigw dev` runs workers on several threads, and a connection is not shareable)."""
     from runtime.appsync_publish import EventPublisher
 
-    return EventPublisher(config().appsync_http_endpoint, config().region)
+    cfg = config()
+    current = getattr(_thread, "publisher", None)
+    if current is None or current.http_endpoint != cfg.appsync_http_endpoint:
+        current = _thread.publisher = EventPublisher(cfg.appsync_http_endpoint, cfg.region)
+    return current
 
 
 def publish(channel: str, events: list[dict[str, Any]]) -> None:

@@ -77,6 +77,7 @@ class Worker:
                 outcome.error_code, outcome.error_message = "internal", "the request expired before it could run"
             else:
                 self._stream_model(job, coalescer, outcome, started)
+            self._send(coalescer.flush)  # the answer goes out before the bookkeeping
         finally:
             charged, overshoot = self._settle(job, outcome)
         window = max(0, job.window_remaining + job.reserved_tokens - charged)

@@ -484,7 +484,7 @@ def test_thousand_single_token_deltas_take_about_two_hundred_publishes() -> None
 
 def test_merged_delta_carries_common_fields_and_add_ends_it() -> None:
     clock, send = FakeClock(), Recorder()
-    co = Coalescer("/r/u/c", send, clock=clock, common_fields={"requestId": "r1"})
+    co = Coalescer("/r/u/c", send, clock=clock, first_text_at_once=False, common_fields={"requestId": "r1"})
     co.add_delta("Hel")
     co.add_delta("lo")
     co.add({"type": "tool_use", "name": "x"})
@@ -527,7 +527,7 @@ def test_long_text_is_split_into_bounded_delta_events() -> None:
 
 def test_deadline_poll_and_seconds_until_flush() -> None:
     clock, send = FakeClock(), Recorder()
-    co = Coalescer("/r/u/c", send, clock=clock, flush_interval_s=0.05)
+    co = Coalescer("/r/u/c", send, clock=clock, first_text_at_once=False, flush_interval_s=0.05)
     assert co.seconds_until_flush() is None
     co.add_delta("a")
     clock.advance(0.03)
@@ -549,7 +549,7 @@ def test_failed_send_keeps_the_batch_pending() -> None:
             raise PublishError(503, [{"errorType": "ServiceUnavailable"}])
         sent.append(events)
 
-    co = Coalescer("/r/u/c", send, clock=clock)
+    co = Coalescer("/r/u/c", send, clock=clock, first_text_at_once=False)
     co.add_delta("a")
     clock.advance(0.06)
     with pytest.raises(PublishError):
@@ -565,3 +565,15 @@ def test_failed_send_keeps_the_batch_pending() -> None:
 def test_common_fields_cannot_shadow_type_or_text() -> None:
     with pytest.raises(ValueError):
         Coalescer("/r/u/c", Recorder(), common_fields={"text": "x"})
+
+
+def test_the_first_text_goes_out_at_once_and_later_text_is_coalesced() -> None:
+    clock, send = FakeClock(), Recorder()
+    co = Coalescer("/r/u/c", send, clock=clock)
+    co.add({"type": "start"})
+    assert send.publishes == []  # a start alone waits for the first text
+    co.add_delta("Hel")
+    assert send.publishes == [("/r/u/c", [{"type": "start"}, {"type": "delta", "text": "Hel"}])]
+    co.add_delta("lo")
+    co.add_delta(" world")
+    assert len(send.publishes) == 1  # after the first text, the interval rules again
