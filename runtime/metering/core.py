@@ -39,6 +39,9 @@ from runtime.errors import (
 WINDOW_RESOLUTION_S = 10
 MAX_WINDOW_SECONDS = 86_400
 DEFAULT_LEASE_SECONDS = 900.0
+# At most this many admissions are remembered per user (about 230 bytes each in the item), keeping the
+# user's DynamoDB item far below its 400 KB limit whatever the request rate.
+MAX_ENTRIES = 1000
 
 Status = Literal["live", "settled", "expired"]
 RefusalReason = Literal["window", "monthly"]
@@ -283,8 +286,14 @@ def admit(
     month_left = limits.monthly_tokens - month_used(state, now)
     granted = min(max_output_tokens, window_left - input_tokens, month_left - input_tokens)
 
-    if granted < _min_output(limits, max_output_tokens):
-        reason, retry = _refusal(state, limits, input_tokens, max_output_tokens, now)
+    held = held_entries(state, now)
+    if granted < _min_output(limits, max_output_tokens) or len(held) >= MAX_ENTRIES:
+        if granted < _min_output(limits, max_output_tokens):
+            reason, retry = _refusal(state, limits, input_tokens, max_output_tokens, now)
+        else:
+            # Too many admissions still remembered: the item would outgrow DynamoDB's 400 KB. Retry when the
+            # oldest is forgotten (tiny requests from one user, many per second, are the only way here).
+            reason, retry = "window", _delay_until(now, min(_forgotten_at(e) for e in held.values()))
         decision = Decision(
             admitted=False,
             reservation_id=None,
@@ -331,6 +340,15 @@ def admit(
         expired_reservations=n_expired,
     )
     return decision, new_state
+
+
+def held_entries(state: MeterState, now: float) -> dict[str, Entry]:
+    """The entries the user's item still carries at `now` (what a write would store after pruning)."""
+    return {r: e for r, e in state.entries.items() if e.status == "live" or now < e.keep_until}
+
+
+def _forgotten_at(entry: Entry) -> float:
+    return entry.lease_until if entry.status == "live" else entry.keep_until
 
 
 def _min_output(limits: Limits, max_output_tokens: int) -> int:
@@ -476,7 +494,7 @@ def prune(state: MeterState, limits: Limits, now: float) -> MeterState:
         state,
         buckets={b: v for b, v in state.buckets.items() if now < bucket_exit(b, limits) and v != 0},
         months={m: v for m, v in state.months.items() if m in keep_months or m > month_key(now)},
-        entries={r: e for r, e in state.entries.items() if e.status == "live" or now < e.keep_until},
+        entries=held_entries(state, now),
     )
 
 

@@ -276,3 +276,19 @@ def test_bad_token_counts_raise_typed_errors(inp: object, out: object) -> None:
 def test_malformed_reservation_ids_raise_typed_errors(rid: object) -> None:
     with pytest.raises(InvalidReservationIdError):
         core.settle(MeterState(), rid, 1, 1, MID_MONTH)  # type: ignore[arg-type]
+
+
+def test_the_number_of_remembered_admissions_is_bounded() -> None:
+    # Tiny requests at a high rate from one user: the item must stay far below DynamoDB's 400 KB.
+    limits = Limits(window_tokens=10**9, monthly_tokens=10**10, min_output_tokens=1)
+    state, now = MeterState(), MID_MONTH
+    nonces = itertools.count()
+    for _ in range(core.MAX_ENTRIES):
+        decision, state = core.admit(state, limits, 1, 1, now, lambda: f"{next(nonces):08x}")
+        _, state = core.settle(state, decision.reservation_id, 1, 1, now)
+        now += 0.01
+    refused, none = core.admit(state, limits, 1, 1, now, lambda: "ffffffff")
+    assert none is None and not refused.admitted and refused.reason == "window"
+    later = now + refused.retry_after_s
+    assert core.admit(state, limits, 1, 1, later, lambda: "fffffffe")[0].admitted
+    assert not core.admit(state, limits, 1, 1, later - 0.05, lambda: "fffffffd")[0].admitted
