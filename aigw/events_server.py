@@ -86,7 +86,11 @@ from typing import Any, Literal, Protocol, Self
 from aiohttp import WSMsgType, web
 from multidict import CIMultiDict
 
-from aigw.emulators.appsync_receiver import MAX_EVENT_BYTES, MAX_EVENTS_PER_PUBLISH, sigv4_error
+from aigw.emulators.appsync_receiver import (
+    InvalidEvents,
+    published_events,
+    sigv4_error,
+)
 from runtime.channels import Channel, parse_channel
 from runtime.errors import InvalidChannelError
 
@@ -339,23 +343,12 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
-def _parse_events(events: object) -> list[Any]:
+def parse_published_events(events: object) -> list[Any]:
     """The parsed payloads of a publish's ``events``, validated against AppSync's limits."""
-    if not isinstance(events, list) or not 1 <= len(events) <= MAX_EVENTS_PER_PUBLISH:
-        count = f" (got {len(events)})" if isinstance(events, list) else ""
-        raise _bad_request(f"events must be a list of 1 to {MAX_EVENTS_PER_PUBLISH} strings{count}")
-    parsed: list[Any] = []
-    for index, event in enumerate(events):
-        if not isinstance(event, str):
-            raise _bad_request(f"event {index} must be a string containing JSON, not {type(event).__name__}")
-        size = len(event.encode("utf-8"))
-        if size > MAX_EVENT_BYTES:
-            raise _bad_request(f"event {index} is {size} bytes, over the {MAX_EVENT_BYTES}-byte limit")
-        try:
-            parsed.append(json.loads(event, parse_constant=_reject_constant))
-        except ValueError as exc:
-            raise _bad_request(f"event {index} is not valid JSON: {exc}") from exc
-    return parsed
+    try:
+        return published_events(events)
+    except InvalidEvents as exc:
+        raise _bad_request(str(exc)) from exc
 
 
 def _parse_channel(raw: object, *, publish: bool) -> Channel:
@@ -708,7 +701,7 @@ class EventsServer:
         channel = _parse_channel(channel_raw, publish=True)
         namespace = self._namespace(channel)
         self._check_mode(identity, namespace.publish_auth, "publish", namespace.name)
-        payloads = _parse_events(events_raw)
+        payloads = parse_published_events(events_raw)
         assert isinstance(events_raw, list)
         ids = [str(uuid.uuid4()) for _ in payloads]
         successful: list[dict[str, Any]] = []

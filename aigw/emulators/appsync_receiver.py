@@ -168,6 +168,29 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+class InvalidEvents(ValueError):
+    """A publish's ``events`` break AppSync's limits (1-5 JSON strings of at most 240 KB each)."""
+
+
+def published_events(events: object) -> list[Any]:
+    """The parsed payloads of a publish's ``events``, validated against AppSync's limits."""
+    if not isinstance(events, list) or not 1 <= len(events) <= MAX_EVENTS_PER_PUBLISH:
+        count = f" (got {len(events)})" if isinstance(events, list) else ""
+        raise InvalidEvents(f"events must be a list of 1 to {MAX_EVENTS_PER_PUBLISH} strings{count}")
+    parsed: list[Any] = []
+    for index, event in enumerate(events):
+        if not isinstance(event, str):
+            raise InvalidEvents(f"event {index} must be a string containing JSON, not {type(event).__name__}")
+        size = len(event.encode("utf-8"))
+        if size > MAX_EVENT_BYTES:
+            raise InvalidEvents(f"event {index} is {size} bytes, over the {MAX_EVENT_BYTES}-byte limit")
+        try:
+            parsed.append(json.loads(event, parse_constant=_reject_constant))
+        except ValueError as exc:
+            raise InvalidEvents(f"event {index} is not valid JSON: {exc}") from exc
+    return parsed
+
+
 def _parse_publish(body: bytes) -> tuple[str, list[Any]]:
     """The channel and parsed events of a publish body, validated as AppSync does."""
     try:
@@ -180,20 +203,10 @@ def _parse_publish(body: bytes) -> tuple[str, list[Any]]:
     problem = channel_error(channel)
     if problem is not None or not isinstance(channel, str):
         raise _bad_request(problem or "channel must be a string")
-    events = payload.get("events")
-    if not isinstance(events, list) or not 1 <= len(events) <= MAX_EVENTS_PER_PUBLISH:
-        raise _bad_request(f"events must be a list of 1 to {MAX_EVENTS_PER_PUBLISH} strings")
-    parsed: list[Any] = []
-    for index, event in enumerate(events):
-        if not isinstance(event, str):
-            raise _bad_request(f"event {index} must be a string containing JSON")
-        size = len(event.encode("utf-8"))
-        if size > MAX_EVENT_BYTES:
-            raise _bad_request(f"event {index} is {size} bytes, over the {MAX_EVENT_BYTES}-byte limit")
-        try:
-            parsed.append(json.loads(event, parse_constant=_reject_constant))
-        except ValueError as exc:
-            raise _bad_request(f"event {index} is not valid JSON: {exc}") from exc
+    try:
+        parsed = published_events(payload.get("events"))
+    except InvalidEvents as exc:
+        raise _bad_request(str(exc)) from exc
     return channel, parsed
 
 
