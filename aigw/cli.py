@@ -55,6 +55,15 @@ def dev(
         bool,
         typer.Option("--tls", help="Serve https/wss on localhost with a certificate from a local CA kept in .aigw."),
     ] = False,
+    upstream_openai: Annotated[
+        str | None,
+        typer.Option(
+            "--upstream-openai",
+            metavar="URL",
+            help="Proxy the Bedrock emulator to an OpenAI-compatible server for real model text "
+            "(Ollama: http://127.0.0.1:11434/v1); the Bedrock model id is sent as the model name.",
+        ),
+    ] = None,
 ) -> None:
     """Run the whole gateway on this machine (Ctrl-C stops it)."""
     import signal
@@ -71,7 +80,9 @@ def dev(
         typer.echo(str(err), err=True)
         raise typer.Exit(2) from None
     ports = Ports(events=events_port, moto=moto_port, bedrock=bedrock_port, lambda_=lambda_port)
-    gateway = DevGateway(settings, ports=ports, pacing_s=pacing_ms / 1000, tls=tls)
+    gateway = DevGateway(
+        settings, ports=ports, pacing_s=pacing_ms / 1000, tls=tls, upstream_openai=upstream_openai
+    )
     try:
         gateway.start()
     except PortInUseError as err:

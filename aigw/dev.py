@@ -99,6 +99,9 @@ class DevGateway:
     seed_user: bool = True
     tls: bool = False
     tls_dir: Path = STATE_DIR
+    upstream_openai: str | None = None
+    """An OpenAI-compatible base URL (Ollama: ``http://127.0.0.1:11434/v1``) the Bedrock emulator proxies to
+    for real model text; None keeps its deterministic answers."""
     info: dict[str, Any] = field(default_factory=dict)
     _stack: list[Any] = field(default_factory=list)
 
@@ -141,7 +144,9 @@ class DevGateway:
         pool: LocalPool = provision(cognito, self.settings, name=prefix)
         demo = seed_demo_user(cognito, pool, self.settings) if self.seed_user else None
 
-        bedrock = BedrockEmulator(port=self.ports.bedrock, pacing_s=self.pacing_s).start()
+        bedrock = BedrockEmulator(
+            port=self.ports.bedrock, pacing_s=self.pacing_s, upstream_openai=self.upstream_openai
+        ).start()
         self._stack.append(bedrock)
         os.environ["AWS_ENDPOINT_URL_BEDROCK_RUNTIME"] = bedrock.endpoint_url
 

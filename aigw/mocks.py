@@ -7,6 +7,7 @@ AppSync DNS names), so dependent resources see realistic values.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -123,6 +124,14 @@ def run(program: Callable[[], Any], *, project: str = "ai-gateway", stack: str =
     stores them (structured values as JSON).
     """
     mocks = RecordingMocks(region=region)
+    # Pulumi's sync helpers use the thread's current event loop; code that ran asyncio.run() before (the
+    # local gateway's clients, in the same test process) leaves none behind.
+    try:
+        loop = asyncio.get_event_loop()
+        if loop.is_closed():
+            raise RuntimeError
+    except RuntimeError:
+        asyncio.set_event_loop(asyncio.new_event_loop())
     pulumi.runtime.set_mocks(mocks, project=project, stack=stack, preview=False)
     pulumi.runtime.set_all_config({"aws:region": region, **(config or {})})
 

@@ -6,21 +6,30 @@ The unmodified boto3 ``bedrock-runtime`` client can be pointed at it (``endpoint
 event at a time so a client really sees the first delta before the last. Answers are deterministic (derived
 from the last user message), usage is a simple deterministic count, and faults can be injected per request.
 Standard library only; SigV4 is not verified.
+
+With ``upstream_openai`` set (e.g. Ollama's ``http://127.0.0.1:11434/v1``) the emulator is instead a proxy to
+an OpenAI-compatible ``/chat/completions`` server: the Converse request is translated, the upstream's SSE
+deltas are re-framed as ``contentBlockDelta`` events as they arrive, and upstream failures come back
+Bedrock-shaped (see `BedrockEmulator`).
 """
 
 from __future__ import annotations
 
 import binascii
 import hashlib
+import http.client
+import itertools
 import json
 import math
 import re
 import struct
 import threading
 import time
+import urllib.error
+import urllib.request
 import uuid
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -35,6 +44,7 @@ __all__ = [
     "count_input_tokens",
     "default_answer",
     "encode_event_message",
+    "openai_chat_request",
     "split_tokens",
 ]
 
@@ -151,6 +161,144 @@ def split_tokens(text: str) -> list[str]:
     return _TOKEN_RE.findall(text)
 
 
+# --------------------------------------------------------------------------------------------- upstream
+
+_FINISH_REASONS = {
+    "stop": "end_turn",
+    "length": "max_tokens",
+    "content_filter": "content_filtered",
+    "tool_calls": "tool_use",
+    "function_call": "tool_use",
+}
+"""OpenAI ``finish_reason`` → Converse ``stopReason``; anything else (or none) ends as ``end_turn``."""
+
+_LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
+def openai_chat_request(body: dict[str, Any], model: str, *, stream: bool) -> dict[str, Any]:
+    """Translate a Converse request body into an OpenAI ``/chat/completions`` body.
+
+    ``system`` blocks become one leading ``system`` message; each ``user``/``assistant`` message becomes one
+    message whose ``content`` is its text blocks joined by newlines (non-text blocks are dropped).
+    ``inferenceConfig`` maps ``maxTokens``/``temperature``/``topP``/``stopSequences`` to ``max_tokens``/
+    ``temperature``/``top_p``/``stop`` when present. Streaming asks for the final usage chunk.
+    """
+    messages: list[dict[str, str]] = []
+    system = "\n".join(_text_blocks(body.get("system")))
+    if system:
+        messages.append({"role": "system", "content": system})
+    for message in body.get("messages") or []:
+        if isinstance(message, dict) and message.get("role") in ("user", "assistant"):
+            messages.append({"role": message["role"], "content": "\n".join(_text_blocks(message.get("content")))})
+    request: dict[str, Any] = {"model": model, "messages": messages, "stream": stream}
+    if stream:
+        request["stream_options"] = {"include_usage": True}
+    config = body.get("inferenceConfig")
+    if isinstance(config, dict):
+        for source, target in (
+            ("maxTokens", "max_tokens"),
+            ("temperature", "temperature"),
+            ("topP", "top_p"),
+            ("stopSequences", "stop"),
+        ):
+            if config.get(source) is not None:
+                request[target] = config[source]
+    return request
+
+
+class _UpstreamError(Exception):
+    """The upstream stream failed after it began: an ``error`` payload, or it ended before ``[DONE]``."""
+
+
+class _UpstreamEnded(_UpstreamError):
+    """The upstream closed the stream without ``[DONE]`` (fine only if a ``finish_reason`` was seen)."""
+
+
+def _sse_chunks(response: Any) -> Iterator[dict[str, Any]]:
+    """The JSON ``data:`` payloads of an OpenAI SSE stream, each yielded as soon as its line arrives.
+
+    Returns at ``data: [DONE]``; raises `_UpstreamError` for an ``error`` payload or unparsable data and
+    `_UpstreamEnded` at end of stream without ``[DONE]``; transport errors (reset, timeout, a cut chunked
+    body) become `_UpstreamError` too, so they cannot be mistaken for the client hanging up.
+    """
+    while True:
+        try:
+            raw = response.readline()  # returns as soon as one line is in, not when a buffer fills
+        except (OSError, http.client.HTTPException) as exc:
+            raise _UpstreamError(f"upstream connection failed: {exc!r}") from exc
+        if not raw:
+            break
+        line = raw.strip()
+        if not line.startswith(b"data:"):
+            continue  # blank separators, ``event:``/``id:`` fields and ``:`` comments
+        data = line[5:].strip()
+        if data == b"[DONE]":
+            return
+        try:
+            chunk = json.loads(data)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise _UpstreamError(f"unparsable upstream chunk: {data[:200]!r}") from exc
+        if not isinstance(chunk, dict):
+            raise _UpstreamError(f"unexpected upstream chunk: {data[:200]!r}")
+        if chunk.get("error"):
+            raise _UpstreamError(f"upstream error: {_error_message(chunk)}")
+        yield chunk
+    raise _UpstreamEnded("upstream stream ended before [DONE]")
+
+
+def _error_message(payload: Any) -> str:
+    """The message of an OpenAI-style error body (``{"error": {"message": ...}}`` or ``{"error": "..."}``)."""
+    if isinstance(payload, dict):
+        error = payload.get("error")
+        if isinstance(error, dict) and error.get("message"):
+            return str(error["message"])
+        if isinstance(error, str) and error:
+            return error
+    return json.dumps(payload)[:500]
+
+
+def _upstream_http_error(url: str, err: urllib.error.HTTPError) -> _ClientError:
+    """An upstream HTTP error status as the Bedrock error a client would see for the same kind of failure."""
+    try:
+        detail = _error_message(json.loads(err.read() or b"null"))
+    except (OSError, http.client.HTTPException, UnicodeDecodeError, json.JSONDecodeError):
+        detail = err.reason if isinstance(err.reason, str) else str(err)
+    message = f"upstream {url} answered {err.code}: {detail}"
+    if err.code == 429:
+        return _ClientError(429, "ThrottlingException", message)
+    if err.code in (401, 403):
+        return _ClientError(403, "AccessDeniedException", message)
+    if 400 <= err.code < 500:
+        return _ClientError(400, "ValidationException", message)  # e.g. Ollama's "model not found"
+    return _ClientError(503, "ServiceUnavailableException", message)
+
+
+def _delta_text(chunk: dict[str, Any]) -> str:
+    choices = chunk.get("choices")
+    if isinstance(choices, list) and choices and isinstance(choices[0], dict):
+        delta = choices[0].get("delta")
+        if isinstance(delta, dict) and isinstance(delta.get("content"), str):
+            return delta["content"]
+    return ""
+
+
+def _finish_reason(chunk: dict[str, Any]) -> str | None:
+    choices = chunk.get("choices")
+    if isinstance(choices, list) and choices and isinstance(choices[0], dict):
+        reason = choices[0].get("finish_reason")
+        return reason if isinstance(reason, str) else None
+    return None
+
+
+def _openai_usage(chunk: dict[str, Any]) -> tuple[int, int] | None:
+    usage = chunk.get("usage")
+    if isinstance(usage, dict):
+        prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+        if isinstance(prompt, int) and isinstance(completion, int):
+            return prompt, completion
+    return None
+
+
 # --------------------------------------------------------------------------------------------- faults
 
 
@@ -249,6 +397,14 @@ class _Handler(KeepAliveHandler["BedrockEmulator"]):
             messages = body.get("messages")
             if not isinstance(messages, list) or not messages:
                 raise _ClientError(400, "ValidationException", "messages must be a non-empty list")
+            if emulator.upstream_openai is not None:
+                _max_tokens(body)  # same validation as the emulated path; the upstream does the capping
+                model = emulator.upstream_model or model_id
+                if streaming:
+                    self._stream_upstream(emulator.upstream_openai, model, body, fault, received)
+                else:
+                    self._converse_upstream(emulator.upstream_openai, model, body, received)
+                return
             tokens, stop_reason = emulator._plan(body)
         except _ClientError as err:
             self._send_error(err)
@@ -309,6 +465,132 @@ class _Handler(KeepAliveHandler["BedrockEmulator"]):
         except OSError:
             self.close_connection = True  # the client went away mid-stream; nothing left to tell it
 
+    # -- upstream (OpenAI-compatible) proxying -------------------------------------------------------
+
+    def _open_upstream(self, base_url: str, payload: dict[str, Any]) -> Any:
+        """POST ``{base_url}/chat/completions``; failures before a 200 raise the matching `_ClientError`."""
+        url = base_url.rstrip("/") + "/chat/completions"
+        request = urllib.request.Request(
+            url,
+            data=json.dumps(payload).encode("utf-8"),
+            headers={"Content-Type": "application/json", "Accept": "text/event-stream"},
+            method="POST",
+        )
+        # A local model server must not be sent through an HTTP(S)_PROXY from the developer's environment.
+        handlers = [urllib.request.ProxyHandler({})] if urlsplit(url).hostname in _LOOPBACK_HOSTS else []
+        try:
+            return urllib.request.build_opener(*handlers).open(request, timeout=self.owner.upstream_timeout_s)
+        except urllib.error.HTTPError as err:
+            with err:
+                raise _upstream_http_error(url, err) from None
+        except (OSError, http.client.HTTPException) as exc:  # refused, timed out, reset, garbled status line
+            raise _ClientError(503, "ServiceUnavailableException", f"upstream {url} unavailable: {exc}") from None
+
+    def _converse_upstream(self, base_url: str, model: str, body: dict[str, Any], received: float) -> None:
+        """Non-streaming ``Converse`` through the upstream (``stream: false``)."""
+        with self._open_upstream(base_url, openai_chat_request(body, model, stream=False)) as response:
+            try:
+                answer = json.loads(response.read())
+            except (OSError, http.client.HTTPException, UnicodeDecodeError, json.JSONDecodeError) as exc:
+                raise _ClientError(503, "ServiceUnavailableException", f"upstream answer unreadable: {exc}") from None
+        choices = answer.get("choices") if isinstance(answer, dict) else None
+        choice = choices[0] if isinstance(choices, list) and choices and isinstance(choices[0], dict) else {}
+        message = choice.get("message")
+        if not isinstance(message, dict):
+            raise _ClientError(503, "ServiceUnavailableException", f"upstream answer has no message: {answer!r:.300}")
+        text = message.get("content") if isinstance(message.get("content"), str) else ""
+        usage = _openai_usage(answer) or (count_input_tokens(body), len(split_tokens(text)))
+        self._send_json(
+            200,
+            {
+                "output": {"message": {"role": "assistant", "content": [{"text": text}]}},
+                "stopReason": _FINISH_REASONS.get(choice.get("finish_reason") or "", "end_turn"),
+                "usage": _usage(*usage),
+                "metrics": {"latencyMs": _elapsed_ms(received)},
+            },
+        )
+
+    def _stream_upstream(
+        self, base_url: str, model: str, body: dict[str, Any], fault: _Fault | None, received: float
+    ) -> None:
+        """``ConverseStream`` through the upstream: each SSE delta goes out as one event the moment it arrives.
+
+        Until the first upstream chunk is in, a failure is still an HTTP error (503 ServiceUnavailable); after
+        the event-stream has begun it is a ``modelStreamErrorException`` event. ``mid_stream`` and
+        ``no_metadata`` faults apply as on the emulated path.
+        """
+        response = self._open_upstream(base_url, openai_chat_request(body, model, stream=True))
+        with response:
+            chunks = _sse_chunks(response)
+            try:
+                first: dict[str, Any] | None = next(chunks)
+            except StopIteration:
+                first = None  # [DONE] straight away: an empty answer
+            except _UpstreamError as exc:
+                raise _ClientError(503, "ServiceUnavailableException", f"upstream stream failed: {exc}") from None
+            self.send_response(200)
+            self.send_header("Content-Type", _EVENTSTREAM_CONTENT_TYPE)
+            self.send_header("Transfer-Encoding", "chunked")
+            self.send_header("x-amzn-RequestId", str(uuid.uuid4()))
+            self.end_headers()
+            try:
+                self._write_chunk(_event("messageStart", {"role": "assistant"}))
+                self._relay(chunks, first, body, fault, received)
+                self.wfile.write(b"0\r\n\r\n")
+                self.wfile.flush()
+            except OSError:
+                self.close_connection = True  # the client went away; closing the upstream stops generation
+
+    def _relay(
+        self,
+        chunks: Iterator[dict[str, Any]],
+        first: dict[str, Any] | None,
+        body: dict[str, Any],
+        fault: _Fault | None,
+        received: float,
+    ) -> None:
+        """Write the events for ``first`` and the rest of ``chunks``; client write errors propagate."""
+        fail_after = fault.params["after_deltas"] if fault is not None and fault.kind == "mid_stream" else None
+        finish: str | None = None
+        usage: tuple[int, int] | None = None
+        deltas: list[str] = []
+        try:
+            for chunk in chunks if first is None else itertools.chain((first,), chunks):
+                text = _delta_text(chunk)
+                if text:
+                    if len(deltas) == fail_after:
+                        self._write_chunk(_exception_event(fault.params["exception_type"], fault.params["message"]))
+                        return
+                    deltas.append(text)
+                    self._write_chunk(_event("contentBlockDelta", {"contentBlockIndex": 0, "delta": {"text": text}}))
+                finish = _finish_reason(chunk) or finish
+                usage = _openai_usage(chunk) or usage
+        except _UpstreamError as exc:
+            # Closing without [DONE] once a finish_reason (and maybe usage) arrived is complete enough.
+            if not isinstance(exc, _UpstreamEnded) or finish is None:
+                self._write_chunk(_exception_event("modelStreamErrorException", f"upstream stream failed: {exc}"))
+                return
+        if fail_after is not None:  # fewer deltas than after_deltas: fail at the end, like the emulated path
+            self._write_chunk(_exception_event(fault.params["exception_type"], fault.params["message"]))
+            return
+        self._write_chunk(_event("contentBlockStop", {"contentBlockIndex": 0}))
+        self._write_chunk(_event("messageStop", {"stopReason": _FINISH_REASONS.get(finish or "", "end_turn")}))
+        if fault is None or fault.kind != "no_metadata":
+            usage = usage or (count_input_tokens(body), len(split_tokens("".join(deltas))))
+            metadata = {"usage": _usage(*usage), "metrics": {"latencyMs": _elapsed_ms(received)}}
+            self._write_chunk(_event("metadata", metadata))
+
+
+def _max_tokens(body: dict[str, Any]) -> int:
+    """``inferenceConfig.maxTokens`` (default `DEFAULT_MAX_TOKENS`); 400 ValidationException if not a positive int."""
+    config = body.get("inferenceConfig")
+    max_tokens = config.get("maxTokens", DEFAULT_MAX_TOKENS) if isinstance(config, dict) else None
+    if max_tokens is None:
+        max_tokens = DEFAULT_MAX_TOKENS
+    if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
+        raise _ClientError(400, "ValidationException", "inferenceConfig.maxTokens must be a positive integer")
+    return max_tokens
+
 
 def _usage(input_tokens: int, output_tokens: int) -> dict[str, int]:
     return {"inputTokens": input_tokens, "outputTokens": output_tokens, "totalTokens": input_tokens + output_tokens}
@@ -328,6 +610,18 @@ class BedrockEmulator(BackgroundHTTPServer):
     sleep between deltas and ``first_token_delay_s`` the sleep before the first event. ``requests`` records
     every well-formed model call (including faulted ones, so retries are visible). Lifecycle (``start``/
     ``stop``/context manager; a restart rebinds the same port) comes from `BackgroundHTTPServer`.
+
+    ``upstream_openai`` (an OpenAI-compatible base URL such as ``http://127.0.0.1:11434/v1``) turns the
+    emulator into a proxy for real model text: both ``Converse`` and ``ConverseStream`` are translated by
+    `openai_chat_request` and sent to ``{upstream_openai}/chat/completions`` under the model name
+    ``upstream_model``, or, when that is None, the request's Bedrock model id as sent (decoded). Streaming
+    relays each SSE ``delta.content`` as a ``contentBlockDelta`` the moment it arrives; ``finish_reason``
+    maps to ``stopReason`` (``stop``→``end_turn``, ``length``→``max_tokens``) and the upstream ``usage`` to
+    ``metadata.usage`` (the emulator's own count when the upstream sends none). Upstream failures before
+    the first chunk are HTTP errors (refused/timeout/5xx → 503 ServiceUnavailableException, 429 →
+    ThrottlingException, other 4xx → ValidationException), after it a ``modelStreamErrorException`` event.
+    ``upstream_timeout_s`` bounds the connect and each read. In this mode ``answer``, ``pacing_s`` and
+    ``first_token_delay_s`` are unused; injected faults still apply.
     """
 
     handler_class = _Handler
@@ -341,10 +635,16 @@ class BedrockEmulator(BackgroundHTTPServer):
         answer: Callable[[dict[str, Any]], str] | None = None,
         pacing_s: float = 0.0,
         first_token_delay_s: float = 0.0,
+        upstream_openai: str | None = None,
+        upstream_model: str | None = None,
+        upstream_timeout_s: float = 60.0,
         host: str = "127.0.0.1",
         port: int = 0,
     ) -> None:
         self.answer = answer or default_answer
+        self.upstream_openai = upstream_openai or None
+        self.upstream_model = upstream_model or None
+        self.upstream_timeout_s = upstream_timeout_s
         self.pacing_s = pacing_s
         self.first_token_delay_s = first_token_delay_s
         self._lock = threading.Lock()
@@ -396,12 +696,7 @@ class BedrockEmulator(BackgroundHTTPServer):
 
     def _plan(self, body: dict[str, Any]) -> tuple[list[str], str]:
         """The tokens to emit and the stop reason, honouring ``inferenceConfig.maxTokens``."""
-        config = body.get("inferenceConfig")
-        max_tokens = config.get("maxTokens", DEFAULT_MAX_TOKENS) if isinstance(config, dict) else None
-        if max_tokens is None:
-            max_tokens = DEFAULT_MAX_TOKENS
-        if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
-            raise _ClientError(400, "ValidationException", "inferenceConfig.maxTokens must be a positive integer")
+        max_tokens = _max_tokens(body)
         try:
             text = self.answer(body)
         except Exception as exc:  # a broken answer callback should surface as a 500, not a hung client
