@@ -37,8 +37,6 @@ from components.settings import PROJECT, StackSettings
 from runtime import cache as answer_cache
 from runtime import channels, metering
 
-COGNITO = "AMAZON_COGNITO_USER_POOLS"
-IAM = "AWS_IAM"
 STATE_DIR = Path(".aigw")
 
 
@@ -165,14 +163,14 @@ class DevGateway:
         namespaces = [
             NamespaceConfig(
                 name=channels.CHAT_NAMESPACE,
-                publish_auth={COGNITO},
-                subscribe_auth={IAM},
+                publish_auth=set(channels.NAMESPACE_AUTH[channels.CHAT_NAMESPACE]["publish"]),
+                subscribe_auth=set(channels.NAMESPACE_AUTH[channels.CHAT_NAMESPACE]["subscribe"]),
                 on_publish=handlers.gatekeeper_handler,
             ),
             NamespaceConfig(
                 name=channels.RESPONSES_NAMESPACE,
-                publish_auth={IAM},
-                subscribe_auth={COGNITO},
+                publish_auth=set(channels.NAMESPACE_AUTH[channels.RESPONSES_NAMESPACE]["publish"]),
+                subscribe_auth=set(channels.NAMESPACE_AUTH[channels.RESPONSES_NAMESPACE]["subscribe"]),
                 on_subscribe=handlers.subscribe_handler,
             ),
         ]

@@ -91,7 +91,7 @@ from aigw.emulators.appsync_receiver import (
     published_events,
     sigv4_error,
 )
-from runtime.channels import Channel, parse_channel
+from runtime.channels import COGNITO_AUTH, IAM_AUTH, Channel, parse_channel
 from runtime.errors import InvalidChannelError
 
 __all__ = [
@@ -116,8 +116,8 @@ logger = logging.getLogger(__name__)
 
 SUBPROTOCOL = "aws-appsync-event-ws"
 HEADER_SUBPROTOCOL_PREFIX = "header-"
-COGNITO = "AMAZON_COGNITO_USER_POOLS"
-AWS_IAM = "AWS_IAM"
+COGNITO = COGNITO_AUTH
+AWS_IAM = IAM_AUTH
 SUPPORTED_AUTH_MODES = frozenset({COGNITO, AWS_IAM})
 MAX_SUBSCRIPTIONS_PER_CONNECTION = 200
 

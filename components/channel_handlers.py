@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 import pulumi
 import pulumi_aws as aws
 
-from components.events_api import APPSYNC_TRUST_POLICY, COGNITO, IAM
-from runtime.channels import CHAT_NAMESPACE, RESPONSES_NAMESPACE
+from components.events_api import APPSYNC_TRUST_POLICY
+from runtime.channels import CHAT_NAMESPACE, NAMESPACE_AUTH, RESPONSES_NAMESPACE
 
 __all__ = [
     "DATA_SOURCE_NAME_PATTERN",
@@ -121,8 +121,14 @@ class ChannelHandlers(pulumi.ComponentResource):
             f"{resource_name}-{CHAT_NAMESPACE}",
             api_id=args.api_id,
             name=CHAT_NAMESPACE,
-            publish_auth_modes=[aws.appsync.ChannelNamespacePublishAuthModeArgs(auth_type=COGNITO)],
-            subscribe_auth_modes=[aws.appsync.ChannelNamespaceSubscribeAuthModeArgs(auth_type=IAM)],
+            publish_auth_modes=[
+                aws.appsync.ChannelNamespacePublishAuthModeArgs(auth_type=a)
+                for a in NAMESPACE_AUTH[CHAT_NAMESPACE]["publish"]
+            ],
+            subscribe_auth_modes=[
+                aws.appsync.ChannelNamespaceSubscribeAuthModeArgs(auth_type=a)
+                for a in NAMESPACE_AUTH[CHAT_NAMESPACE]["subscribe"]
+            ],
             handler_configs=aws.appsync.ChannelNamespaceHandlerConfigsArgs(
                 on_publish=aws.appsync.ChannelNamespaceHandlerConfigsOnPublishArgs(
                     behavior=_DIRECT,
@@ -141,8 +147,14 @@ class ChannelHandlers(pulumi.ComponentResource):
             f"{resource_name}-{RESPONSES_NAMESPACE}",
             api_id=args.api_id,
             name=RESPONSES_NAMESPACE,
-            publish_auth_modes=[aws.appsync.ChannelNamespacePublishAuthModeArgs(auth_type=IAM)],
-            subscribe_auth_modes=[aws.appsync.ChannelNamespaceSubscribeAuthModeArgs(auth_type=COGNITO)],
+            publish_auth_modes=[
+                aws.appsync.ChannelNamespacePublishAuthModeArgs(auth_type=a)
+                for a in NAMESPACE_AUTH[RESPONSES_NAMESPACE]["publish"]
+            ],
+            subscribe_auth_modes=[
+                aws.appsync.ChannelNamespaceSubscribeAuthModeArgs(auth_type=a)
+                for a in NAMESPACE_AUTH[RESPONSES_NAMESPACE]["subscribe"]
+            ],
             handler_configs=aws.appsync.ChannelNamespaceHandlerConfigsArgs(
                 on_subscribe=aws.appsync.ChannelNamespaceHandlerConfigsOnSubscribeArgs(
                     behavior=_DIRECT,

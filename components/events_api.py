@@ -17,11 +17,12 @@ import pulumi
 import pulumi_aws as aws
 
 from components.settings import LOG_RETENTION_DAYS
+from runtime.channels import COGNITO_AUTH, IAM_AUTH
 
 __all__ = ["APPSYNC_TRUST_POLICY", "COGNITO", "IAM", "LOG_RETENTION_DAYS", "EventsApi", "EventsApiArgs", "LogLevel"]
 
-COGNITO = "AMAZON_COGNITO_USER_POOLS"
-IAM = "AWS_IAM"
+COGNITO = COGNITO_AUTH
+IAM = IAM_AUTH
 
 LogLevel = Literal["NONE", "ERROR", "INFO", "DEBUG", "ALL"]
 

@@ -72,6 +72,15 @@ __all__ = [
 CHAT_NAMESPACE = "chat"
 RESPONSES_NAMESPACE = "responses"
 
+# Who may publish and subscribe in each namespace (AppSync auth modes): users publish requests and read their
+# answers; only IAM (the worker) publishes answers. The Pulumi namespaces and the local server both use this.
+COGNITO_AUTH = "AMAZON_COGNITO_USER_POOLS"
+IAM_AUTH = "AWS_IAM"
+NAMESPACE_AUTH: dict[str, dict[str, tuple[str, ...]]] = {
+    CHAT_NAMESPACE: {"publish": (COGNITO_AUTH,), "subscribe": (IAM_AUTH,)},
+    RESPONSES_NAMESPACE: {"publish": (IAM_AUTH,), "subscribe": (COGNITO_AUTH,)},
+}
+
 PUBLISH = "PUBLISH"
 SUBSCRIBE = "SUBSCRIBE"
 
