@@ -6,15 +6,17 @@ relies on (table keys, TTL attributes, channel namespaces, environment variables
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pulumi
 import pulumi_aws as aws
 
+from components.analytics import Analytics, AnalyticsArgs
 from components.cache import AnswerCacheTable, AnswerCacheTableArgs
 from components.channel_handlers import ChannelHandlers, ChannelHandlersArgs
 from components.events_api import EventsApi, EventsApiArgs
-from components.functions import Functions, FunctionsArgs, FunctionSettings
+from components.functions import Functions, FunctionsArgs, FunctionSettings, powertools_layer_arn, runtime_archive
 from components.guardrails import Guardrail, GuardrailArgs
 from components.identity import FederationProvider, Identity, IdentityArgs
 from components.metering import MeteringTable, MeteringTableArgs
@@ -168,7 +170,35 @@ def main() -> dict[str, Any]:
             tags=tags,
         ),
     )
-    # Analytics (Firehose -> Parquet in S3 -> Glue/Athena) arrives as its own component, beside these.
+    analytics = None
+    if settings.analytics.enabled:
+        a = settings.analytics
+        analytics = Analytics(
+            "analytics",
+            AnalyticsArgs(
+                name=prefix,
+                region=settings.region,
+                log_group_names=[
+                    name.apply(lambda n: f"/aws/lambda/{n}")
+                    for name in (functions.gatekeeper_name, functions.worker_name)
+                ],
+                processor_code=runtime_archive(),
+                powertools_layer_arn=powertools_layer_arn(
+                    settings.region, "python3.13", settings.powertools_layer_version
+                ),
+                data_expiry_days=a.data_expiry_days,
+                data_transition_days=a.data_transition_days,
+                results_expiry_days=a.results_expiry_days,
+                bytes_scanned_cutoff=a.bytes_scanned_cutoff_mb * 1024 * 1024,
+                queries_dir=Path(__file__).parent / "analytics" / "queries",
+                buffer_seconds=a.buffer_seconds,
+                buffer_mb=a.buffer_mb,
+                log_retention_days=settings.log_retention_days,
+                # Reserved in stacks that reserve the worker's concurrency (prod): the policy pack requires it there.
+                processor_reserved_concurrency=5 if settings.functions.worker.reserved_concurrency else None,
+                tags=tags,
+            ),
+        )
 
     outputs = {
         "region": settings.region,
@@ -186,6 +216,12 @@ def main() -> dict[str, Any]:
         "responses_namespace": handlers.responses_namespace_name,
         "dashboard_url": observability.dashboard_url,
     }
+    if analytics is not None:
+        outputs.update(
+            analytics_bucket=analytics.data_bucket_name,
+            analytics_database=analytics.database_name,
+            analytics_workgroup=analytics.workgroup_name,
+        )
     for key, value in outputs.items():
         pulumi.export(key, value)
     return outputs

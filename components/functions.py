@@ -200,7 +200,7 @@ def lambda_environment(runtime_env: Mapping[str, Any], region: str, extra: Mappi
     return env
 
 
-def _runtime_archive() -> pulumi.AssetArchive:
+def runtime_archive() -> pulumi.AssetArchive:
     """`runtime/` as the function code, bytecode caches left out (they would change the hash on every run)."""
     files = sorted(
         p for p in RUNTIME_DIR.rglob("*") if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc"
@@ -253,7 +253,7 @@ class Functions(pulumi.ComponentResource):
         partition = aws.get_partition_output(opts=invoke).partition
         account = aws.get_caller_identity_output(opts=invoke).account_id
         self._partition, self._account = partition, account
-        self._code = _runtime_archive()
+        self._code = runtime_archive()
         self._layer = powertools_layer_arn(args.region, args.python_runtime, args.powertools_layer_version)
 
         responses_arn = pulumi.Output.format(

@@ -55,6 +55,18 @@ class GuardrailSettings(_Camel):
     blocked_output_message: str = "Sorry, the answer was withheld by the content policy."
 
 
+class AnalyticsSettings(_Camel):
+    """Usage records -> Firehose -> Parquet in S3 -> Glue/Athena."""
+
+    enabled: bool = True
+    data_expiry_days: int = Field(default=400, ge=1)
+    data_transition_days: int | None = Field(default=90, ge=30)
+    results_expiry_days: int = Field(default=30, ge=1)
+    bytes_scanned_cutoff_mb: int = Field(default=1024, ge=10)
+    buffer_seconds: int = Field(default=300, ge=60, le=900)
+    buffer_mb: int = Field(default=64, ge=64, le=128)
+
+
 class FederationProviderSettings(_Camel):
     name: str = Field(min_length=1, max_length=32)
     type: Literal["OIDC", "SAML", "Google", "Facebook", "LoginWithAmazon", "SignInWithApple"]
@@ -83,6 +95,7 @@ class StackSettings(_Camel):
     functions: FunctionsSettings = FunctionsSettings()
     powertools_layer_version: int = Field(default=18, ge=1)
     guardrail: GuardrailSettings = GuardrailSettings()
+    analytics: AnalyticsSettings = AnalyticsSettings()
     alarms: bool = True
     alarm_email: str | None = Field(default=None, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
     federation: tuple[FederationProviderSettings, ...] = ()

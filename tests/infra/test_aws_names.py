@@ -60,6 +60,12 @@ CHECKS: dict[tuple[str, str], tuple[str, str, str]] = {
         "lambda", "PutFunctionEventInvokeConfig", "MaximumRetryAttempts"),
     ("aws:lambda/functionEventInvokeConfig:FunctionEventInvokeConfig", "maximumEventAgeInSeconds"): (
         "lambda", "PutFunctionEventInvokeConfig", "MaximumEventAgeInSeconds"),
+    ("aws:s3/bucket:Bucket", "bucket"): ("s3", "CreateBucket", "Bucket"),
+    ("aws:kinesis/firehoseDeliveryStream:FirehoseDeliveryStream", "name"): (
+        "firehose", "CreateDeliveryStream", "DeliveryStreamName"),
+    ("aws:athena/workgroup:Workgroup", "name"): ("athena", "CreateWorkGroup", "Name"),
+    ("aws:cloudwatch/logSubscriptionFilter:LogSubscriptionFilter", "filterPattern"): (
+        "logs", "PutSubscriptionFilter", "filterPattern"),
 }
 # Name properties Pulumi fills in when the program leaves them out.
 AUTONAMED = {"name", "dashboardName"}

@@ -177,9 +177,9 @@ def test_functions_are_arm64_python_with_real_handlers(mocks: RecordingMocks) ->
 
 
 def test_code_is_the_runtime_package_without_bytecode() -> None:
-    from components.functions import RUNTIME_DIR, _runtime_archive
+    from components.functions import RUNTIME_DIR, runtime_archive
 
-    assets = _runtime_archive().assets
+    assets = runtime_archive().assets
     assert "runtime/handlers.py" in assets and "runtime/metering/dynamodb.py" in assets
     assert not [k for k in assets if "__pycache__" in k or k.endswith(".pyc")]
     assert {k.removeprefix("runtime/") for k in assets} == {

@@ -26,6 +26,7 @@ COMPONENTS = {
     "ai-gateway:functions:Functions",
     "ai-gateway:events:ChannelHandlers",
     "ai-gateway:observability:Observability",
+    "ai-gateway:analytics:Analytics",
 }
 
 
@@ -89,6 +90,8 @@ def test_functions_get_the_runtime_environment_from_the_settings(stack: str) -> 
     mocks = program(stack)
     settings = StackSettings.from_stack_file(f"Pulumi.{stack}.yaml")
     for function in mocks.of_type("aws:lambda/function:Function"):
+        if function.inputs["handler"] == "runtime.analytics.handler":
+            continue  # the Firehose processor needs no gateway configuration
         env = function.inputs["environment"]["variables"]
         required = {v for k, v in ENV.items() if k not in ("guardrail_id", "guardrail_version", "region")}
         assert required <= set(env), function.name
