@@ -82,6 +82,19 @@ class KeepAliveHandler(BaseHTTPRequestHandler, Generic[OwnerT]):
     def log_message(self, format: str, *args: Any) -> None:  # name fixed by the base class
         """Stay quiet: test output should not fill with access logs."""
 
+    def do_POST(self) -> None:
+        self._serve()
+
+    do_GET = do_PUT = do_DELETE = do_POST
+
+    def _serve(self) -> None:
+        """Answer the request (every method lands here unless a subclass routes methods itself)."""
+        raise NotImplementedError
+
+    def _read_body(self) -> bytes:
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length > 0 else b""
+
     def _send_json(self, status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> None:
         """A JSON answer with a fresh ``x-amzn-RequestId`` and ``headers``, sized so keep-alive works.
 

@@ -347,16 +347,7 @@ class _ClientError(ErrorAnswer):
 class _Handler(KeepAliveHandler["BedrockEmulator"]):
     """One connection; HTTP/1.1 keep-alive so boto3's connection pool behaves as it does against AWS."""
 
-    def do_POST(self) -> None:
-        self._serve()
-
-    do_GET = do_PUT = do_DELETE = do_POST
-
     # -- plumbing ------------------------------------------------------------------------------------
-
-    def _read_body(self) -> bytes:
-        length = int(self.headers.get("Content-Length") or 0)
-        return self.rfile.read(length) if length > 0 else b""
 
     def _send_error(self, err: _ClientError) -> None:
         self._send_json(err.status, {"message": err.message}, {"x-amzn-ErrorType": err.error_type})
