@@ -72,6 +72,7 @@ def dev(
 
     from aigw.console import DevConsole
     from aigw.dev import DevGateway, PortInUseError, Ports
+    from aigw.usage_sink import LineTee
     from components.settings import SettingsError, StackSettings
 
     try:
@@ -107,8 +108,15 @@ def dev(
             highlight=False,
         )
     console.print("  chat with: [bold].venv/bin/aigw chat[/bold]   (Ctrl-C stops everything)")
-    if not json_logs:
-        sys.stdout = DevConsole(sys.__stdout__)  # the runtime logs JSON exactly as in Lambda; this renders it
+    # The runtime logs JSON exactly as in Lambda; the dev console renders it (or --json-logs keeps it raw), and
+    # the tee offers every line to the usage sink, the local Firehose.
+    shown: Any = sys.__stdout__ if json_logs else DevConsole(sys.__stdout__)
+    if gateway.usage_sink is not None:
+        shown = LineTee(shown, gateway.usage_sink.offer)
+        console.print(f"  {'analytics':<10} usage records to {gateway.analytics_dir} (see: aigw analytics --list)",
+                      markup=False, highlight=False)
+    if shown is not sys.__stdout__:
+        sys.stdout = shown
     stopped = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopped.set())
     try:
@@ -146,6 +154,170 @@ def plan(
         settings = ", ".join(f"{k}={v}" for k, v in item.settings.items() if k != "name")
         table.add_row(item.component or "-", item.type.removeprefix("aws:"), item.name, settings)
     Console().print(table)
+
+
+# -- aigw analytics
+
+
+class OutputFormat(StrEnum):
+    table = "table"
+    csv = "csv"
+    json = "json"
+
+
+# The column a chart shows when --y does not say: the first of these the result has, else its last numeric column.
+_PLOT_PREFERENCE = ("estimated_cost_usd", "total_tokens", "hit_rate", "error_rate", "pct_of_limit", "used_tokens")
+
+
+@app.command()
+def analytics(
+    name: Annotated[str | None, typer.Argument(help="The query to run (see --list).")] = None,
+    since: Annotated[
+        str | None,
+        typer.Option("--since", metavar="DATE", help="Only records with ts >= this (ISO date or time, UTC)."),
+    ] = None,
+    output: Annotated[OutputFormat, typer.Option("--format", help="How to print the result.")] = OutputFormat.table,
+    plot: Annotated[
+        Path | None, typer.Option("--plot", metavar="PNG", help="Also draw the result to this PNG.")
+    ] = None,
+    y: Annotated[str | None, typer.Option("--y", help="The column --plot draws [default: a headline one].")] = None,
+    list_: Annotated[bool, typer.Option("--list", help="List the queries with their descriptions.")] = False,
+    data: Annotated[
+        Path, typer.Option("--data", help="The usage records (Parquet) as `aigw dev` writes them.")
+    ] = Path(".aigw/analytics"),
+    stack_file: Annotated[
+        Path, typer.Option("--stack-file", help="Tier limits and model prices from this stack file.")
+    ] = Path("Pulumi.dev.yaml"),
+) -> None:
+    """The analytics queries (the Athena ones) run locally with DuckDB over the usage records of `aigw dev`."""
+    from datetime import date, datetime
+
+    from analytics.local import list_queries, query_header, run_query, tier_limits_from_settings
+    from components.settings import SettingsError, StackSettings
+
+    if list_ or name is None:
+        _print_queries(list_queries(), query_header)
+        if not list_:
+            raise typer.Exit(2)
+        return
+    if name not in list_queries():
+        typer.echo(f"no query {name!r}; the queries are:", err=True)
+        _print_queries(list_queries(), query_header, err=True)
+        raise typer.Exit(2)
+    since_value: datetime | None = None
+    if since is not None:
+        try:
+            since_value = datetime.fromisoformat(since.replace("Z", "+00:00"))
+        except ValueError:
+            _fail(f"--since {since!r} is not an ISO date or time (2026-02-01, 2026-02-01T12:00)", 2)
+    try:
+        settings = StackSettings.from_stack_file(stack_file)
+    except (SettingsError, OSError) as err:
+        _fail(f"{stack_file}: {err}", 2)
+    prices = {model: (p.input_per_1k, p.output_per_1k) for model, p in settings.model_prices.items()}
+    columns, rows = run_query(
+        name, data, since=since_value, tier_limits=tier_limits_from_settings(settings), model_prices=prices
+    )
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, datetime | date):
+            return value.isoformat()
+        if value is not None and not isinstance(value, bool | int | float | str):
+            return float(value)  # Decimal
+        return value
+
+    if output is OutputFormat.json:
+        typer.echo(json.dumps([{c: plain(v) for c, v in zip(columns, row, strict=True)} for row in rows], indent=2))
+    elif output is OutputFormat.csv:
+        import csv
+        import sys
+
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(columns)
+        writer.writerows([[("" if v is None else plain(v)) for v in row] for row in rows])
+    else:
+        table = Table(title=f"{name}: {len(rows)} rows")
+        numeric = [bool(rows) and all(isinstance(r[i], int | float) or r[i] is None for r in rows)
+                   for i in range(len(columns))]
+        for column, is_number in zip(columns, numeric, strict=True):
+            table.add_column(column, justify="right" if is_number else "left")
+        for row in rows:
+            table.add_row(*("" if v is None else (f"{v:,}" if isinstance(v, int) and not isinstance(v, bool)
+                                                   else str(plain(v))) for v in row))
+        Console().print(table)
+    if plot is not None:
+        try:
+            _plot(name, columns, rows, plot, y)
+        except ValueError as err:
+            _fail(str(err), 2)
+        typer.echo(f"plot written to {plot}", err=True)
+
+
+def _print_queries(names: list[str], header: Any, *, err: bool = False) -> None:
+    for query in names:
+        typer.echo(f"{query}\n    {header(query).get('description', '')}", err=err)
+
+
+def _plot(name: str, columns: list[str], rows: list[tuple[Any, ...]], path: Path, y: str | None) -> None:
+    """A line per series over the date column for a time series (the other text columns name the series),
+    a bar per row otherwise; the value is ``y`` or a headline numeric column."""
+    from datetime import date
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def kind(i: int) -> str:
+        values = [r[i] for r in rows if r[i] is not None]
+        if values and all(isinstance(v, date) for v in values):
+            return "date"
+        if values and all((isinstance(v, int | float) and not isinstance(v, bool)) or hasattr(v, "as_tuple")
+                          for v in values):
+            return "number"
+        return "text"
+
+    kinds = [kind(i) for i in range(len(columns))] if rows else ["text"] * len(columns)
+    numbers = [c for c, k in zip(columns, kinds, strict=True) if k == "number"]
+    if y is not None:
+        if y not in numbers:
+            raise ValueError(f"--y {y!r} is not a numeric column of {name}: {numbers}")
+        value = y
+    else:
+        value = next((c for c in _PLOT_PREFERENCE if c in numbers), numbers[-1] if numbers else None)
+    fig, ax = plt.subplots(figsize=(10, 5))
+    try:
+        if value is None:
+            ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
+        else:
+            vi = columns.index(value)
+            labels = [i for i, k in enumerate(kinds) if k == "text"]
+            if "date" in kinds:
+                di = kinds.index("date")
+                series: dict[str, list[tuple[Any, float]]] = {}
+                for row in rows:
+                    key = " / ".join(str(row[i]) for i in labels) or value
+                    series.setdefault(key, []).append((row[di], float(row[vi] or 0)))
+                for key, points in sorted(series.items()):
+                    points.sort()
+                    ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=key)
+                ax.set_xlabel(columns[di])
+                if series:
+                    ax.legend(fontsize="small")
+                fig.autofmt_xdate()
+            else:
+                names = [" / ".join(str(row[i]) for i in labels) or str(n) for n, row in enumerate(rows, 1)]
+                ax.bar(names, [float(row[vi] or 0) for row in rows])
+                ax.tick_params(axis="x", labelrotation=30)
+                for tick in ax.get_xticklabels():
+                    tick.set_horizontalalignment("right")
+            ax.set_ylabel(value)
+        ax.set_title(name)
+        fig.tight_layout()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, format="png")
+    finally:
+        plt.close(fig)
 
 
 

@@ -33,6 +33,7 @@ from aigw.emulators.moto_server import AtomicMotoServer
 from aigw.events_server import EventsServer, Identity, LocalAuthenticator, NamespaceConfig, ServerThread
 from aigw.local_cognito import JwtVerifier, LocalPool, identity_from_claims, provision, seed_demo_user
 from aigw.tls import ensure_local_ca
+from aigw.usage_sink import UsageSink
 from components.settings import PROJECT, StackSettings
 from runtime import cache as answer_cache
 from runtime import channels, metering
@@ -100,11 +101,19 @@ class DevGateway:
     upstream_openai: str | None = None
     """An OpenAI-compatible base URL (Ollama: ``http://127.0.0.1:11434/v1``) the Bedrock emulator proxies to
     for real model text; None keeps its deterministic answers."""
+    analytics_dir: Path | None = STATE_DIR / "analytics"
+    """Where `usage_sink` writes the usage records as Parquet (`aigw analytics` reads them); None: no sink."""
+    usage_sink: UsageSink | None = None
+    """Started by `start()`, closed (the rest flushed) by `stop()`; `offer` it the runtime's log lines."""
     info: dict[str, Any] = field(default_factory=dict)
     _stack: list[Any] = field(default_factory=list)
 
     def start(self) -> DevGateway:
         self.ports.check_free()
+        if self.analytics_dir is not None:
+            # First on the stop stack, so it is closed last: after the services that log usage have stopped.
+            self.usage_sink = UsageSink(self.analytics_dir).start()
+            self._stack.append(self.usage_sink)
         region = self.settings.region
         prefix = f"{PROJECT}-{self.stack}"
         # Local credentials: the worker signs its publishes with these and the events server checks them.
@@ -218,6 +227,7 @@ class DevGateway:
             "bedrock": bedrock.endpoint_url,
             "lambda": lambdas.endpoint_url,
             "worker_function": worker_name,
+            "analytics": str(self.analytics_dir) if self.analytics_dir is not None else None,
         }
         if local_tls is not None:
             self.info["tls"] = {"ca_file": str(local_tls.ca_file)}

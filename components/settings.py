@@ -67,6 +67,13 @@ class AnalyticsSettings(_Camel):
     buffer_mb: int = Field(default=64, ge=64, le=128)
 
 
+class ModelPrice(_Camel):
+    """A model's on-demand price in USD per 1,000 tokens, for the analytics cost estimates."""
+
+    input_per_1k: float = Field(ge=0, alias="inputPer1k")
+    output_per_1k: float = Field(ge=0, alias="outputPer1k")
+
+
 class FederationProviderSettings(_Camel):
     name: str = Field(min_length=1, max_length=32)
     type: Literal["OIDC", "SAML", "Google", "Facebook", "LoginWithAmazon", "SignInWithApple"]
@@ -102,6 +109,8 @@ class StackSettings(_Camel):
     hosted_domain_prefix: str | None = Field(default=None, pattern=r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
     callback_urls: tuple[str, ...] = ()
     tags: dict[str, str] = {}
+    model_prices: dict[str, ModelPrice] = {}
+    """``{model id: price}`` for `aigw analytics` cost queries; a model without a price has no cost estimate."""
 
     @field_validator("tiers")
     @classmethod
