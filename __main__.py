@@ -12,6 +12,7 @@ from typing import Any
 import pulumi
 import pulumi_aws as aws
 
+from analytics.local import render_query, tier_limits_from_settings
 from components.analytics import Analytics, AnalyticsArgs
 from components.cache import AnswerCacheTable, AnswerCacheTableArgs
 from components.channel_handlers import ChannelHandlers, ChannelHandlersArgs
@@ -191,6 +192,12 @@ def main() -> dict[str, Any]:
                 results_expiry_days=a.results_expiry_days,
                 bytes_scanned_cutoff=a.bytes_scanned_cutoff_mb * 1024 * 1024,
                 queries_dir=Path(__file__).parent / "analytics" / "queries",
+                # Saved with this stack's tier limits and model prices in place of the files' example rows.
+                render_query=lambda stem, _text: render_query(
+                    stem,
+                    tier_limits=tier_limits_from_settings(settings),
+                    model_prices={m: (p.input_per_1k, p.output_per_1k) for m, p in settings.model_prices.items()},
+                ),
                 buffer_seconds=a.buffer_seconds,
                 buffer_mb=a.buffer_mb,
                 log_retention_days=settings.log_retention_days,

@@ -20,7 +20,7 @@ service calls, on the resources it calls them on.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -103,6 +103,8 @@ class AnalyticsArgs:
     """Athena's per-query scan limit in bytes (>= 10 MB); a query that scans more is cancelled."""
     queries_dir: Path
     """The ``.sql`` files saved as named queries (``-- name:`` / ``-- description:`` header lines)."""
+    render_query: Callable[[str, str], str] | None = None
+    """(file stem, file text) -> the SQL to save, e.g. with the stack's tier limits and model prices filled in."""
     buffer_seconds: int = 300
     buffer_mb: int = 64
     log_retention_days: int = 30
@@ -538,7 +540,7 @@ class Analytics(pulumi.ComponentResource):
                 description=query.description,
                 database=database.name,
                 workgroup=workgroup.name,
-                query=query.query,
+                query=args.render_query(query.stem, query.query) if args.render_query else query.query,
                 opts=child,
             )
 

@@ -152,3 +152,14 @@ def test_bad_config_stops_the_program_with_the_documented_message(override: dict
     while not isinstance(error, SettingsError) and (error.__cause__ or error.__context__):
         error = error.__cause__ or error.__context__
     assert message in str(error)
+
+
+def test_named_queries_carry_the_stacks_prices_and_tier_limits() -> None:
+    mocks = program("dev")
+    queries = {q.inputs["name"]: q.inputs["query"] for q in mocks.of_type("aws:athena/namedQuery:NamedQuery")}
+    settings = StackSettings.from_stack_file("Pulumi.dev.yaml")
+    cost = next(sql for name, sql in queries.items() if "cost" in name and "model" in name)
+    for model, price in settings.model_prices.items():
+        assert model in cost and str(price.output_per_1k) in cost
+    top = next(sql for name, sql in queries.items() if "top" in name)
+    assert all(f"'{t.name}'" in top and str(t.monthly_tokens) in top for t in settings.tiers)
