@@ -133,17 +133,35 @@ def dev(
 @app.command()
 def plan(
     stack: Annotated[Stack, typer.Option("--stack", help="Which stack file to plan.")] = Stack.dev,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the inventory as JSON.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the inventory (or the cost report) as JSON.")] = False,
+    cost: Annotated[
+        bool, typer.Option("--cost", help="Estimate the monthly cost for a usage profile instead of listing.")
+    ] = False,
+    profile: Annotated[
+        str, typer.Option("--profile", metavar="idle|light|team|FILE", help="Usage profile for --cost.")
+    ] = "light",
+    prices: Annotated[
+        Path | None, typer.Option("--prices", metavar="FILE", help="Price list for --cost [default: cost/prices.yaml].")
+    ] = None,
 ) -> None:
-    """What a stack would create, grouped by component: the real program under mocks, offline."""
-    from aigw.plan import inventory, run_stack
-    from components.settings import SettingsError
+    """What a stack would create, grouped by component: the real program under mocks, offline.
+
+    With --cost: the monthly cost of the stack under a usage profile (fixed vs per-request, by service).
+    """
+    from aigw.plan import ROOT, inventory, run_stack
+    from components.settings import SettingsError, StackSettings
 
     try:
-        items = inventory(run_stack(stack.value))
+        mocks = run_stack(stack.value)
+        if cost:
+            settings = StackSettings.from_stack_file(ROOT / f"Pulumi.{stack.value}.yaml")
     except SettingsError as err:
         typer.echo(str(err), err=True)
         raise typer.Exit(2) from None
+    if cost:
+        _plan_cost(mocks, settings, stack.value, profile, prices, as_json)
+        return
+    items = inventory(mocks)
     if as_json:
         typer.echo(json.dumps([asdict(i) for i in items], indent=2, default=str))
         return
@@ -154,6 +172,43 @@ def plan(
         settings = ", ".join(f"{k}={v}" for k, v in item.settings.items() if k != "name")
         table.add_row(item.component or "-", item.type.removeprefix("aws:"), item.name, settings)
     Console().print(table)
+
+
+
+def _plan_cost(mocks: Any, settings: Any, stack: str, profile: str, prices: Path | None, as_json: bool) -> None:
+    from aigw.cost import DEFAULT_PRICES, CostError, estimate, load_prices, load_profile
+
+    try:
+        report = estimate(mocks, settings, load_profile(profile), load_prices(prices or DEFAULT_PRICES))
+    except CostError as err:
+        _fail(str(err), 2)
+    report.stack = stack
+    if as_json:
+        typer.echo(json.dumps(report.to_dict(), indent=2))
+        return
+    table = Table(title=f"ai-gateway {stack}: monthly cost, profile {report.profile} "
+                        f"({report.requests_per_month:,.0f} requests/month)")
+    for column, justify in (("service", "left"), ("item", "left"), ("kind", "left"), ("quantity", "right"),
+                            ("unit", "left"), ("unit price", "right"), ("USD/month", "right")):
+        table.add_column(column, justify=justify)  # type: ignore[arg-type]
+    services = list(dict.fromkeys(line.service for line in report.lines))
+    for service in services:
+        lines = [line for line in report.lines if line.service == service]
+        for number, line in enumerate(sorted(lines, key=lambda li: (li.kind, li.item))):
+            table.add_row(service if number == 0 else "", line.item, line.kind, f"{line.quantity:,.4g}", line.unit,
+                          f"{line.unit_price_usd:.6g}", f"{line.monthly_usd:,.4f}")
+        for kind in ("fixed", "per_request"):
+            if any(li.kind == kind for li in lines):
+                subtotal = sum(li.monthly_usd for li in lines if li.kind == kind)
+                table.add_row("", f"[italic]subtotal {kind.replace('_', '-')}[/italic]", "", "", "", "",
+                              f"[bold]{subtotal:,.4f}[/bold]")
+        table.add_section()
+    console = Console()
+    console.print(table)
+    console.print(f"fixed (idle stack):       {report.fixed_usd:>12,.2f} USD/month", highlight=False)
+    console.print(f"per-request (usage):      {report.per_request_usd_month:>12,.2f} USD/month", highlight=False)
+    console.print(f"total:                    {report.total_usd:>12,.2f} USD/month", highlight=False)
+    console.print(f"one average request:      {report.cost_per_request_usd:>12,.6f} USD", highlight=False)
 
 
 # -- aigw analytics
