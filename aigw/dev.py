@@ -39,6 +39,7 @@ from runtime import cache as answer_cache
 from runtime import channels, metering
 
 STATE_DIR = Path(".aigw")
+WEB_DIR = Path(__file__).resolve().parents[1] / "web"  # the chat page served at `/`
 
 
 class _EnvOverride:
@@ -190,6 +191,8 @@ class DevGateway:
             port=self.ports.events,
             keepalive_s=self.keepalive_s,
             ssl_context=local_tls.server_ssl_context() if local_tls else None,
+            static_dir=WEB_DIR if WEB_DIR.is_dir() else None,
+            static_config=self.web_config,
         )
         events = ServerThread(server)
         events.start()
@@ -232,6 +235,23 @@ class DevGateway:
         if local_tls is not None:
             self.info["tls"] = {"ca_file": str(local_tls.ca_file)}
         return self
+
+    def web_config(self) -> dict[str, Any]:
+        """`/config.json` for the web page: endpoints, Cognito pool and client, the models tiers allow."""
+        info = self.info
+        return {
+            "http": info.get("http"),
+            "realtime": info.get("realtime"),
+            "region": info.get("region"),
+            "cognito": info.get("cognito"),
+            "models": list(self.settings.model_ids),
+            "tiers": [
+                {"name": t.name, "precedence": t.precedence, "windowTokens": t.window_tokens,
+                 "monthlyTokens": t.monthly_tokens, "models": list(t.models)}
+                for t in self.settings.tiers
+            ],
+            "defaultTier": self.settings.default_tier,
+        }
 
     def stop(self) -> None:
         while self._stack:

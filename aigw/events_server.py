@@ -80,6 +80,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from email.message import Message
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, Protocol, Self
 
@@ -480,8 +481,12 @@ class EventsServer:
         handler_workers: int = 8,
         serialize_handlers: bool = True,
         max_pending_frames: int = 10_000,
+        static_dir: Path | None = None,
+        static_config: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
         self.authenticator = authenticator
+        self.static_dir = static_dir.resolve() if static_dir is not None else None
+        self.static_config = static_config
         self.namespaces = {ns.name: ns for ns in namespaces}
         if len(self.namespaces) != len(namespaces):
             raise ValueError("namespace names must be unique")
@@ -514,6 +519,11 @@ class EventsServer:
         app.router.add_route("OPTIONS", "/event", self._handle_preflight)
         app.router.add_route("GET", "/event/realtime", self._handle_websocket)
         app.router.add_route("*", "/event", self._handle_method_not_allowed)
+        if self.static_config is not None:
+            app.router.add_route("GET", "/config.json", self._handle_static_config)
+        if self.static_dir is not None:
+            app.router.add_route("GET", "/", self._handle_static)
+            app.router.add_route("GET", "/{name}", self._handle_static)
         self._executor = ThreadPoolExecutor(self.handler_workers, thread_name_prefix="aigw-events-handler")
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
@@ -808,6 +818,32 @@ class EventsServer:
             if not bucket:
                 del index[key]
         subscription.connection.subscriptions.pop(subscription.id, None)
+
+    # -- static web page (`aigw dev` serves web/) -------------------------------------------------------
+
+    _STATIC_TYPES = {
+        ".html": "text/html", ".js": "text/javascript", ".css": "text/css", ".json": "application/json",
+        ".svg": "image/svg+xml", ".png": "image/png", ".ico": "image/x-icon", ".txt": "text/plain",
+    }
+
+    async def _handle_static(self, request: web.Request) -> web.StreamResponse:
+        assert self.static_dir is not None
+        name = request.match_info.get("name", "index.html")
+        # Only a regular file directly in static_dir, by exact listed name: no traversal, no dotfiles.
+        files = {p.name: p for p in self.static_dir.iterdir() if p.is_file() and not p.name.startswith(".")}
+        path = files.get(name)
+        content_type = self._STATIC_TYPES.get(Path(name).suffix.lower())
+        if path is None or content_type is None:
+            raise web.HTTPNotFound()
+        charset = "utf-8" if content_type.startswith("text/") or content_type.endswith(("json", "xml")) else None
+        return web.Response(
+            body=path.read_bytes(), content_type=content_type, charset=charset,
+            headers={"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"},
+        )
+
+    async def _handle_static_config(self, request: web.Request) -> web.Response:
+        assert self.static_config is not None
+        return web.json_response(self.static_config(), headers={"Cache-Control": "no-store"})
 
     # -- HTTP ------------------------------------------------------------------------------------------
 

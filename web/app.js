@@ -1,0 +1,446 @@
+// The chat page: sign in, keep conversations in localStorage, stream answers over AppSync Events.
+// Model text is only ever put in the page with textContent.
+
+import { describe, restore, signIn } from "./cognito.js";
+import { EventsClient } from "./events.js";
+
+const $ = (id) => document.getElementById(id);
+const ANSWER_TIMEOUT_MS = 90_000;
+
+const state = {
+  config: null,
+  session: null,
+  events: null,
+  conversations: [], // [{id, title, updatedAt, messages: [{role, text, status, cached, model, error}]}]
+  currentId: null,
+  subscriptions: new Map(), // conversationId -> {unsubscribe}
+  pending: new Map(), // requestId -> {message, node, textNode, metaNode, timer}
+  countdown: null,
+  limits: { window: null, month: null },
+};
+
+// -- storage -------------------------------------------------------------------------------------------
+
+function storageKey() {
+  return `aigw.conversations.${state.session.sub}`;
+}
+
+function loadConversations() {
+  try {
+    state.conversations = JSON.parse(localStorage.getItem(storageKey()) || "[]");
+  } catch {
+    state.conversations = [];
+  }
+  state.currentId = localStorage.getItem(`${storageKey()}.current`);
+}
+
+function saveConversations() {
+  const kept = state.conversations.map((c) => ({
+    ...c,
+    messages: c.messages.map((m) => (m.status === "streaming" ? { ...m, status: "error", error: "Interrupted." } : m)),
+  }));
+  localStorage.setItem(storageKey(), JSON.stringify(kept));
+  if (state.currentId) localStorage.setItem(`${storageKey()}.current`, state.currentId);
+}
+
+function current() {
+  return state.conversations.find((c) => c.id === state.currentId) || null;
+}
+
+function newConversation() {
+  const conversation = { id: crypto.randomUUID(), title: "New conversation", updatedAt: Date.now(), messages: [] };
+  state.conversations.unshift(conversation);
+  state.currentId = conversation.id;
+  saveConversations();
+  return conversation;
+}
+
+// -- rendering -----------------------------------------------------------------------------------------
+
+function renderConversationList() {
+  const list = $("conversation-list");
+  list.replaceChildren();
+  for (const c of state.conversations) {
+    const item = document.createElement("li");
+    const button = document.createElement("button");
+    button.type = "button";
+    button.textContent = c.title;
+    if (c.id === state.currentId) button.setAttribute("aria-current", "true");
+    button.addEventListener("click", () => switchTo(c.id));
+    item.append(button);
+    list.append(item);
+  }
+}
+
+function messageNode(message) {
+  const item = document.createElement("li");
+  item.className = `message ${message.role}`;
+  const text = document.createElement("span");
+  text.className = "text";
+  text.textContent = message.text || "";
+  const meta = document.createElement("span");
+  meta.className = "meta";
+  item.append(text, meta);
+  renderMeta(message, item, meta);
+  return { node: item, textNode: text, metaNode: meta };
+}
+
+function renderMeta(message, node, meta) {
+  meta.replaceChildren();
+  node.classList.toggle("error", message.status === "error");
+  if (message.role !== "assistant") {
+    meta.hidden = true;
+    return;
+  }
+  meta.hidden = false;
+  if (message.cached) {
+    const badge = document.createElement("span");
+    badge.className = "badge";
+    badge.textContent = "cached answer";
+    badge.title = "Served from the prepared answer cache";
+    meta.append(badge);
+  }
+  const parts = [];
+  if (message.model) parts.push(message.model);
+  if (message.status === "streaming") parts.push("answering…");
+  if (message.status === "error") parts.push(message.error || "Failed.");
+  meta.append(document.createTextNode(parts.join(" · ")));
+}
+
+function renderMessages() {
+  const conversation = current();
+  const list = $("messages");
+  list.replaceChildren();
+  $("conversation-title").textContent = conversation ? conversation.title : "Conversation";
+  if (!conversation) return;
+  for (const message of conversation.messages) {
+    const parts = messageNode(message);
+    list.append(parts.node);
+    for (const [, p] of state.pending) {
+      if (p.message === message) Object.assign(p, parts);
+    }
+  }
+  list.scrollTop = list.scrollHeight;
+}
+
+function setBudget(remaining) {
+  if (!remaining) return;
+  for (const key of ["window", "month"]) {
+    const value = remaining[key];
+    if (typeof value !== "number") continue;
+    // The limit is the user's tier's, when config names it; else the most seen so far.
+    const limit = state.limits[key] ?? value;
+    const max = Math.max(limit, value, 1);
+    const meter = $(`budget-${key}`);
+    meter.max = max;
+    meter.value = value;
+    meter.low = max * 0.2;
+    meter.optimum = max;
+    $(`budget-${key}-text`).textContent = `${value.toLocaleString()} tokens left`;
+    if (state.limits[key] == null) state.limits[key] = value;
+  }
+}
+
+function tierLimits() {
+  const tiers = state.config.tiers || [];
+  const groups = new Set(state.session.groups);
+  const member = tiers.filter((t) => groups.has(t.name)).sort((a, b) => a.precedence - b.precedence);
+  const tier = member[0] || tiers.find((t) => t.name === state.config.defaultTier);
+  state.limits = tier ? { window: tier.windowTokens, month: tier.monthlyTokens } : { window: null, month: null };
+  const models = tier ? tier.models : state.config.models || [];
+  const options = $("model-options");
+  options.replaceChildren();
+  for (const m of models) {
+    const option = document.createElement("option");
+    option.value = m;
+    options.append(option);
+  }
+}
+
+// -- notices and errors --------------------------------------------------------------------------------
+
+function nextUtcMonth(now = new Date()) {
+  return new Date(Date.UTC(now.getUTCFullYear(), now.getUTCMonth() + 1, 1));
+}
+
+function clearNotice() {
+  clearInterval(state.countdown);
+  state.countdown = null;
+  $("notice").hidden = true;
+  $("notice").textContent = "";
+  $("send").disabled = false;
+}
+
+function notice(text) {
+  clearNotice();
+  $("notice").textContent = text;
+  $("notice").hidden = false;
+}
+
+function rateLimited(seconds) {
+  clearNotice();
+  const until = Date.now() + Math.max(1, Math.ceil(seconds)) * 1000;
+  const el = $("notice");
+  el.hidden = false;
+  $("send").disabled = true;
+  const tick = () => {
+    const left = Math.ceil((until - Date.now()) / 1000);
+    if (left <= 0) {
+      clearNotice();
+      return;
+    }
+    el.textContent = `You're sending faster than your plan allows. You can send again in ${left} s.`;
+  };
+  tick();
+  state.countdown = setInterval(tick, 1000);
+}
+
+function humanError(event) {
+  switch (event.code) {
+    case "rate_limited":
+      return "Rate limited for now.";
+    case "quota_exhausted": {
+      const reset = nextUtcMonth().toLocaleDateString(undefined, { year: "numeric", month: "long", day: "numeric", timeZone: "UTC" });
+      return `This month's allowance is used up. It resets on ${reset} (UTC).`;
+    }
+    case "invalid_request":
+      return "The request was refused as invalid (too long, or too many messages?).";
+    case "forbidden":
+      return "Not allowed.";
+    case "model_not_allowed":
+      return "Your plan does not include that model. Pick another one or leave the model empty.";
+    case "model_throttled":
+      return "The model is busy right now. Try again in a moment.";
+    case "model_error":
+      return "The model failed to answer. Try again.";
+    default:
+      return "Something went wrong on our side. Try again.";
+  }
+}
+
+// -- chat ----------------------------------------------------------------------------------------------
+
+async function ensureSubscribed(conversationId) {
+  if (state.subscriptions.has(conversationId)) return;
+  const channel = `/responses/${state.session.sub}/${conversationId}`;
+  const subscription = await state.events.subscribe(channel, onAnswerEvent);
+  state.subscriptions.set(conversationId, subscription);
+}
+
+function historyFor(conversation) {
+  // Only complete exchanges are sent back; a failed answer drops its question too.
+  const messages = [];
+  const list = conversation.messages;
+  for (let i = 0; i + 1 < list.length; i += 1) {
+    const q = list[i];
+    const a = list[i + 1];
+    if (q.role === "user" && a.role === "assistant" && a.status === "done" && a.text) {
+      messages.push({ role: "user", content: [{ text: q.text }] }, { role: "assistant", content: [{ text: a.text }] });
+      i += 1;
+    }
+  }
+  return messages;
+}
+
+async function send(text) {
+  const conversation = current() || newConversation();
+  const model = $("model").value.trim();
+  localStorage.setItem("aigw.model", model);
+  const messages = [...historyFor(conversation), { role: "user", content: [{ text }] }];
+  const requestId = crypto.randomUUID();
+  const question = { role: "user", text, status: "done" };
+  const answer = { role: "assistant", text: "", status: "streaming", cached: false, model: model || "" };
+  if (conversation.messages.length === 0) conversation.title = text.slice(0, 60);
+  conversation.messages.push(question, answer);
+  conversation.updatedAt = Date.now();
+  state.pending.set(requestId, { message: answer, conversationId: conversation.id });
+  renderConversationList();
+  renderMessages();
+  const list = $("messages");
+  list.setAttribute("aria-busy", "true");
+
+  const pending = state.pending.get(requestId);
+  pending.timer = setTimeout(() => finish(requestId, "error", "No answer arrived in time."), ANSWER_TIMEOUT_MS);
+  try {
+    await ensureSubscribed(conversation.id);
+    const request = { requestId, conversationId: conversation.id, messages };
+    if (model) request.modelId = model;
+    await state.events.publish(`/chat/${state.session.sub}/${conversation.id}`, [request]);
+    // A refused request is answered with a typed `error` event on the responses channel.
+  } catch (err) {
+    finish(requestId, "error", "Could not send: " + (err.message || "connection problem") + ".");
+  }
+}
+
+function finish(requestId, status, error) {
+  const pending = state.pending.get(requestId);
+  if (!pending) return;
+  clearTimeout(pending.timer);
+  state.pending.delete(requestId);
+  pending.message.status = status;
+  if (error) pending.message.error = error;
+  if (pending.node) renderMeta(pending.message, pending.node, pending.metaNode);
+  if (state.pending.size === 0) $("messages").setAttribute("aria-busy", "false");
+  saveConversations();
+}
+
+function onAnswerEvent(event) {
+  const pending = state.pending.get(event.requestId);
+  if (!pending) return;
+  const message = pending.message;
+  switch (event.type) {
+    case "start":
+      message.model = event.model || message.model;
+      message.cached = Boolean(event.cached);
+      break;
+    case "delta":
+      message.text += event.text || "";
+      if (pending.textNode) pending.textNode.textContent = message.text;
+      break;
+    case "end":
+      message.cached = Boolean(event.cached) || message.cached;
+      setBudget(event.remaining);
+      finish(event.requestId, "done");
+      break;
+    case "error":
+      setBudget(event.remaining);
+      if (event.code === "rate_limited" && event.retryAfterSeconds) rateLimited(event.retryAfterSeconds);
+      else notice(humanError(event));
+      finish(event.requestId, "error", humanError(event));
+      return;
+    default:
+      return;
+  }
+  if (pending.node) {
+    renderMeta(message, pending.node, pending.metaNode);
+    const list = $("messages");
+    list.scrollTop = list.scrollHeight;
+  }
+}
+
+function switchTo(id) {
+  state.currentId = id;
+  saveConversations();
+  renderConversationList();
+  renderMessages();
+  $("conversation-title").focus();
+}
+
+// -- views ---------------------------------------------------------------------------------------------
+
+function showSignIn() {
+  $("chat-view").hidden = true;
+  $("account").hidden = true;
+  $("sign-in-view").hidden = false;
+  $("connection").textContent = "";
+  $("username").focus();
+}
+
+async function showChat() {
+  $("sign-in-view").hidden = true;
+  $("chat-view").hidden = false;
+  $("account").hidden = false;
+  $("who").textContent = `Signed in as ${state.session.username}`;
+  tierLimits();
+  $("model").value = localStorage.getItem("aigw.model") || "";
+  loadConversations();
+  if (!current()) newConversation();
+  renderConversationList();
+  renderMessages();
+  state.events = new EventsClient({
+    http: state.config.http,
+    realtime: state.config.realtime,
+    getToken: () => state.session.token(),
+  });
+  state.events.addEventListener("state", (e) => {
+    const labels = { connecting: "Connecting…", open: "Connected", reconnecting: "Reconnecting…", closed: "Disconnected" };
+    $("connection").textContent = labels[e.detail] || "";
+  });
+  state.session.onexpired = () => signOut("Your session expired; sign in again.");
+  state.events.connect().catch(() => {});
+  $("prompt").focus();
+}
+
+async function signOut(message) {
+  if (state.events) state.events.close();
+  state.events = null;
+  state.subscriptions.clear();
+  for (const [id] of state.pending) finish(id, "error", "Signed out.");
+  clearNotice();
+  if (state.session) await state.session.signOut();
+  state.session = null;
+  $("sign-in-error").textContent = typeof message === "string" ? message : "";
+  showSignIn();
+}
+
+// -- wiring --------------------------------------------------------------------------------------------
+
+function wire() {
+  $("sign-in-form").addEventListener("submit", async (e) => {
+    e.preventDefault();
+    const username = $("username").value.trim();
+    const password = $("password").value;
+    const error = $("sign-in-error");
+    if (!username || !password) {
+      error.textContent = "Enter your username and password.";
+      (username ? $("password") : $("username")).focus();
+      return;
+    }
+    error.textContent = "";
+    const button = e.submitter || $("sign-in-form").querySelector("button");
+    button.disabled = true;
+    try {
+      state.session = await signIn(state.config, username, password);
+      $("password").value = "";
+      await showChat();
+    } catch (err) {
+      error.textContent = describe(err);
+      $("password").focus();
+    } finally {
+      button.disabled = false;
+    }
+  });
+
+  $("sign-out").addEventListener("click", () => signOut());
+
+  $("new-conversation").addEventListener("click", () => {
+    newConversation();
+    renderConversationList();
+    renderMessages();
+    $("prompt").focus();
+  });
+
+  $("compose").addEventListener("submit", (e) => {
+    e.preventDefault();
+    if ($("send").disabled) return;
+    const text = $("prompt").value.trim();
+    if (!text) return;
+    $("prompt").value = "";
+    send(text);
+    $("prompt").focus();
+  });
+
+  $("prompt").addEventListener("keydown", (e) => {
+    if (e.key === "Enter" && !e.shiftKey && !e.isComposing) {
+      e.preventDefault();
+      $("compose").requestSubmit();
+    }
+  });
+}
+
+async function main() {
+  wire();
+  try {
+    const response = await fetch("config.json", { cache: "no-store" });
+    if (!response.ok) throw new Error(String(response.status));
+    state.config = await response.json();
+  } catch {
+    $("sign-in-error").textContent = "Could not load the page configuration (config.json).";
+    return;
+  }
+  state.session = await restore(state.config);
+  if (state.session) await showChat();
+  else showSignIn();
+}
+
+main();
