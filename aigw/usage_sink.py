@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
+from runtime.analytics import InvalidUsageLine, usage_row
 from runtime.observability import USAGE_RECORD_TYPE, UsageRecord
 
 
@@ -63,12 +64,16 @@ class UsageSink:
                 with self._lock:
                     self.ignored_lines += 1
                 return
-            usage = log.get("usage")
             try:
-                record = UsageRecord(**usage)  # type: ignore[arg-type]
-            except Exception:  # not a dict, unknown fields, contract broken: all just bad lines
+                # The Firehose processor's parser: coerced and validated exactly as in AWS.
+                row = usage_row(line)
+            except InvalidUsageLine:
                 self._count_bad()
                 return
+            if row is None:
+                self._count_bad()
+                return
+            record = UsageRecord(**row)
             with self._lock:
                 self._buffer.append(record)
                 full = len(self._buffer) >= self.max_buffer

@@ -241,6 +241,22 @@ def _row(usage: dict[str, Any]) -> dict[str, Any]:
     return UsageRecord(**values).as_dict()
 
 
+class InvalidUsageLine(ValueError):
+    """A log line that claims to be a usage record but breaks the usage schema."""
+
+
+def usage_row(message: Any) -> dict[str, Any] | None:
+    """The validated usage row of one log message, or None when it is not a usage line.
+
+    The one parser of usage lines: the Firehose processor here and `aigw dev`'s local Parquet sink both use it.
+    """
+    try:
+        usage = _usage_of(message)
+        return None if usage is None else _row(usage)
+    except (_RecordFailure, InvalidUsageRecordError) as exc:
+        raise InvalidUsageLine(str(exc)) from exc
+
+
 def _rows_of(envelope: dict[str, Any], counts: Counter[str]) -> list[dict[str, Any]]:
     events = envelope.get("logEvents")
     if not isinstance(events, list):
