@@ -139,6 +139,14 @@ class BackgroundHTTPServer:
 
     # -- lifecycle -----------------------------------------------------------------------------------
 
+    @property
+    def endpoint_url(self) -> str:
+        """``http://127.0.0.1:PORT`` of the running server."""
+        if self._server is None:
+            raise RuntimeError(f"{self._noun} not started")
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}"
+
     def start(self) -> Self:
         """Bind and serve in a daemon thread; returns self. After ``stop()``, rebinds the same port."""
         if self._server is not None:

@@ -272,14 +272,6 @@ class LambdaEmulator(BackgroundHTTPServer):
         self._executor: ThreadPoolExecutor | None = None
         super().__init__(host=host, port=port)
 
-    @property
-    def endpoint_url(self) -> str:
-        """``http://127.0.0.1:PORT`` of the running server."""
-        if self._server is None:
-            raise RuntimeError("emulator not started")
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
-
     # -- lifecycle -----------------------------------------------------------------------------------
 
     def start(self) -> Self:
