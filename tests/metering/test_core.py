@@ -168,7 +168,10 @@ def test_settling_twice_is_settling_once(limits: Limits, start: float, ops: list
     assert first.status == "settled" and state1 is not None
     second, state2 = core.settle(state1, rid, 10, 20, h.now + 1)
     assert second.status == "duplicate" and state2 is None
-    assert core.usage(state1, limits, h.now + 1) == core.usage(state1, limits, h.now + 1)
+    # The duplicate neither changed the state nor charged again: the month holds the 30 tokens once.
+    before = core.usage(h.state, limits, h.now).month_used - decision.reserved_tokens
+    assert core.usage(state1, limits, h.now).month_used == before + 30
+    assert second.charged_tokens == first.charged_tokens == 30
 
 
 @given(
