@@ -64,12 +64,77 @@ function renderConversationList() {
     const item = document.createElement("li");
     const button = document.createElement("button");
     button.type = "button";
+    button.className = "title";
     button.textContent = c.title;
     if (c.id === state.currentId) button.setAttribute("aria-current", "true");
     button.addEventListener("click", () => switchTo(c.id));
-    item.append(button);
+    const rename = iconButton("✎", `Rename “${c.title}”`, () => startRename(item, c));
+    const remove = iconButton("✕", `Delete “${c.title}”`, () => deleteConversation(c.id));
+    item.append(button, rename, remove);
     list.append(item);
   }
+}
+
+function iconButton(symbol, label, onClick) {
+  const button = document.createElement("button");
+  button.type = "button";
+  button.className = "icon";
+  button.textContent = symbol;
+  button.setAttribute("aria-label", label);
+  button.title = label;
+  button.addEventListener("click", onClick);
+  return button;
+}
+
+function startRename(item, conversation) {
+  const input = document.createElement("input");
+  input.value = conversation.title;
+  input.setAttribute("aria-label", "Conversation name");
+  input.maxLength = 120;
+  let done = false;
+  const end = (save) => {
+    if (done) return;
+    done = true;
+    const title = input.value.trim();
+    if (save && title) {
+      conversation.title = title;
+      conversation.renamed = true;
+      saveConversations();
+    }
+    renderConversationList();
+    renderMessages();
+  };
+  input.addEventListener("keydown", (e) => {
+    if (e.key === "Enter") {
+      e.preventDefault();
+      end(true);
+    } else if (e.key === "Escape") {
+      e.preventDefault();
+      end(false);
+    }
+  });
+  input.addEventListener("blur", () => end(true));
+  item.replaceChildren(input);
+  input.focus();
+  input.select();
+}
+
+function deleteConversation(id) {
+  const conversation = state.conversations.find((c) => c.id === id);
+  if (!conversation || !confirm(`Delete “${conversation.title}”? It is kept only in this browser.`)) return;
+  for (const [requestId, p] of state.pending) {
+    if (p.conversationId === id) finish(requestId, "stopped");
+  }
+  const subscription = state.subscriptions.get(id);
+  if (subscription) subscription.unsubscribe();
+  state.subscriptions.delete(id);
+  state.conversations = state.conversations.filter((c) => c.id !== id);
+  if (state.currentId === id) state.currentId = state.conversations[0] ? state.conversations[0].id : null;
+  if (!current()) newConversation();
+  saveConversations();
+  renderConversationList();
+  renderMessages();
+  $("new-conversation").focus();
 }
 
 function messageNode(message) {
@@ -103,6 +168,7 @@ function renderMeta(message, node, meta) {
   const parts = [];
   if (message.model) parts.push(message.model);
   if (message.status === "streaming") parts.push("answering…");
+  if (message.status === "stopped") parts.push("stopped");
   if (message.status === "error") parts.push(message.error || "Failed.");
   meta.append(document.createTextNode(parts.join(" · ")));
 }
@@ -148,13 +214,12 @@ function tierLimits() {
   const tier = member[0] || tiers.find((t) => t.name === state.config.defaultTier);
   state.limits = tier ? { window: tier.windowTokens, month: tier.monthlyTokens } : { window: null, month: null };
   const models = tier ? tier.models : state.config.models || [];
-  const options = $("model-options");
-  options.replaceChildren();
-  for (const m of models) {
-    const option = document.createElement("option");
-    option.value = m;
-    options.append(option);
-  }
+  const picker = $("model");
+  const named = tier && tier.defaultModel && models.length > 1; // with one model, "Default" is that model
+  picker.replaceChildren(new Option(named ? `Default (${tier.defaultModel})` : "Default", ""));
+  for (const m of models) picker.append(new Option(m, m));
+  const saved = localStorage.getItem("aigw.model") || "";
+  picker.value = models.includes(saved) ? saved : "";
 }
 
 // -- notices and errors --------------------------------------------------------------------------------
@@ -204,7 +269,8 @@ function humanError(event) {
       return `This month's allowance is used up. It resets on ${reset} (UTC).`;
     }
     case "invalid_request":
-      return "The request was refused as invalid (too long, or too many messages?).";
+      // The gateway's reason is written for people ("larger than your rolling-window limit allows; ...").
+      return event.message ? `Not sent: ${event.message}.` : "The request was refused as invalid.";
     case "forbidden":
       return "Not allowed.";
     case "model_not_allowed":
@@ -244,16 +310,17 @@ function historyFor(conversation) {
 
 async function send(text) {
   const conversation = current() || newConversation();
-  const model = $("model").value.trim();
+  const model = $("model").value;
   localStorage.setItem("aigw.model", model);
   const messages = [...historyFor(conversation), { role: "user", content: [{ text }] }];
   const requestId = crypto.randomUUID();
   const question = { role: "user", text, status: "done" };
   const answer = { role: "assistant", text: "", status: "streaming", cached: false, model: model || "" };
-  if (conversation.messages.length === 0) conversation.title = text.slice(0, 60);
+  if (conversation.messages.length === 0 && !conversation.renamed) conversation.title = text.slice(0, 60);
   conversation.messages.push(question, answer);
   conversation.updatedAt = Date.now();
-  state.pending.set(requestId, { message: answer, conversationId: conversation.id });
+  state.pending.set(requestId, { message: answer, conversationId: conversation.id, stopped: false });
+  updateStop();
   renderConversationList();
   renderMessages();
   const list = $("messages");
@@ -281,13 +348,40 @@ function finish(requestId, status, error) {
   if (error) pending.message.error = error;
   if (pending.node) renderMeta(pending.message, pending.node, pending.metaNode);
   if (state.pending.size === 0) $("messages").setAttribute("aria-busy", "false");
+  updateStop();
   saveConversations();
+}
+
+/** Stop showing the current conversation's answers in progress. The model may still finish (and is metered
+ * by what it really used); its `end` still updates the budget. */
+function stopCurrent() {
+  for (const [, p] of state.pending) {
+    if (p.conversationId !== state.currentId || p.stopped) continue;
+    p.stopped = true;
+    p.message.status = "stopped";
+    if (p.node) renderMeta(p.message, p.node, p.metaNode);
+  }
+  saveConversations();
+  updateStop();
+  $("prompt").focus();
+}
+
+function updateStop() {
+  const streaming = [...state.pending.values()].some((p) => p.conversationId === state.currentId && !p.stopped);
+  $("stop").hidden = !streaming;
 }
 
 function onAnswerEvent(event) {
   const pending = state.pending.get(event.requestId);
   if (!pending) return;
   const message = pending.message;
+  if (pending.stopped) {
+    if (event.type === "end" || event.type === "error") {
+      setBudget(event.remaining);
+      finish(event.requestId, "stopped");
+    }
+    return;
+  }
   switch (event.type) {
     case "start":
       message.model = event.model || message.model;
@@ -323,6 +417,7 @@ function switchTo(id) {
   saveConversations();
   renderConversationList();
   renderMessages();
+  updateStop();
   $("conversation-title").focus();
 }
 
@@ -342,7 +437,6 @@ async function showChat() {
   $("account").hidden = false;
   $("who").textContent = `Signed in as ${state.session.username}`;
   tierLimits();
-  $("model").value = localStorage.getItem("aigw.model") || "";
   loadConversations();
   if (!current()) newConversation();
   renderConversationList();
@@ -402,11 +496,13 @@ function wire() {
   });
 
   $("sign-out").addEventListener("click", () => signOut());
+  $("stop").addEventListener("click", stopCurrent);
 
   $("new-conversation").addEventListener("click", () => {
     newConversation();
     renderConversationList();
     renderMessages();
+    updateStop();
     $("prompt").focus();
   });
 

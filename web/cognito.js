@@ -80,7 +80,7 @@ export class Session {
 
   get username() {
     const c = this.claims;
-    return c["cognito:username"] || c.email || c.sub;
+    return c.email || c["cognito:username"] || c.sub; // the pool signs in by email
   }
 
   get groups() {

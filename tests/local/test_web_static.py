@@ -47,7 +47,7 @@ def test_the_page_has_landmarks_and_labelled_inputs(gateway: DevGateway) -> None
     for landmark in ("<header", "<main", "<nav"):
         assert landmark in html
     assert 'aria-live="polite"' in html
-    inputs = set(re.findall(r'<(?:input|textarea)[^>]*\bid="([^"]+)"', html))
+    inputs = set(re.findall(r'<(?:input|select|textarea)[^>]*\bid="([^"]+)"', html))
     assert {"username", "password", "prompt", "model"} <= inputs
     for input_id in inputs:
         assert f'<label for="{input_id}"' in html, input_id
