@@ -107,6 +107,8 @@ class DevGateway:
     usage_sink: UsageSink | None = None
     """Started by `start()`, closed (the rest flushed) by `stop()`; `offer` it the runtime's log lines."""
     info: dict[str, Any] = field(default_factory=dict)
+    events: ServerThread | None = None
+    """The AppSync Events server's thread, once started (`events.call(events.server.close_connections())`)."""
     _stack: list[Any] = field(default_factory=list)
 
     def start(self) -> DevGateway:
@@ -197,6 +199,7 @@ class DevGateway:
         events = ServerThread(server)
         events.start()
         self._stack.append(events)
+        self.events = events
         http_url, realtime_url = server.http_url, server.realtime_url
         if local_tls is not None:
             # The certificate names localhost (and 127.0.0.1); clients use the name, as they would on AWS.
@@ -247,7 +250,7 @@ class DevGateway:
             "models": list(self.settings.model_ids),
             "tiers": [
                 {"name": t.name, "precedence": t.precedence, "windowTokens": t.window_tokens,
-                 "monthlyTokens": t.monthly_tokens, "models": list(t.models)}
+                 "monthlyTokens": t.monthly_tokens, "models": list(t.models), "defaultModel": t.model}
                 for t in self.settings.tiers
             ],
             "defaultTier": self.settings.default_tier,

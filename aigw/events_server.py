@@ -541,15 +541,22 @@ class EventsServer:
         runner, self._runner = self._runner, None
         if runner is None:
             return
-        for connection in list(self._connections):
-            for task in list(connection.tasks):
-                task.cancel()
-            with contextlib.suppress(Exception):
-                await connection.ws.close(code=1001, message=b"server shutting down")
+        await self.close_connections(1001, "server shutting down")
         await runner.cleanup()
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
             self._executor = None
+
+    async def close_connections(self, code: int = 1012, reason: str = "service restart") -> int:
+        """Close every WebSocket (as a redeploy or a network blip would); returns how many were open.
+        Clients are expected to reconnect and subscribe again."""
+        connections = list(self._connections)
+        for connection in connections:
+            for task in list(connection.tasks):
+                task.cancel()
+            with contextlib.suppress(Exception):
+                await connection.ws.close(code=code, message=reason.encode())
+        return len(connections)
 
     async def __aenter__(self) -> Self:
         await self.start()
