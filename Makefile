@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: test dev lint bench clean
+.PHONY: test dev lint bench clean browser
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -21,7 +21,11 @@ lint: $(STAMP)
 dev: $(STAMP)
 	$(BIN)/aigw dev
 
-test: $(STAMP) lint
+# Debian's Chromium for tests/browser (skipped, saying why, where it cannot be installed).
+browser:
+	@.ci/ensure-chromium
+
+test: $(STAMP) lint browser
 	HYPOTHESIS_PROFILE=ci $(BIN)/python -m pytest
 
 bench: $(STAMP)

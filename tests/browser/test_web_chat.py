@@ -1,0 +1,533 @@
+"""The chat page in a real browser: Debian's Chromium, driven by Playwright, against a running `aigw dev`.
+
+One gateway for the module (the dev `free` and `pro` tiers, plus a `tiny` tier whose 10-second window two long
+questions overflow) and one browser; each test signs its own users in through the page, as a person would:
+typing into the form, pressing Enter, clicking. The Bedrock emulator streams its deterministic answers a word
+at a time with a small pause, so the page really renders text as it arrives.
+
+Without Chromium or Playwright the tests skip saying what is missing (`make test` installs both when it can).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import shutil
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+
+from aigw.dev import DevGateway, Ports, running
+from aigw.emulators.bedrock import default_answer
+from aigw.local_cognito import LocalPool, add_user, issuer_for
+from components.settings import StackSettings
+from runtime.cache import AnswerCache
+from runtime.metering import Limits, Meter
+
+pytestmark = pytest.mark.moto
+
+ROOT = Path(__file__).resolve().parents[2]
+ARTIFACTS = Path(os.environ.get("AIGW_TEST_ARTIFACTS", ROOT / "test-artifacts"))
+CHROMIUM = os.environ.get("AIGW_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+# As the machine's notes prescribe: no sandbox (root in a container), and no background calls to Google's
+# services, which this closed network refuses.
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+PASSWORD = "Correct-Horse-9-Battery"
+FREE_MODEL = "amazon.nova-lite-v1:0"
+PRO_MODEL = "us.anthropic.claude-3-5-haiku-20241022-v1:0"
+SETTINGS = StackSettings.from_values(
+    {
+        "region": "us-east-1",
+        "defaultTier": "free",
+        "tiers": [
+            {"name": "free", "precedence": 20, "windowTokens": 20_000, "monthlyTokens": 500_000,
+             "maxOutputTokens": 1024, "models": [FREE_MODEL]},
+            {"name": "pro", "precedence": 10, "windowTokens": 100_000, "monthlyTokens": 5_000_000,
+             "maxOutputTokens": 4096, "models": [FREE_MODEL, PRO_MODEL], "defaultModel": PRO_MODEL},
+            # 400 tokens per 10 s: one long question fits, the next is refused until the first leaves the window.
+            {"name": "tiny", "precedence": 30, "windowTokens": 400, "monthlyTokens": 100_000, "windowSeconds": 10,
+             "minOutputTokens": 64, "maxOutputTokens": 128, "models": [FREE_MODEL]},
+        ],
+    }
+)
+LONG_QUESTION = "Please summarise the following notes. " + " ".join(f"note{i:03d} is fine." for i in range(48))
+ANSWER_TIMEOUT_MS = 20_000
+
+
+def expected_answer(question: str) -> str:
+    return default_answer({"messages": [{"role": "user", "content": [{"text": question}]}]})
+
+
+# -- fixtures
+
+
+@pytest.fixture(scope="module")
+def sync_playwright() -> Any:
+    if not Path(CHROMIUM).is_file():
+        pytest.skip(f"no Chromium at {CHROMIUM}: `make test` installs Debian's package (apt-get install chromium) "
+                    "when it runs as root; elsewhere install it, or point AIGW_CHROMIUM at one")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.skip("Playwright for Python is not installed (it is a dev dependency: `make test` installs it)")
+    return sync_playwright
+
+
+@pytest.fixture(scope="module")
+def gateway() -> Iterator[DevGateway]:
+    saved = dict(os.environ)
+    try:
+        # pacing: the emulator pauses between words, so answers arrive over ~0.1-0.5 s, in many deltas.
+        with running(SETTINGS, ports=Ports(0, 0, 0, 0), stack=f"web{secrets.token_hex(3)}", pacing_s=0.01,
+                     seed_user=False) as gw:
+            yield gw
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+@pytest.fixture(scope="module")
+def browser(sync_playwright: Any, gateway: DevGateway) -> Iterator[Any]:
+    with sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+class Users:
+    def __init__(self, gw: DevGateway) -> None:
+        c = gw.info["cognito"]
+        self.idp = boto3.client("cognito-idp", region_name=gw.info["region"], endpoint_url=c["endpoint"])
+        self.pool = LocalPool(
+            user_pool_id=c["user_pool_id"], client_id=c["client_id"], region=gw.info["region"],
+            endpoint=c["endpoint"], issuer=issuer_for(gw.info["region"], c["user_pool_id"]),
+            jwks_url=f"{c['endpoint']}/{c['user_pool_id']}/.well-known/jwks.json",
+            tiers=tuple(t.name for t in sorted(SETTINGS.tiers, key=lambda t: t.precedence)),
+        )
+
+    def new(self, tier: str = "free") -> tuple[str, str]:
+        """A fresh confirmed user of `tier`: (email, sub)."""
+        email = f"user-{uuid.uuid4().hex[:10]}@example.com"
+        return email, add_user(self.idp, self.pool, email, PASSWORD, tier=tier)
+
+
+@pytest.fixture(scope="module")
+def users(gateway: DevGateway) -> Users:
+    return Users(gateway)
+
+
+class Page:
+    """One browser tab on the chat page, with what it logged; `problems` are console errors and CSP refusals."""
+
+    def __init__(self, context: Any, url: str) -> None:
+        self.context = context
+        self.page = context.new_page()
+        self.page.set_default_timeout(ANSWER_TIMEOUT_MS)
+        self.problems: list[str] = []
+        self.page.on("console", lambda m: m.type == "error" and self.problems.append(m.text))
+        self.page.on("pageerror", lambda e: self.problems.append(str(e)))
+        self.page.goto(url)
+
+    def sign_in(self, email: str) -> None:
+        self.page.get_by_label("Username").fill(email)
+        self.page.get_by_label("Password").fill(PASSWORD)
+        self.page.get_by_label("Password").press("Enter")
+        self.page.locator("#chat-view").wait_for(state="visible")
+        self.page.get_by_text("Connected").wait_for()
+
+    def sign_out(self) -> None:
+        self.page.get_by_role("button", name="Sign out").click()
+        self.page.locator("#sign-in-view").wait_for(state="visible")
+
+    def send(self, text: str) -> None:
+        prompt = self.page.get_by_label("Message", exact=True)
+        prompt.fill(text)
+        prompt.press("Enter")
+
+    def answers(self) -> Any:
+        return self.page.locator("#messages .message.assistant")
+
+    def wait_settled(self, index: int = -1) -> Any:
+        """The assistant message at `index` once it is no longer streaming."""
+        answer = self.answers().nth(index)
+        answer.locator(".meta").filter(has_not_text="answering…").wait_for()
+        return answer
+
+    def close(self) -> None:
+        self.context.close()
+
+
+@pytest.fixture
+def open_page(browser: Any, gateway: DevGateway) -> Iterator[Any]:
+    opened: list[Page] = []
+
+    def open_(context: Any = None, **options: Any) -> Page:
+        page = Page(context or browser.new_context(**options), gateway.info["http"].removesuffix("/event") + "/")
+        opened.append(page)
+        return page
+
+    yield open_
+    for page in opened:
+        page.close()
+
+
+def tokens_left(page: Page, which: str) -> int:
+    text = page.page.locator(f"#budget-{which}-text").inner_text()
+    found = re.fullmatch(r"([\d,]+) tokens left", text)
+    assert found, text
+    return int(found.group(1).replace(",", ""))
+
+
+# -- the tests
+
+
+def test_sign_in_send_and_watch_the_answer_stream_in(open_page: Any, users: Users) -> None:
+    email, _ = users.new("free")
+    tab = open_page(viewport={"width": 1100, "height": 720}, color_scheme="light")
+    tab.sign_in(email)
+    assert tab.page.locator("#who").inner_text() == f"Signed in as {email}"
+    assert tab.page.locator("#budget-window-text").inner_text() == "–"  # nothing known before the first answer
+
+    # Record every length the answer's text goes through, to see it arrive in pieces rather than at once.
+    tab.page.evaluate("""() => {
+        window.seenLengths = [];
+        new MutationObserver(() => {
+            const text = document.querySelector('#messages .message.assistant .text');
+            if (text) window.seenLengths.push(text.textContent.length);
+        }).observe(document.getElementById('messages'), {subtree: true, childList: true, characterData: true});
+    }""")
+    question = "What does the gateway meter?"
+    tab.send(question)
+    tab.page.locator("#stop").wait_for(state="visible")  # while it streams, it can be stopped
+    answer = tab.wait_settled()
+
+    assert answer.locator(".text").inner_text() == expected_answer(question)
+    assert answer.locator(".meta").inner_text() == FREE_MODEL
+    assert tab.page.locator("#messages .message.user .text").inner_text() == question
+    lengths = [n for n in tab.page.evaluate("window.seenLengths") if n > 0]
+    assert len(set(lengths)) >= 3 and lengths == sorted(lengths), lengths
+    assert tab.page.locator("#stop").is_hidden()
+
+    window, month = tokens_left(tab, "window"), tokens_left(tab, "month")
+    assert 0 < window < 20_000 and 0 < month < 500_000
+    assert 20_000 - window == 500_000 - month  # one request, counted once in each
+    meter = tab.page.locator("#budget-window")
+    assert float(meter.get_attribute("max") or 0) == 20_000 and float(meter.get_attribute("value") or 0) == window
+    # The conversation is named after its first question.
+    assert tab.page.locator("#conversation-list .title").first.inner_text() == question
+    assert tab.problems == []
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    tab.page.screenshot(path=ARTIFACTS / "web-chat.png")
+
+    # A second question in the same conversation is answered with the first exchange as history,
+    # and the budget moves again.
+    tab.send("And how?")
+    tab.wait_settled()
+    assert tab.answers().count() == 2
+    assert tokens_left(tab, "window") < window
+
+
+def test_text_from_the_conversation_is_never_markup(open_page: Any, users: Users) -> None:
+    email, _ = users.new("free")
+    tab = open_page()
+    tab.sign_in(email)
+    question = '<img src=x onerror="window.injected = 1"><b>bold?</b>'
+    tab.send(question)
+    tab.wait_settled()
+    messages = tab.page.locator("#messages")
+    assert messages.locator("img, b").count() == 0
+    assert tab.page.locator("#messages .message.user .text").inner_text() == question
+    assert tab.page.evaluate("window.injected") is None
+
+
+def test_a_second_user_sees_none_of_the_first_users_conversations(open_page: Any, users: Users) -> None:
+    first, first_sub = users.new("free")
+    second, _ = users.new("free")
+    tab = open_page()
+    tab.sign_in(first)
+    tab.send("A private question about my payslip")
+    tab.wait_settled()
+
+    # Same browser, same storage: the next person to sign in sees a fresh, empty conversation list...
+    tab.sign_out()
+    tab.sign_in(second)
+    titles = tab.page.locator("#conversation-list .title").all_inner_texts()
+    assert titles == ["New conversation"]
+    assert tab.answers().count() == 0
+    assert "payslip" not in tab.page.locator("main").inner_text()
+
+    # ...and the server refuses them the first user's channels even when they ask from the page directly.
+    refused = tab.page.evaluate(
+        """async (channel) => {
+            const { EventsClient } = await import('./events.js');
+            const config = await (await fetch('config.json')).json();
+            const token = JSON.parse(sessionStorage.getItem('aigw.session')).idToken;
+            const client = new EventsClient({ http: config.http, realtime: config.realtime, getToken: () => token });
+            try {
+                await client.subscribe(channel, () => {});
+                return 'subscribed';
+            } catch (err) {
+                return err.errorType || String(err);
+            } finally {
+                client.close();
+            }
+        }""",
+        f"/responses/{first_sub}/*",
+    )
+    assert refused == "UnauthorizedException"
+
+    # Back as the first user, their conversation is still there, answer and all.
+    tab.sign_out()
+    tab.sign_in(first)
+    assert tab.page.locator("#conversation-list .title").all_inner_texts() == ["A private question about my payslip"]
+    assert tab.answers().count() == 1
+
+
+def test_over_the_limit_shows_a_live_countdown(open_page: Any, users: Users) -> None:
+    email, _ = users.new("tiny")
+    tab = open_page()
+    tab.sign_in(email)
+    tab.send(LONG_QUESTION)
+    tab.wait_settled()
+    notice = tab.page.locator("#notice")
+
+    # Asked again in the same conversation, the history makes it larger than the whole window: no wait helps,
+    # and the page says so in the gateway's words rather than counting down.
+    tab.send(LONG_QUESTION)
+    notice.filter(has_text="larger than your rolling-window limit allows").wait_for()
+    assert tab.page.locator("#send").is_enabled()
+
+    # In a new conversation it would fit, once the first question has left the window.
+    tab.page.get_by_role("button", name="New conversation").click()
+    tab.send(LONG_QUESTION)
+    notice.filter(has_text="You can send again in").wait_for()
+    countdown = re.compile(r"You can send again in (\d+) s\.")
+    found = countdown.search(notice.inner_text())
+    assert found, notice.inner_text()
+    first = int(found.group(1))
+    assert 0 < first <= 20
+    assert tab.page.locator("#send").is_disabled()
+    refused = tab.wait_settled()
+    assert "Rate limited" in refused.locator(".meta").inner_text()
+    # The number counts down in place, and sending is refused meanwhile.
+    tab.page.wait_for_function(
+        "(first) => { const m = /again in (\\d+) s/.exec(document.getElementById('notice').textContent);"
+        " return m && Number(m[1]) < first; }",
+        arg=first,
+    )
+    assert tab.page.locator("#send").is_disabled()
+
+
+def test_a_cached_answer_is_marked(open_page: Any, users: Users, gateway: DevGateway) -> None:
+    c = gateway.info["cognito"]
+    dynamodb = boto3.client("dynamodb", region_name=gateway.info["region"], endpoint_url=c["endpoint"])
+    cache = AnswerCache(gateway.info["tables"]["cache"], client=dynamodb, namespace=SETTINGS.cache_namespace)
+    prepared = "We are open nine to five, Monday to Friday."
+    cache.put("When are you open?", FREE_MODEL, prepared)
+    email, _ = users.new("free")
+    tab = open_page()
+    tab.sign_in(email)
+
+    tab.send("when are you OPEN?")
+    answer = tab.wait_settled()
+    assert answer.locator(".text").inner_text() == prepared
+    assert answer.locator(".badge").inner_text() == "cached answer"
+
+    tab.send("Something nobody prepared")
+    fresh = tab.wait_settled()
+    assert fresh.locator(".badge").count() == 0
+
+
+def test_the_model_picker_offers_the_tiers_models_and_the_answer_names_the_one_used(
+    open_page: Any, users: Users
+) -> None:
+    free, _ = users.new("free")
+    pro, _ = users.new("pro")
+    tab = open_page()
+    tab.sign_in(free)
+    picker = tab.page.get_by_label("Model", exact=True)
+    assert picker.locator("option").all_inner_texts() == ["Default", FREE_MODEL]
+    tab.sign_out()
+
+    tab.sign_in(pro)
+    assert picker.locator("option").all_inner_texts() == [f"Default ({PRO_MODEL})", FREE_MODEL, PRO_MODEL]
+    picker.select_option(FREE_MODEL)
+    tab.send("Which model is this?")
+    assert tab.wait_settled().locator(".meta").inner_text() == FREE_MODEL
+    picker.select_option("")
+    tab.send("And now?")
+    assert tab.wait_settled().locator(".meta").inner_text() == PRO_MODEL
+
+
+def test_conversations_can_be_created_switched_renamed_and_deleted(open_page: Any, users: Users) -> None:
+    email, _ = users.new("free")
+    tab = open_page()
+    tab.sign_in(email)
+    page = tab.page
+    tab.send("First topic")
+    tab.wait_settled()
+    page.get_by_role("button", name="New conversation").click()
+    tab.send("Second topic")
+    tab.wait_settled()
+    titles = page.locator("#conversation-list .title")
+    assert titles.all_inner_texts() == ["Second topic", "First topic"]
+
+    titles.nth(1).click()
+    assert page.locator("#messages .message.user .text").all_inner_texts() == ["First topic"]
+
+    page.get_by_role("button", name="Rename “First topic”").click()
+    name = page.get_by_label("Conversation name")
+    name.fill("Renamed topic")
+    name.press("Enter")
+    assert titles.all_inner_texts() == ["Second topic", "Renamed topic"]
+    assert page.locator("#conversation-title").inner_text() == "Renamed topic"
+
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.get_by_role("button", name="Delete “Second topic”").click()
+    assert titles.all_inner_texts() == ["Renamed topic"]
+
+    # Kept in this browser: a reload finds the same list.
+    page.reload()
+    page.locator("#chat-view").wait_for(state="visible")
+    assert titles.all_inner_texts() == ["Renamed topic"]
+    assert page.locator("#messages .message.user .text").all_inner_texts() == ["First topic"]
+
+
+def test_stop_leaves_the_partial_answer_and_the_budget_still_updates(
+    open_page: Any, users: Users, gateway: DevGateway
+) -> None:
+    email, _ = users.new("free")
+    tab = open_page()
+    tab.sign_in(email)
+    tab.send(LONG_QUESTION + " Take your time.")
+    stop = tab.page.get_by_role("button", name="Stop")
+    stop.wait_for(state="visible")
+    stop.click()
+    answer = tab.answers().last
+    assert answer.locator(".meta").inner_text().endswith("stopped")
+    shown = answer.locator(".text").inner_text()
+    # The model's end still arrives (it was metered): the budget bar moves, the stopped text does not grow.
+    tab.page.locator("#budget-window-text").filter(has_text="tokens left").wait_for()
+    assert answer.locator(".text").inner_text() == shown
+    assert expected_answer(LONG_QUESTION + " Take your time.").startswith(shown)
+
+
+def test_keyboard_only_sign_in_and_send(open_page: Any, users: Users) -> None:
+    email, _ = users.new("free")
+    tab = open_page()
+    page = tab.page
+    page.wait_for_function("document.activeElement.id === 'username'", timeout=5_000)  # focus starts there
+    page.keyboard.type(email)
+    page.keyboard.press("Tab")
+    page.keyboard.type(PASSWORD)
+    page.keyboard.press("Enter")
+    page.get_by_text("Connected").wait_for()
+    assert page.evaluate("document.activeElement.id") == "prompt"  # focus lands where typing happens
+    page.keyboard.type("Hello there")
+    page.keyboard.press("Enter")
+    tab.wait_settled()
+    assert tab.answers().count() == 1
+
+
+def test_dark_mode_follows_the_system(open_page: Any, users: Users) -> None:
+    light = open_page(color_scheme="light")
+    dark = open_page(color_scheme="dark")
+    colour = "getComputedStyle(document.body).backgroundColor"
+    assert light.page.evaluate(colour) == "rgb(255, 255, 255)"
+    assert dark.page.evaluate(colour) == "rgb(19, 20, 24)"
+
+
+def test_a_dropped_connection_is_reopened_and_subscriptions_come_back(
+    open_page: Any, users: Users, gateway: DevGateway
+) -> None:
+    email, _ = users.new("free")
+    tab = open_page()
+    tab.sign_in(email)
+    tab.send("Before the drop")
+    tab.wait_settled()
+
+    assert gateway.events is not None
+    dropped = gateway.events.call(gateway.events.server.close_connections())
+    assert dropped >= 1
+    connection = tab.page.locator("#connection")
+    connection.filter(has_text="Reconnecting…").wait_for()
+    connection.filter(has_text="Connected").wait_for()  # backoff starts at 0.5-1 s
+
+    # The conversation's subscription was renewed on the new connection: its answers arrive again.
+    tab.send("After the drop")
+    assert tab.wait_settled().locator(".text").inner_text() == expected_answer("After the drop")
+    assert tab.problems == []
+
+
+def test_a_session_is_refreshed_before_its_tokens_expire(open_page: Any, users: Users) -> None:
+    email, _ = users.new("free")
+    tab = open_page()
+    tab.sign_in(email)
+    page = tab.page
+    before = page.evaluate("JSON.parse(sessionStorage.getItem('aigw.session'))")
+    # Pretend the tokens expire in a minute (inside the refresh margin), then come back to the page.
+    page.evaluate("""() => {
+        const tokens = JSON.parse(sessionStorage.getItem('aigw.session'));
+        tokens.expiresAt = Date.now() + 60_000;
+        sessionStorage.setItem('aigw.session', JSON.stringify(tokens));
+    }""")
+    page.reload()
+    page.get_by_text("Connected").wait_for()
+    after = page.evaluate("JSON.parse(sessionStorage.getItem('aigw.session'))")
+    assert after["refreshToken"] == before["refreshToken"]
+    assert after["expiresAt"] > page.evaluate("Date.now()") + 10 * 60_000  # a fresh hour from Cognito
+    tab.send("Still signed in?")
+    tab.wait_settled()
+    assert tab.answers().last.locator(".meta").inner_text() == FREE_MODEL
+
+    # A refresh token Cognito no longer honours ends the session on the sign-in form, saying why.
+    page.evaluate("""() => {
+        const tokens = JSON.parse(sessionStorage.getItem('aigw.session'));
+        Object.assign(tokens, { expiresAt: 0, refreshToken: 'revoked' });
+        sessionStorage.setItem('aigw.session', JSON.stringify(tokens));
+    }""")
+    page.reload()
+    page.locator("#sign-in-view").wait_for(state="visible")
+
+
+def test_an_exhausted_month_shows_when_it_resets(open_page: Any, users: Users, gateway: DevGateway) -> None:
+    email, sub = users.new("free")
+    c = gateway.info["cognito"]
+    dynamodb = boto3.client("dynamodb", region_name=gateway.info["region"], endpoint_url=c["endpoint"])
+    meter = Meter(gateway.info["tables"]["metering"], client=dynamodb)
+    # This user's month allows 2,000 tokens, and 1,990 of them are already spent.
+    limits = Limits(window_tokens=20_000, monthly_tokens=2_000)
+    meter.set_override(sub, limits)
+    spent = meter.admit(sub, limits, input_tokens=1_000, max_output_tokens=990)
+    assert spent.admitted
+    meter.settle(sub, spent.reservation_id, 1_000, 990)
+
+    tab = open_page()
+    tab.sign_in(email)
+    tab.send("One more question")
+    notice = tab.page.locator("#notice")
+    notice.wait_for(state="visible")
+    now = datetime.now(UTC)
+    first_of_next = datetime(now.year + now.month // 12, now.month % 12 + 1, 1, tzinfo=UTC)
+    assert notice.inner_text() == (
+        f"This month's allowance is used up. It resets on {first_of_next:%B} {first_of_next.day}, "
+        f"{first_of_next.year} (UTC)."
+    )
+    assert tokens_left(tab, "month") == 10
