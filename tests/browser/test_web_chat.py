@@ -10,6 +10,7 @@ Without Chromium or Playwright the tests skip saying what is missing (`make test
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import secrets
@@ -531,3 +532,35 @@ def test_an_exhausted_month_shows_when_it_resets(open_page: Any, users: Users, g
         f"{first_of_next.year} (UTC)."
     )
     assert tokens_left(tab, "month") == 10
+
+
+def test_a_connection_gone_quiet_is_given_up_and_reopened(open_page: Any, users: Users) -> None:
+    """No `ka` within the ack's connectionTimeoutMs means the socket is dead even if it looks open."""
+    email, _ = users.new("free")
+    tab = open_page()
+    page = tab.page
+    quiet = {"on": True, "connections": 0}
+
+    def between_page_and_server(ws: Any) -> None:
+        server = ws.connect_to_server()
+        quiet["connections"] += 1
+
+        def from_server(message: str | bytes) -> None:
+            frame = json.loads(message)
+            if quiet["on"]:
+                if frame.get("type") == "ka":
+                    return  # swallowed: the page hears nothing between operations
+                if frame.get("type") == "connection_ack":
+                    frame["connectionTimeoutMs"] = 1_500
+            ws.send(json.dumps(frame))
+
+        server.on_message(from_server)
+
+    page.route_web_socket(re.compile(r"/event/realtime$"), between_page_and_server)
+    tab.sign_in(email)
+    page.locator("#connection").filter(has_text="Reconnecting…").wait_for(timeout=5_000)
+    quiet["on"] = False
+    page.locator("#connection").filter(has_text="Connected").wait_for(timeout=10_000)
+    assert quiet["connections"] >= 2
+    tab.send("Are you there?")
+    assert tab.wait_settled().locator(".text").inner_text() == expected_answer("Are you there?")
