@@ -564,3 +564,40 @@ def test_a_connection_gone_quiet_is_given_up_and_reopened(open_page: Any, users:
     assert quiet["connections"] >= 2
     tab.send("Are you there?")
     assert tab.wait_settled().locator(".text").inner_text() == expected_answer("Are you there?")
+
+
+@pytest.mark.parametrize("scheme", ["light", "dark"])
+def test_no_accessibility_violations_axe_finds(open_page: Any, users: Users, scheme: str) -> None:
+    """axe-core (Deque's engine, bundled by axe-playwright-python) on both views, against WCAG 2.1 A/AA."""
+    from axe_playwright_python.sync_playwright import Axe
+
+    options = {"runOnly": {"type": "tag", "values": ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa", "best-practice"]}}
+    tab = open_page(color_scheme=scheme)
+    tab.page.locator("#sign-in-view").wait_for(state="visible")
+    found = {"sign-in": Axe().run(tab.page, options=options).response["violations"]}
+    email, _ = users.new("tiny")
+    tab.sign_in(email)
+    tab.send(LONG_QUESTION)
+    tab.wait_settled()
+    tab.page.get_by_role("button", name="New conversation").click()
+    tab.send(LONG_QUESTION)  # refused: the countdown notice is on screen too
+    tab.page.locator("#notice").wait_for(state="visible")
+    found["chat"] = Axe().run(tab.page, options=options).response["violations"]
+    summary = {view: [(v["id"], v["help"], [n["target"] for n in v["nodes"]]) for v in violations]
+               for view, violations in found.items()}
+    assert summary == {"sign-in": [], "chat": []}
+
+
+def test_a_phone_sized_screen_needs_no_sideways_scrolling(open_page: Any, users: Users) -> None:
+    email, _ = users.new("free")
+    tab = open_page(viewport={"width": 375, "height": 740}, is_mobile=True, has_touch=True)
+    tab.sign_in(email)
+    tab.send("A question with a long unbroken word: " + "x" * 120)
+    tab.wait_settled()
+    overflow = "document.scrollingElement.scrollWidth - document.documentElement.clientWidth"
+    tab.page.screenshot(path=ARTIFACTS / "web-chat-phone.png", full_page=True)
+    assert tab.page.evaluate(overflow) <= 0
+    # Everything needed to chat is within the screen's width.
+    for target in ("#prompt", "#send", "#model", "#new-conversation", "#sign-out"):
+        box = tab.page.locator(target).bounding_box()
+        assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= 375, (target, box)
