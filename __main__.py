@@ -23,6 +23,7 @@ from components.identity import FederationProvider, Identity, IdentityArgs
 from components.metering import MeteringTable, MeteringTableArgs
 from components.observability import Observability, ObservabilityArgs
 from components.settings import PROJECT, FunctionSizing, StackSettings
+from components.web_app import WebApp, WebAppArgs
 
 # AppSync Events logs at these levels; the functions' WARNING has no AppSync twin, so it logs errors only.
 APPSYNC_LOG_LEVEL = {"DEBUG": "DEBUG", "INFO": "INFO", "WARNING": "ERROR", "ERROR": "ERROR"}
@@ -207,6 +208,24 @@ def main() -> dict[str, Any]:
             ),
         )
 
+    web = (
+        WebApp(
+            "web",
+            WebAppArgs(
+                name=prefix,
+                settings=settings,
+                web_dir=Path(__file__).parent / "web",
+                user_pool_id=identity.user_pool_id,
+                client_id=identity.client_id,
+                http_endpoint=api.http_endpoint,
+                realtime_endpoint=api.realtime_endpoint,
+                tags=tags,
+            ),
+        )
+        if settings.web_app.enabled
+        else None
+    )
+
     outputs = {
         "region": settings.region,
         "http_endpoint": api.http_endpoint,
@@ -229,6 +248,8 @@ def main() -> dict[str, Any]:
             analytics_database=analytics.database_name,
             analytics_workgroup=analytics.workgroup_name,
         )
+    if web is not None:
+        outputs.update(web_url=web.url, web_distribution_id=web.distribution_id, web_bucket=web.bucket_name)
     for key, value in outputs.items():
         pulumi.export(key, value)
     return outputs

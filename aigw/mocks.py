@@ -8,6 +8,7 @@ AppSync DNS names), so dependent resources see realistic values.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -76,6 +77,15 @@ class RecordingMocks(pulumi.runtime.Mocks):
             outputs["version"] = "1"
         if args.typ == "aws:sqs/queue:Queue":
             outputs["url"] = f"https://sqs.{self.region}.amazonaws.com/{ACCOUNT}/{outputs['name']}"
+        if args.typ in ("aws:s3/bucket:Bucket", "aws:s3/bucketV2:BucketV2"):
+            bucket = outputs.get("bucket", args.name)
+            outputs.setdefault("bucket", bucket)
+            outputs["bucketRegionalDomainName"] = f"{bucket}.s3.{self.region}.amazonaws.com"
+        if args.typ == "aws:cloudfront/distribution:Distribution":
+            resource_id = "E" + hashlib.sha256(args.name.encode()).hexdigest()[:13].upper()  # like E2QWRUHAPOMQZL
+            outputs["id"] = resource_id
+            outputs["arn"] = f"arn:aws:cloudfront::{ACCOUNT}:distribution/{resource_id}"
+            outputs["domainName"] = f"d{resource_id[1:].lower()}.cloudfront.net"
         if args.typ == "aws:cognito/userPool:UserPool":
             outputs["endpoint"] = f"cognito-idp.{self.region}.amazonaws.com/{self.region}_{args.name}"
         self.resources.append(

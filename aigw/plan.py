@@ -31,6 +31,11 @@ KEY_SETTINGS: dict[str, tuple[str, ...]] = {
     "aws:sqs/queue:Queue": ("name", "messageRetentionSeconds"),
     "aws:cloudwatch/metricAlarm:MetricAlarm": ("name", "metricName", "threshold"),
     "aws:bedrock/guardrail:Guardrail": ("name",),
+    "aws:s3/bucket:Bucket": ("bucket", "forceDestroy"),
+    "aws:s3/bucketObjectv2:BucketObjectv2": ("key", "contentType", "cacheControl"),
+    "aws:cloudfront/distribution:Distribution": ("priceClass", "httpVersion", "defaultRootObject"),
+    "aws:cloudfront/originAccessControl:OriginAccessControl": ("name", "signingBehavior", "signingProtocol"),
+    "aws:cloudfront/responseHeadersPolicy:ResponseHeadersPolicy": ("name",),
 }
 
 

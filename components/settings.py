@@ -67,6 +67,14 @@ class AnalyticsSettings(_Camel):
     buffer_mb: int = Field(default=64, ge=64, le=128)
 
 
+class WebAppSettings(_Camel):
+    """The chat page of `web/` on CloudFront (`components.web_app`); off unless a stack turns it on."""
+
+    enabled: bool = False
+    price_class: Literal["PriceClass_100", "PriceClass_200", "PriceClass_All"] = "PriceClass_100"
+    """CloudFront edge locations: 100 = North America, Europe, Israel (cheapest); All = every location."""
+
+
 class ModelPrice(_Camel):
     """A model's on-demand price in USD per 1,000 tokens, for the analytics cost estimates."""
 
@@ -103,6 +111,7 @@ class StackSettings(_Camel):
     powertools_layer_version: int = Field(default=18, ge=1)
     guardrail: GuardrailSettings = GuardrailSettings()
     analytics: AnalyticsSettings = AnalyticsSettings()
+    web_app: WebAppSettings = WebAppSettings()
     alarms: bool = True
     alarm_email: str | None = Field(default=None, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
     federation: tuple[FederationProviderSettings, ...] = ()

@@ -19,7 +19,8 @@ from tests.infra.test_program import STACKS, program
 
 AUTONAME_SUFFIX = "-a1b2c3d"
 
-# (pulumi type, input property) -> (botocore service, operation, member); `[]` marks a list of values.
+# (pulumi type, input property) -> (botocore service, operation, member); `[]` marks a list of values, dots a
+# nested property (Pulumi) or member (botocore), e.g. CloudFront's `DistributionConfig.PriceClass`.
 CHECKS: dict[tuple[str, str], tuple[str, str, str]] = {
     ("aws:dynamodb/table:Table", "name"): ("dynamodb", "CreateTable", "TableName"),
     ("aws:dynamodb/table:Table", "billingMode"): ("dynamodb", "CreateTable", "BillingMode"),
@@ -66,6 +67,33 @@ CHECKS: dict[tuple[str, str], tuple[str, str, str]] = {
     ("aws:athena/workgroup:Workgroup", "name"): ("athena", "CreateWorkGroup", "Name"),
     ("aws:cloudwatch/logSubscriptionFilter:LogSubscriptionFilter", "filterPattern"): (
         "logs", "PutSubscriptionFilter", "filterPattern"),
+    ("aws:s3/bucketObjectv2:BucketObjectv2", "key"): ("s3", "PutObject", "Key"),
+    ("aws:cloudfront/distribution:Distribution", "priceClass"): (
+        "cloudfront", "CreateDistribution", "DistributionConfig.PriceClass"),
+    ("aws:cloudfront/distribution:Distribution", "httpVersion"): (
+        "cloudfront", "CreateDistribution", "DistributionConfig.HttpVersion"),
+    ("aws:cloudfront/distribution:Distribution", "defaultCacheBehavior.viewerProtocolPolicy"): (
+        "cloudfront", "CreateDistribution", "DistributionConfig.DefaultCacheBehavior.ViewerProtocolPolicy"),
+    ("aws:cloudfront/distribution:Distribution", "defaultCacheBehavior.allowedMethods[]"): (
+        "cloudfront", "CreateDistribution", "DistributionConfig.DefaultCacheBehavior.AllowedMethods.Items"),
+    ("aws:cloudfront/distribution:Distribution", "defaultCacheBehavior.cachedMethods[]"): (
+        "cloudfront", "CreateDistribution",
+        "DistributionConfig.DefaultCacheBehavior.AllowedMethods.CachedMethods.Items"),
+    ("aws:cloudfront/distribution:Distribution", "restrictions.geoRestriction.restrictionType"): (
+        "cloudfront", "CreateDistribution", "DistributionConfig.Restrictions.GeoRestriction.RestrictionType"),
+    ("aws:cloudfront/originAccessControl:OriginAccessControl", "originAccessControlOriginType"): (
+        "cloudfront", "CreateOriginAccessControl", "OriginAccessControlConfig.OriginAccessControlOriginType"),
+    ("aws:cloudfront/originAccessControl:OriginAccessControl", "signingBehavior"): (
+        "cloudfront", "CreateOriginAccessControl", "OriginAccessControlConfig.SigningBehavior"),
+    ("aws:cloudfront/originAccessControl:OriginAccessControl", "signingProtocol"): (
+        "cloudfront", "CreateOriginAccessControl", "OriginAccessControlConfig.SigningProtocol"),
+    ("aws:cloudfront/responseHeadersPolicy:ResponseHeadersPolicy", "securityHeadersConfig.frameOptions.frameOption"): (
+        "cloudfront", "CreateResponseHeadersPolicy", "ResponseHeadersPolicyConfig.SecurityHeadersConfig.FrameOptions."
+        "FrameOption"),
+    ("aws:cloudfront/responseHeadersPolicy:ResponseHeadersPolicy",
+     "securityHeadersConfig.referrerPolicy.referrerPolicy"): (
+        "cloudfront", "CreateResponseHeadersPolicy", "ResponseHeadersPolicyConfig.SecurityHeadersConfig.ReferrerPolicy."
+        "ReferrerPolicy"),
 }
 # Name properties Pulumi fills in when the program leaves them out.
 AUTONAMED = {"name", "dashboardName"}
@@ -74,7 +102,10 @@ AUTONAMED = {"name", "dashboardName"}
 @cache
 def shape(service: str, operation: str, member: str) -> Any:
     model = botocore.session.get_session().get_service_model(service)
-    return model.operation_model(operation).input_shape.members[member]
+    found = model.operation_model(operation).input_shape
+    for part in member.split("."):
+        found = found.members[part]
+    return found
 
 
 def problems(value: Any, s: Any) -> list[str]:
@@ -99,11 +130,14 @@ def problems(value: Any, s: Any) -> list[str]:
 
 
 def value_of(resource: Recorded, prop: str) -> Any:
-    key = prop.removesuffix("[]")
-    if key in resource.inputs:
-        value = resource.inputs[key]
+    *parents, key = prop.removesuffix("[]").split(".")
+    inputs: Any = resource.inputs
+    for parent in parents:
+        inputs = inputs.get(parent) if isinstance(inputs, dict) else None
+    if isinstance(inputs, dict) and key in inputs:
+        value = inputs[key]
         return int(value) if isinstance(value, float) and value.is_integer() else value
-    return resource.name + AUTONAME_SUFFIX if key in AUTONAMED else None
+    return resource.name + AUTONAME_SUFFIX if not parents and key in AUTONAMED else None
 
 
 @pytest.mark.parametrize("stack", STACKS)
@@ -129,3 +163,13 @@ def test_the_checker_catches_what_aws_would_reject() -> None:
     assert problems(["x86"], shape("lambda", "CreateFunction", "Architectures"))
     assert problems(100_000, shape("lambda", "CreateFunction", "MemorySize"))
     assert not problems(["arm64"], shape("lambda", "CreateFunction", "Architectures"))
+    assert problems("allow-all-ish", shape("cloudfront", "CreateDistribution",
+                                           "DistributionConfig.DefaultCacheBehavior.ViewerProtocolPolicy"))
+    assert problems("PriceClass_50", shape("cloudfront", "CreateDistribution", "DistributionConfig.PriceClass"))
+
+
+def test_the_web_page_is_checked_too() -> None:
+    mocks = program("dev")
+    checked = {(t, p) for (t, p) in CHECKS if t.startswith("aws:cloudfront/")
+               for r in mocks.of_type(t) if value_of(r, p) is not None}
+    assert len(checked) == sum(1 for t, _ in CHECKS if t.startswith("aws:cloudfront/"))

@@ -28,6 +28,7 @@ COMPONENTS = {
     "ai-gateway:observability:Observability",
     "ai-gateway:analytics:Analytics",
 }
+WEB_APP = "ai-gateway:web:WebApp"  # the chat page: on in dev, off in prod (`webApp.enabled`)
 
 
 @cache
@@ -45,6 +46,7 @@ def test_every_component_is_present_and_every_resource_parented(stack: str) -> N
     mocks = program(stack)
     types = {r.type for r in mocks.resources}
     assert types >= COMPONENTS
+    assert (WEB_APP in types) == (stack == "dev")
     assert ("ai-gateway:guardrails:Guardrail" in types or any("guardrail" in t.lower() for t in types)) == (
         stack == "prod"
     )

@@ -40,6 +40,19 @@ def test_dev_and_prod_differ_where_they_should() -> None:
     assert all(f.reserved_concurrency for f in (prod.functions.gatekeeper, prod.functions.worker))
     assert dev.functions.worker.reserved_concurrency is None
     assert {t.name for t in dev.tiers} != {t.name for t in prod.tiers} or dev.tiers != prod.tiers
+    assert dev.web_app.enabled and not prod.web_app.enabled
+    assert dev.web_app.price_class == "PriceClass_100"
+
+
+def test_web_app_settings_default_off_and_cheapest() -> None:
+    settings = StackSettings.from_values(valid())
+    assert settings.web_app.enabled is False and settings.web_app.price_class == "PriceClass_100"
+    values = {**valid(), "webApp": {"enabled": True, "priceClass": "PriceClass_All"}}
+    assert StackSettings.from_values(values).web_app.price_class == "PriceClass_All"
+
+
+def test_prod_stack_file_says_how_to_turn_the_page_on() -> None:
+    assert "pulumi config set --path webApp.enabled true" in (ROOT / "Pulumi.prod.yaml").read_text()
 
 
 def test_pulumi_yaml_declares_the_models_defaults() -> None:
@@ -66,6 +79,10 @@ def test_pulumi_yaml_declares_the_models_defaults() -> None:
          "ai-gateway:functions.worker.timeoutS: 900 must be below leaseSeconds (900)"),
         (lambda v: v.pop("region"), "aws:region: Field required (fix: pulumi config set aws:region <region>)"),
         (lambda v: v.update(unknownKey=1), "ai-gateway:unknownKey: Extra inputs are not permitted"),
+        (lambda v: v.update(webApp={"enabled": True, "priceClass": "PriceClass_1"}),
+         "ai-gateway:webApp.priceClass: Input should be 'PriceClass_100', 'PriceClass_200' or 'PriceClass_All' "
+         "(fix: pulumi config set --path 'webApp.priceClass' <value>)"),
+        (lambda v: v.update(webApp={"enabled": "sometimes"}), "ai-gateway:webApp.enabled: Input should be a valid"),
     ],
 )
 def test_bad_config_names_the_key_and_the_fix(change: Any, expected: str) -> None:

@@ -1,0 +1,632 @@
+"""The chat page: the static files of ``web/`` in a private S3 bucket, served by CloudFront over HTTPS only.
+
+The page is plain ES modules with no build step, so every file of ``web/`` is uploaded as it is (`web_files`
+gives each its content type and refuses a suffix it does not know). Next to them the component writes
+``config.json`` — the page's endpoints, Cognito pool and client, models and tiers (`web_client_config`, the
+same function the local gateway serves it with) — from the stack's outputs, so the page needs no build step
+per stack either. It is served without caching (``no-store`` and CloudFront's managed ``CachingDisabled``
+policy), so a new deployment's endpoints are seen at once; the other files use the managed
+``CachingOptimized`` policy and a short ``max-age`` (they have no content hash in their names).
+
+The bucket is private: public access block, bucket-owner-enforced ownership, SSE-S3, TLS only, and its policy
+lets only this distribution (``cloudfront.amazonaws.com`` with ``AWS:SourceArn`` = the distribution's ARN)
+read objects, through an origin access control that signs every request (SigV4). Viewers are redirected to
+HTTPS, and every response carries the headers of `security_headers` — a strict Content-Security-Policy whose
+``connect-src`` allows only the page itself, this stack's AppSync Events endpoints and the Cognito endpoint
+(`connect_sources`) — from one CloudFront response headers policy built from that same dictionary.
+
+The pure functions at the top take plain strings so the local gateway can send the very same headers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple
+from urllib.parse import urlsplit
+
+import pulumi
+import pulumi_aws as aws
+
+from components.settings import StackSettings
+
+__all__ = [
+    "CACHING_DISABLED_POLICY_ID",
+    "CACHING_OPTIMIZED_POLICY_ID",
+    "CONFIG_KEY",
+    "CONTENT_TYPES",
+    "INDEX_KEY",
+    "PRICE_CLASSES",
+    "CloudFrontHeaders",
+    "WebApp",
+    "WebAppArgs",
+    "WebFile",
+    "cloudfront_headers",
+    "cognito_idp_endpoint",
+    "connect_sources",
+    "content_security_policy",
+    "headers_from_cloudfront",
+    "security_headers",
+    "web_client_config",
+    "web_files",
+]
+
+# AWS managed cache policies (the same ids in every account; see "Use managed cache policies" in the CloudFront
+# Developer Guide). CachingOptimized: gzip/brotli, no cookies/headers/query strings in the key, TTL from the
+# origin's Cache-Control within 1 s..1 year (default 1 day). CachingDisabled: every request goes to the origin.
+CACHING_OPTIMIZED_POLICY_ID = "658327ea-f89d-4fab-a63d-7e88639e58f6"
+CACHING_DISABLED_POLICY_ID = "4135ea2d-6df8-44a3-9df3-4b5a84be39ad"
+
+CONFIG_KEY = "config.json"
+INDEX_KEY = "index.html"
+# The files have no content hash in their names: browsers and edges keep them at most this long after a deploy.
+STATIC_CACHE_CONTROL = "public, max-age=300"
+CONFIG_CACHE_CONTROL = "no-store"
+CONFIG_CONTENT_TYPE = "application/json"
+
+PRICE_CLASSES = ("PriceClass_100", "PriceClass_200", "PriceClass_All")
+
+# Suffix -> Content-Type. Anything else in web/ is refused: a guessed type is how a script ends up served as
+# text/plain (blocked by nosniff) or a page as application/octet-stream (downloaded instead of shown).
+CONTENT_TYPES: dict[str, str] = {
+    ".html": "text/html; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".mjs": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".json": "application/json",
+    ".webmanifest": "application/manifest+json",
+    ".txt": "text/plain; charset=utf-8",
+    ".svg": "image/svg+xml",
+    ".png": "image/png",
+    ".jpg": "image/jpeg",
+    ".jpeg": "image/jpeg",
+    ".gif": "image/gif",
+    ".webp": "image/webp",
+    ".avif": "image/avif",
+    ".ico": "image/x-icon",
+    ".woff2": "font/woff2",
+}
+
+# --- Security headers (one source of truth for CloudFront and the local gateway) ------------------------------
+
+HSTS_MAX_AGE_S = 63_072_000  # two years
+FRAME_OPTIONS = "DENY"
+REFERRER_POLICY = "no-referrer"
+# The page uses none of these powerful features; deny them to the page and anything it could embed.
+PERMISSIONS_POLICY = ("accelerometer=(), camera=(), geolocation=(), gyroscope=(), magnetometer=(), microphone=(), "
+                      "payment=(), usb=()")
+MAX_CSP_LENGTH = 1783  # CloudFront's quota for a response headers policy's Content-Security-Policy value
+
+CSP_FIXED_DIRECTIVES = (
+    ("default-src", ("'none'",)),
+    ("script-src", ("'self'",)),
+    ("style-src", ("'self'",)),
+    ("img-src", ("'self'", "data:")),
+)
+CSP_CLOSING_DIRECTIVES = (
+    ("base-uri", ("'none'",)),
+    ("form-action", ("'none'",)),
+    ("frame-ancestors", ("'none'",)),
+)
+_SCHEMES = {"https": 443, "http": 80, "wss": 443, "ws": 80}
+# An origin as CSP reads it: scheme://host[:port], nothing that could end or extend the directive.
+_SOURCE = re.compile(r"^(?:https|http|wss|ws)://(?:\[[0-9a-f:.]+\]|[a-z0-9](?:[a-z0-9.-]*[a-z0-9])?)(?::\d{1,5})?$")
+
+
+def cognito_idp_endpoint(region: str) -> str:
+    """The Cognito user pools API endpoint of `region` (what the page calls for USER_PASSWORD_AUTH)."""
+    if not re.fullmatch(r"[a-z]{2}(-gov|-iso[a-z]?)?-[a-z]+-\d", region):
+        raise ValueError(f"region does not look like an AWS region: {region!r}")
+    return f"https://cognito-idp.{region}.amazonaws.com/"
+
+
+def web_client_config(
+    *,
+    region: str,
+    http_endpoint: str,
+    realtime_endpoint: str,
+    cognito_endpoint: str,
+    user_pool_id: str,
+    client_id: str,
+    settings: StackSettings,
+) -> dict[str, Any]:
+    """The page's ``/config.json``: endpoints, Cognito pool and client, the models the tiers allow, the tiers.
+
+    The local gateway serves the same document (with its local endpoints), so the key names are a contract
+    with ``web/app.js`` and ``web/cognito.js``.
+    """
+    return {
+        "http": http_endpoint,
+        "realtime": realtime_endpoint,
+        "region": region,
+        "cognito": {"endpoint": cognito_endpoint, "user_pool_id": user_pool_id, "client_id": client_id},
+        "models": list(settings.model_ids),
+        "tiers": [
+            {
+                "name": t.name,
+                "precedence": t.precedence,
+                "windowTokens": t.window_tokens,
+                "monthlyTokens": t.monthly_tokens,
+                "models": list(t.models),
+                "defaultModel": t.model,  # what the gateway uses when the request names no model
+            }
+            for t in settings.tiers
+        ],
+        "defaultTier": settings.default_tier,
+    }
+
+
+def _origin(url: str, what: str) -> str:
+    parts = urlsplit(url.strip())
+    scheme = parts.scheme.lower()
+    if scheme not in _SCHEMES or not parts.hostname:
+        raise ValueError(f"{what} must be an absolute http(s)/ws(s) URL, got {url!r}")
+    host = parts.hostname.lower()
+    if ":" in host:
+        host = f"[{host}]"  # IPv6 literal
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError(f"{what} has an invalid port: {url!r}") from None
+    origin = f"{scheme}://{host}" + (f":{port}" if port is not None and port != _SCHEMES[scheme] else "")
+    if not _SOURCE.match(origin):
+        raise ValueError(f"{what} does not give a usable origin: {url!r}")
+    return origin
+
+
+def connect_sources(config: Mapping[str, Any]) -> list[str]:
+    """The origins the page connects to, from its config: AppSync HTTP, AppSync realtime, Cognito.
+
+    Each is ``scheme://host[:port]`` (paths, queries and default ports dropped; the realtime endpoint keeps its
+    ``wss``/``ws`` scheme). A config without a Cognito endpoint falls back to the region's, as the page does.
+    Duplicates are dropped, order kept.
+    """
+    cognito = config.get("cognito") or {}
+    cognito_endpoint = cognito.get("endpoint") or cognito_idp_endpoint(str(config.get("region") or ""))
+    origins = [
+        _origin(str(config.get("http") or ""), "http endpoint"),
+        _origin(str(config.get("realtime") or ""), "realtime endpoint"),
+        _origin(str(cognito_endpoint), "cognito endpoint"),
+    ]
+    return list(dict.fromkeys(origins))
+
+
+def content_security_policy(connect_src: Sequence[str]) -> str:
+    """A strict CSP for the page: its own scripts and styles only, no inline code, no framing, no forms, and
+    network access only to itself and `connect_src` (origins such as `connect_sources` returns)."""
+    if isinstance(connect_src, str):
+        raise ValueError("connect_src must be a sequence of origins, not one string")
+    sources = []
+    for source in connect_src:
+        if not isinstance(source, str) or not _SOURCE.match(source):
+            raise ValueError(f"connect-src entries must be origins (scheme://host[:port]), got {source!r}")
+        sources.append(source)
+    directives = [
+        *CSP_FIXED_DIRECTIVES,
+        ("connect-src", ("'self'", *dict.fromkeys(sources))),
+        *CSP_CLOSING_DIRECTIVES,
+    ]
+    csp = "; ".join(f"{name} {' '.join(values)}" for name, values in directives)
+    if len(csp) > MAX_CSP_LENGTH:
+        raise ValueError(f"Content-Security-Policy is {len(csp)} characters; CloudFront accepts {MAX_CSP_LENGTH}")
+    return csp
+
+
+def security_headers(csp: str) -> dict[str, str]:
+    """Every security header the page is served with (CloudFront's response headers policy is built from it)."""
+    if not csp or any(c in csp for c in "\r\n"):
+        raise ValueError("csp must be a non-empty single-line header value")
+    return {
+        "Content-Security-Policy": csp,
+        "Strict-Transport-Security": f"max-age={HSTS_MAX_AGE_S}; includeSubDomains",
+        "X-Content-Type-Options": "nosniff",
+        "X-Frame-Options": FRAME_OPTIONS,
+        "Referrer-Policy": REFERRER_POLICY,
+        "Permissions-Policy": PERMISSIONS_POLICY,
+    }
+
+
+@dataclass(frozen=True)
+class CloudFrontHeaders:
+    """A `security_headers` dictionary in the terms of a CloudFront response headers policy."""
+
+    content_security_policy: str
+    hsts_max_age_s: int
+    hsts_include_subdomains: bool
+    hsts_preload: bool
+    frame_option: str
+    referrer_policy: str
+    custom: tuple[tuple[str, str], ...]  # headers CloudFront has no security setting for
+
+
+_HSTS = re.compile(r"^max-age=(\d+)((?:;\s*(?:includeSubDomains|preload))*)$", re.IGNORECASE)
+_SECURITY_SETTINGS = {"content-security-policy", "strict-transport-security", "x-content-type-options",
+                      "x-frame-options", "referrer-policy"}
+
+
+def cloudfront_headers(headers: Mapping[str, str]) -> CloudFrontHeaders:
+    """Map `security_headers` onto a response headers policy: CloudFront's security settings where it has one,
+    a custom header otherwise. Raises on a value CloudFront cannot express (it only sends ``nosniff``, say)."""
+    by_name = {k.lower(): (k, v) for k, v in headers.items()}
+    missing = _SECURITY_SETTINGS - set(by_name)
+    if missing:
+        raise ValueError(f"security headers lack {sorted(missing)}")
+    hsts_value = by_name["strict-transport-security"][1]
+    hsts = _HSTS.match(hsts_value.strip())
+    if not hsts:
+        raise ValueError(f"Strict-Transport-Security not expressible in CloudFront: {hsts_value!r}")
+    flags = {f.strip().lower() for f in hsts.group(2).split(";") if f.strip()}
+    if by_name["x-content-type-options"][1].strip().lower() != "nosniff":
+        raise ValueError("CloudFront only sends X-Content-Type-Options: nosniff")
+    return CloudFrontHeaders(
+        content_security_policy=by_name["content-security-policy"][1],
+        hsts_max_age_s=int(hsts.group(1)),
+        hsts_include_subdomains="includesubdomains" in flags,
+        hsts_preload="preload" in flags,
+        frame_option=by_name["x-frame-options"][1].strip().upper(),
+        referrer_policy=by_name["referrer-policy"][1].strip(),
+        custom=tuple((k, v) for name, (k, v) in by_name.items() if name not in _SECURITY_SETTINGS),
+    )
+
+
+def headers_from_cloudfront(policy: CloudFrontHeaders) -> dict[str, str]:
+    """The headers a viewer receives under `policy` (the inverse of `cloudfront_headers`)."""
+    hsts = f"max-age={policy.hsts_max_age_s}"
+    hsts += "; includeSubDomains" if policy.hsts_include_subdomains else ""
+    hsts += "; preload" if policy.hsts_preload else ""
+    return {
+        "Content-Security-Policy": policy.content_security_policy,
+        "Strict-Transport-Security": hsts,
+        "X-Content-Type-Options": "nosniff",
+        "X-Frame-Options": policy.frame_option,
+        "Referrer-Policy": policy.referrer_policy,
+        **dict(policy.custom),
+    }
+
+
+class WebFile(NamedTuple):
+    key: str
+    path: Path
+    content_type: str
+
+
+def web_files(web_dir: Path) -> list[WebFile]:
+    """The page's static files under `web_dir` as ``(key, path, content_type)``, sorted by key.
+
+    Keys are paths relative to `web_dir` with ``/`` separators. Hidden files and directories (``.name``) and a
+    local ``config.json`` are skipped (the component writes the stack's own); an unknown suffix is an error.
+    """
+    root = Path(web_dir)
+    if not root.is_dir():
+        raise ValueError(f"web_dir {str(root)!r} is not a directory")
+    found, unknown = [], []
+    for path in sorted(root.rglob("*")):
+        relative = path.relative_to(root)
+        if any(part.startswith(".") for part in relative.parts) or not path.is_file():
+            continue
+        key = relative.as_posix()
+        if key == CONFIG_KEY:
+            continue
+        content_type = CONTENT_TYPES.get(path.suffix.lower())
+        if content_type is None:
+            unknown.append(key)
+            continue
+        found.append(WebFile(key, path, content_type))
+    if unknown:
+        raise ValueError(
+            f"{root}: no content type known for {unknown}; add the suffix to components.web_app.CONTENT_TYPES "
+            "or move the file out of the page's directory"
+        )
+    if not any(f.key == INDEX_KEY for f in found):
+        raise ValueError(f"{root}: no {INDEX_KEY}")
+    return found
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+# --- The component ----------------------------------------------------------------------------------------------
+
+_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")  # S3 bucket names: lowercase, no underscores
+_ACCOUNT_ID_LEN = 12
+
+
+@dataclass(frozen=True, kw_only=True)
+class WebAppArgs:
+    """What the page needs from the rest of the stack; the caller reads config, not the component.
+
+    The endpoints, pool and client end up in ``config.json`` and (as origins) in the CSP's ``connect-src``.
+    `settings` supplies the region, the tiers and models for ``config.json`` and ``webApp.priceClass``.
+    """
+
+    name: str
+    """Prefix of every physical name, e.g. ``ai-gateway-dev`` (lowercase: it names the S3 bucket)."""
+    settings: StackSettings
+    web_dir: Path
+    user_pool_id: pulumi.Input[str]
+    client_id: pulumi.Input[str]
+    http_endpoint: pulumi.Input[str]
+    """``https://<AppSync HTTP domain>/event``."""
+    realtime_endpoint: pulumi.Input[str]
+    """``wss://<AppSync realtime domain>/event/realtime``."""
+    cognito_endpoint: str | None = None
+    """The Cognito API the page signs in with; None: the region's `cognito_idp_endpoint`."""
+    tags: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not _NAME.match(self.name):
+            raise ValueError(f"name must be lowercase letters, digits and '-', got {self.name!r}")
+        for what, value, limit in (
+            ("S3 bucket name", self.bucket_name("0" * _ACCOUNT_ID_LEN), 63),
+            ("origin access control name", self.origin_access_control_name, 64),
+            ("response headers policy name", self.headers_policy_name, 128),
+        ):
+            if len(value) > limit:
+                raise ValueError(f"name {self.name!r} is too long: {what} {value!r} exceeds {limit} characters")
+        if self.price_class not in PRICE_CLASSES:
+            raise ValueError(f"price class must be one of {PRICE_CLASSES}, got {self.price_class!r}")
+        if not Path(self.web_dir).is_dir():
+            raise ValueError(f"web_dir {str(self.web_dir)!r} is not a directory")
+        cognito_idp_endpoint(self.region)  # validates the region
+
+    @property
+    def region(self) -> str:
+        return self.settings.region
+
+    @property
+    def price_class(self) -> str:
+        return self.settings.web_app.price_class
+
+    def bucket_name(self, account: str) -> str:
+        # Bucket names are global: the account and region keep stacks (and their copies) apart.
+        return f"{self.name}-web-{account}-{self.region}"
+
+    @property
+    def origin_access_control_name(self) -> str:
+        return f"{self.name}-web"
+
+    @property
+    def headers_policy_name(self) -> str:
+        return f"{self.name}-web-headers"  # unique per account, like the OAC name
+
+
+def _document(*statements: Mapping[str, Any]) -> pulumi.Output[str]:
+    return pulumi.Output.json_dumps({"Version": "2012-10-17", "Statement": list(statements)})
+
+
+def _headers_policy_config(headers: Mapping[str, str]) -> aws.cloudfront.ResponseHeadersPolicySecurityHeadersConfigArgs:
+    policy = cloudfront_headers(headers)
+    return aws.cloudfront.ResponseHeadersPolicySecurityHeadersConfigArgs(
+        content_security_policy=aws.cloudfront.ResponseHeadersPolicySecurityHeadersConfigContentSecurityPolicyArgs(
+            content_security_policy=policy.content_security_policy, override=True
+        ),
+        strict_transport_security=(
+            aws.cloudfront.ResponseHeadersPolicySecurityHeadersConfigStrictTransportSecurityArgs(
+                access_control_max_age_sec=policy.hsts_max_age_s,
+                include_subdomains=policy.hsts_include_subdomains,
+                preload=policy.hsts_preload,
+                override=True,
+            )
+        ),
+        content_type_options=aws.cloudfront.ResponseHeadersPolicySecurityHeadersConfigContentTypeOptionsArgs(
+            override=True
+        ),
+        frame_options=aws.cloudfront.ResponseHeadersPolicySecurityHeadersConfigFrameOptionsArgs(
+            frame_option=policy.frame_option, override=True
+        ),
+        referrer_policy=aws.cloudfront.ResponseHeadersPolicySecurityHeadersConfigReferrerPolicyArgs(
+            referrer_policy=policy.referrer_policy, override=True
+        ),
+    )
+
+
+def _custom_headers(headers: Mapping[str, str]) -> aws.cloudfront.ResponseHeadersPolicyCustomHeadersConfigArgs:
+    return aws.cloudfront.ResponseHeadersPolicyCustomHeadersConfigArgs(
+        items=[
+            aws.cloudfront.ResponseHeadersPolicyCustomHeadersConfigItemArgs(header=name, value=value, override=True)
+            for name, value in cloudfront_headers(headers).custom
+        ]
+    )
+
+
+class WebApp(pulumi.ComponentResource):
+    """The chat page: private S3 bucket -> origin access control -> CloudFront (HTTPS, security headers)."""
+
+    url: pulumi.Output[str]
+    distribution_id: pulumi.Output[str]
+    distribution_domain: pulumi.Output[str]
+    bucket_name: pulumi.Output[str]
+
+    def __init__(self, resource_name: str, args: WebAppArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__("ai-gateway:web:WebApp", resource_name, None, opts)
+        files = web_files(args.web_dir)  # fail before declaring anything
+        tags = dict(args.tags)
+        child = pulumi.ResourceOptions(parent=self)
+        invoke = pulumi.InvokeOutputOptions(parent=self)
+        partition = aws.get_partition_output(opts=invoke).partition
+        account = aws.get_caller_identity_output(opts=invoke).account_id
+
+        # --- The bucket: private, encrypted, owner-enforced (as Analytics' buckets) ---
+        bucket = aws.s3.Bucket(
+            f"{resource_name}-bucket",
+            bucket=account.apply(args.bucket_name),
+            force_destroy=True,  # nothing but redeployable copies of web/ lives here
+            tags=tags,
+            opts=child,
+        )
+        bucket_arn = pulumi.Output.format("arn:{0}:s3:::{1}", partition, bucket.bucket)
+        aws.s3.BucketServerSideEncryptionConfiguration(
+            f"{resource_name}-sse",
+            bucket=bucket.id,
+            rules=[
+                aws.s3.BucketServerSideEncryptionConfigurationRuleArgs(
+                    apply_server_side_encryption_by_default=(
+                        aws.s3.BucketServerSideEncryptionConfigurationRuleApplyServerSideEncryptionByDefaultArgs(
+                            sse_algorithm="AES256"  # SSE-S3: CloudFront's OAC reads it without KMS grants
+                        )
+                    ),
+                )
+            ],
+            opts=child,
+        )
+        block = aws.s3.BucketPublicAccessBlock(
+            f"{resource_name}-public-access",
+            bucket=bucket.id,
+            block_public_acls=True,
+            block_public_policy=True,
+            ignore_public_acls=True,
+            restrict_public_buckets=True,
+            opts=child,
+        )
+        aws.s3.BucketOwnershipControls(
+            f"{resource_name}-ownership",
+            bucket=bucket.id,
+            rule=aws.s3.BucketOwnershipControlsRuleArgs(object_ownership="BucketOwnerEnforced"),
+            opts=child,
+        )
+
+        # --- What the page may connect to, and the headers every response carries ---
+        cognito_endpoint = args.cognito_endpoint or cognito_idp_endpoint(args.region)
+        config = pulumi.Output.all(args.http_endpoint, args.realtime_endpoint, args.user_pool_id, args.client_id).apply(
+            lambda values: web_client_config(
+                region=args.region,
+                http_endpoint=values[0],
+                realtime_endpoint=values[1],
+                cognito_endpoint=cognito_endpoint,
+                user_pool_id=values[2],
+                client_id=values[3],
+                settings=args.settings,
+            )
+        )
+        headers = config.apply(lambda c: security_headers(content_security_policy(connect_sources(c))))
+        headers_policy = aws.cloudfront.ResponseHeadersPolicy(
+            f"{resource_name}-headers",
+            name=args.headers_policy_name,
+            comment="ai-gateway chat page: CSP, HSTS, nosniff, no framing, no referrer",
+            security_headers_config=headers.apply(_headers_policy_config),
+            custom_headers_config=headers.apply(_custom_headers),
+            opts=child,
+        )
+
+        # --- CloudFront ---
+        oac = aws.cloudfront.OriginAccessControl(
+            f"{resource_name}-oac",
+            name=args.origin_access_control_name,
+            description="ai-gateway chat page: CloudFront signs every request to the private bucket",
+            origin_access_control_origin_type="s3",
+            signing_behavior="always",
+            signing_protocol="sigv4",
+            opts=child,
+        )
+        origin_id = "web-bucket"
+        methods = ["GET", "HEAD"]
+        distribution = aws.cloudfront.Distribution(
+            f"{resource_name}-distribution",
+            comment=f"{args.name} chat page",
+            enabled=True,
+            is_ipv6_enabled=True,
+            http_version="http2and3",
+            default_root_object=INDEX_KEY,
+            price_class=args.price_class,
+            origins=[
+                aws.cloudfront.DistributionOriginArgs(
+                    origin_id=origin_id,
+                    domain_name=bucket.bucket_regional_domain_name,
+                    origin_access_control_id=oac.id,
+                )
+            ],
+            default_cache_behavior=aws.cloudfront.DistributionDefaultCacheBehaviorArgs(
+                target_origin_id=origin_id,
+                viewer_protocol_policy="redirect-to-https",
+                allowed_methods=methods,
+                cached_methods=methods,
+                compress=True,
+                cache_policy_id=CACHING_OPTIMIZED_POLICY_ID,
+                response_headers_policy_id=headers_policy.id,
+            ),
+            ordered_cache_behaviors=[
+                # config.json changes with every deployment's endpoints: never cached at the edge.
+                aws.cloudfront.DistributionOrderedCacheBehaviorArgs(
+                    path_pattern=CONFIG_KEY,
+                    target_origin_id=origin_id,
+                    viewer_protocol_policy="redirect-to-https",
+                    allowed_methods=methods,
+                    cached_methods=methods,
+                    compress=True,
+                    cache_policy_id=CACHING_DISABLED_POLICY_ID,
+                    response_headers_policy_id=headers_policy.id,
+                )
+            ],
+            restrictions=aws.cloudfront.DistributionRestrictionsArgs(
+                geo_restriction=aws.cloudfront.DistributionRestrictionsGeoRestrictionArgs(restriction_type="none")
+            ),
+            # The *.cloudfront.net certificate; CloudFront then negotiates TLSv1 or later (fixed for that name).
+            viewer_certificate=aws.cloudfront.DistributionViewerCertificateArgs(cloudfront_default_certificate=True),
+            tags=tags,
+            opts=child,
+        )
+
+        # --- Only this distribution reads the bucket, only over TLS ---
+        aws.s3.BucketPolicy(
+            f"{resource_name}-policy",
+            bucket=bucket.id,
+            policy=_document(
+                {
+                    "Sid": "DenyInsecureTransport",
+                    "Effect": "Deny",
+                    "Principal": "*",
+                    "Action": "s3:*",
+                    "Resource": [bucket_arn, pulumi.Output.concat(bucket_arn, "/*")],
+                    "Condition": {"Bool": {"aws:SecureTransport": "false"}},
+                },
+                {
+                    "Sid": "AllowCloudFrontRead",
+                    "Effect": "Allow",
+                    "Principal": {"Service": "cloudfront.amazonaws.com"},
+                    "Action": "s3:GetObject",
+                    "Resource": pulumi.Output.concat(bucket_arn, "/*"),
+                    "Condition": {"StringEquals": {"AWS:SourceArn": distribution.arn}},
+                },
+            ),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[block]),
+        )
+
+        # --- The files, and the stack's config.json ---
+        for file in files:
+            aws.s3.BucketObjectv2(
+                f"{resource_name}-file-{file.key}",
+                bucket=bucket.id,
+                key=file.key,
+                source=pulumi.FileAsset(str(file.path)),
+                source_hash=_sha256(file.path),  # a changed file is re-uploaded
+                content_type=file.content_type,
+                cache_control=STATIC_CACHE_CONTROL,
+                tags=tags,
+                opts=child,
+            )
+        aws.s3.BucketObjectv2(
+            f"{resource_name}-file-{CONFIG_KEY}",
+            bucket=bucket.id,
+            key=CONFIG_KEY,
+            content=config.apply(lambda c: json.dumps(c, indent=2) + "\n"),
+            content_type=CONFIG_CONTENT_TYPE,
+            cache_control=CONFIG_CACHE_CONTROL,
+            tags=tags,
+            opts=child,
+        )
+
+        self.url = pulumi.Output.concat("https://", distribution.domain_name)
+        self.distribution_id = distribution.id
+        self.distribution_domain = distribution.domain_name
+        self.bucket_name = bucket.bucket
+        self.register_outputs({
+            "url": self.url,
+            "distribution_id": self.distribution_id,
+            "distribution_domain": self.distribution_domain,
+            "bucket_name": self.bucket_name,
+        })  # fmt: skip

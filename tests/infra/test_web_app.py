@@ -1,0 +1,545 @@
+"""The chat page's deployment: the pure pieces (config.json, CSP, headers, file list) as properties and examples,
+the WebApp component under mocks, and the real program for both stacks (dev serves the page, prod does not)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pulumi
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from aigw.mocks import ACCOUNT, Recorded, RecordingMocks, run
+from components.settings import StackSettings
+from components.web_app import (
+    CACHING_DISABLED_POLICY_ID,
+    CACHING_OPTIMIZED_POLICY_ID,
+    CONFIG_KEY,
+    CloudFrontHeaders,
+    WebApp,
+    WebAppArgs,
+    cloudfront_headers,
+    cognito_idp_endpoint,
+    connect_sources,
+    content_security_policy,
+    headers_from_cloudfront,
+    security_headers,
+    web_client_config,
+    web_files,
+)
+from tests.infra.test_program import program
+
+ROOT = Path(__file__).resolve().parents[2]
+WEB_DIR = ROOT / "web"
+DEV_SETTINGS = StackSettings.from_stack_file(ROOT / "Pulumi.dev.yaml")
+COMPONENT = ("ai-gateway:web:WebApp", "web")
+
+BUCKET = "aws:s3/bucket:Bucket"
+OBJECT = "aws:s3/bucketObjectv2:BucketObjectv2"
+DISTRIBUTION = "aws:cloudfront/distribution:Distribution"
+OAC = "aws:cloudfront/originAccessControl:OriginAccessControl"
+HEADERS_POLICY = "aws:cloudfront/responseHeadersPolicy:ResponseHeadersPolicy"
+BUCKET_POLICY = "aws:s3/bucketPolicy:BucketPolicy"
+WEB_TYPES = {BUCKET, OBJECT, DISTRIBUTION, OAC, HEADERS_POLICY, BUCKET_POLICY}
+
+HTTP = "https://abc.appsync-api.us-east-1.amazonaws.com/event"
+REALTIME = "wss://abc.appsync-realtime-api.us-east-1.amazonaws.com/event/realtime"
+COGNITO = "https://cognito-idp.us-east-1.amazonaws.com/"
+
+
+def config(**changes: Any) -> dict[str, Any]:
+    values = dict(region="us-east-1", http_endpoint=HTTP, realtime_endpoint=REALTIME, cognito_endpoint=COGNITO,
+                  user_pool_id="us-east-1_pool", client_id="client", settings=DEV_SETTINGS)
+    values.update(changes)
+    return web_client_config(**values)
+
+
+# --- config.json ---------------------------------------------------------------------------------------------
+
+
+def test_web_client_config_has_exactly_the_shape_the_page_reads() -> None:
+    assert config() == {
+        "http": HTTP,
+        "realtime": REALTIME,
+        "region": "us-east-1",
+        "cognito": {"endpoint": COGNITO, "user_pool_id": "us-east-1_pool", "client_id": "client"},
+        "models": ["amazon.nova-lite-v1:0", "us.anthropic.claude-3-5-haiku-20241022-v1:0"],
+        "tiers": [
+            {"name": "free", "precedence": 20, "windowTokens": 20000, "monthlyTokens": 500000,
+             "models": ["amazon.nova-lite-v1:0"], "defaultModel": "amazon.nova-lite-v1:0"},
+            {"name": "pro", "precedence": 10, "windowTokens": 100000, "monthlyTokens": 5000000,
+             "models": ["amazon.nova-lite-v1:0", "us.anthropic.claude-3-5-haiku-20241022-v1:0"],
+             "defaultModel": "us.anthropic.claude-3-5-haiku-20241022-v1:0"},
+        ],
+        "defaultTier": "free",
+    }
+
+
+def test_every_config_key_the_page_reads_is_in_the_config() -> None:
+    # The keys are a contract with web/*.js (and the local gateway, which serves the same document).
+    source = "\n".join(p.read_text(encoding="utf-8") for p in WEB_DIR.glob("*.js"))
+    document = config()
+    read = set(re.findall(r"\bconfig\.(\w+)", source)) - {"json"}  # "config.json", the file's name
+    assert read >= {"http", "realtime", "cognito", "tiers"}
+    assert read <= set(document), read - set(document)
+    cognito_read = set(re.findall(r"\bconfig\.cognito\.(\w+)", source))
+    assert cognito_read and cognito_read <= set(document["cognito"]), cognito_read
+
+
+tier_names = st.text("abcdefghijklmnopqrstuvwxyz", min_size=1, max_size=8)
+models = st.sampled_from(["amazon.nova-lite-v1:0", "amazon.nova-pro-v1:0",
+                          "us.anthropic.claude-3-5-haiku-20241022-v1:0"])
+
+
+@given(st.lists(st.tuples(tier_names, st.integers(1, 100), st.integers(1, 10**6), st.lists(models, min_size=1,
+                                                                                            max_size=3, unique=True)),
+                min_size=1, max_size=4, unique_by=lambda t: t[0]))
+def test_web_client_config_mirrors_any_settings(tiers: list[tuple[str, int, int, list[str]]]) -> None:
+    settings = StackSettings.from_values({
+        "region": "eu-west-1",
+        "defaultTier": tiers[0][0],
+        "tiers": [{"name": n, "precedence": p, "windowTokens": w, "monthlyTokens": w * 10, "models": m}
+                  for n, p, w, m in tiers],
+    })
+    document = config(settings=settings, region="eu-west-1")
+    assert json.loads(json.dumps(document)) == document  # plain JSON
+    assert [t["name"] for t in document["tiers"]] == [t[0] for t in tiers]
+    assert [t["models"] for t in document["tiers"]] == [t[3] for t in tiers]
+    assert [t["defaultModel"] for t in document["tiers"]] == [t[3][0] for t in tiers]  # none named: the first
+    assert document["models"] == list(dict.fromkeys(m for t in tiers for m in t[3]))
+    assert document["defaultTier"] == tiers[0][0]
+
+
+def test_cognito_endpoint_of_a_region() -> None:
+    assert cognito_idp_endpoint("eu-central-1") == "https://cognito-idp.eu-central-1.amazonaws.com/"
+    with pytest.raises(ValueError, match="region"):
+        cognito_idp_endpoint("https://evil.example/")
+
+
+# --- connect-src and the CSP ---------------------------------------------------------------------------------
+
+
+def test_connect_sources_are_the_origins_of_the_endpoints() -> None:
+    assert connect_sources(config()) == [
+        "https://abc.appsync-api.us-east-1.amazonaws.com",
+        "wss://abc.appsync-realtime-api.us-east-1.amazonaws.com",
+        "https://cognito-idp.us-east-1.amazonaws.com",
+    ]
+
+
+def test_connect_sources_keep_ports_drop_paths_default_ports_and_duplicates() -> None:
+    local = {"http": "http://127.0.0.1:8787/event?x=1#y", "realtime": "ws://127.0.0.1:8787/event/realtime",
+             "region": "us-east-1", "cognito": {"endpoint": "http://LOCALHOST:5000/"}}
+    assert connect_sources(local) == ["http://127.0.0.1:8787", "ws://127.0.0.1:8787", "http://localhost:5000"]
+    default_ports = {"http": "https://h.example:443/event", "realtime": "wss://h.example:443/x", "region": "us-east-1",
+                     "cognito": {"endpoint": "https://h.example/"}}
+    assert connect_sources(default_ports) == ["https://h.example", "wss://h.example"]
+    ipv6 = {"http": "https://[::1]:8443/event", "realtime": "wss://[::1]:8443/", "region": "us-east-1",
+            "cognito": {"endpoint": "https://[::1]:9000"}}
+    assert connect_sources(ipv6) == ["https://[::1]:8443", "wss://[::1]:8443", "https://[::1]:9000"]
+
+
+def test_connect_sources_fall_back_to_the_regions_cognito_as_the_page_does() -> None:
+    document = config(cognito_endpoint="")
+    assert connect_sources(document)[-1] == "https://cognito-idp.us-east-1.amazonaws.com"
+    assert connect_sources({k: v for k, v in document.items() if k != "cognito"})[-1].startswith("https://cognito-idp")
+
+
+@pytest.mark.parametrize("bad", ["", "relative/path", "ftp://h.example/", "javascript:alert(1)", "https://",
+                                 "https://h.example:99999/", "https://h ex.example/"])
+def test_connect_sources_refuse_what_is_not_an_endpoint(bad: str) -> None:
+    with pytest.raises(ValueError):
+        connect_sources({**config(), "http": bad})
+
+
+hosts = st.from_regex(r"[a-z0-9]([a-z0-9-]{0,20}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,20}[a-z0-9])?){0,3}",
+                      fullmatch=True)
+ports = st.none() | st.integers(1, 65535)
+paths = st.from_regex(r"(/[A-Za-z0-9._~%!$&'()*+,;=:@-]{0,12}){0,4}", fullmatch=True)
+
+
+@given(hosts, ports, paths, st.sampled_from(["https", "http"]), st.sampled_from(["wss", "ws"]), hosts, ports)
+def test_connect_sources_property(host: str, port: int | None, path: str, scheme: str, ws_scheme: str,
+                                  cognito_host: str, cognito_port: int | None) -> None:
+    def url(s: str, h: str, p: int | None, tail: str) -> str:
+        return f"{s}://{h}" + (f":{p}" if p is not None else "") + tail
+
+    def origin(s: str, h: str, p: int | None) -> str:
+        default = {"https": 443, "wss": 443, "http": 80, "ws": 80}[s]
+        return f"{s}://{h}" + (f":{p}" if p is not None and p != default else "")
+
+    document = {"http": url(scheme, host, port, path), "realtime": url(ws_scheme, host, port, path + "/realtime"),
+                "region": "us-east-1", "cognito": {"endpoint": url("https", cognito_host, cognito_port, "/")}}
+    sources = connect_sources(document)
+    expected = [origin(scheme, host, port), origin(ws_scheme, host, port), origin("https", cognito_host, cognito_port)]
+    assert sources == list(dict.fromkeys(expected))
+    csp = content_security_policy(sources)
+    [connect] = [d for d in csp.split("; ") if d.startswith("connect-src ")]
+    assert connect.split()[1:] == ["'self'", *sources]
+
+
+def test_content_security_policy_is_strict() -> None:
+    csp = content_security_policy(connect_sources(config()))
+    directives = dict(d.split(" ", 1) for d in csp.split("; "))
+    assert directives == {
+        "default-src": "'none'",
+        "script-src": "'self'",
+        "style-src": "'self'",
+        "img-src": "'self' data:",
+        "connect-src": "'self' https://abc.appsync-api.us-east-1.amazonaws.com "
+                       "wss://abc.appsync-realtime-api.us-east-1.amazonaws.com https://cognito-idp.us-east-1.amazonaws.com",
+        "base-uri": "'none'",
+        "form-action": "'none'",
+        "frame-ancestors": "'none'",
+    }
+    for loose in ("unsafe-inline", "unsafe-eval", "unsafe-hashes", "wasm-unsafe-eval", "*", "http:", "https:"):
+        assert loose not in csp.split(), loose
+    assert "unsafe" not in csp
+
+
+def test_the_page_needs_nothing_the_csp_forbids() -> None:
+    # No inline scripts, inline styles, event-handler attributes or eval in web/ (the CSP would block them).
+    for path in WEB_DIR.iterdir():
+        if path.suffix not in (".html", ".js"):
+            continue
+        text = path.read_text(encoding="utf-8")
+        assert not re.search(r"<script(?![^>]*\bsrc=)[^>]*>", text), path.name
+        assert not re.search(r"<style\b|\sstyle=|\son[a-z]+=", text), path.name
+        assert not re.search(r"\beval\(|new Function\(", text), path.name
+
+
+@pytest.mark.parametrize("bad", ["*", "https:", "'unsafe-inline'", "https://a.example; script-src *",
+                                 "https://a.example https://b.example", "https://a.example/path", "data:"])
+def test_content_security_policy_refuses_anything_but_origins(bad: str) -> None:
+    with pytest.raises(ValueError, match="origins"):
+        content_security_policy(["https://ok.example", bad])
+    with pytest.raises(ValueError, match="sequence"):
+        content_security_policy("https://ok.example")
+
+
+@given(st.lists(st.text(max_size=40), max_size=4))
+def test_content_security_policy_never_loosens(sources: list[str]) -> None:
+    try:
+        csp = content_security_policy(sources)
+    except ValueError:
+        return
+    assert "unsafe" not in csp and " * " not in f" {csp} " and csp.count(";") == 7
+    assert csp.startswith("default-src 'none'; script-src 'self'; style-src 'self';")
+
+
+# --- Security headers ----------------------------------------------------------------------------------------
+
+
+def test_security_headers() -> None:
+    headers = security_headers("default-src 'none'")
+    assert headers["Content-Security-Policy"] == "default-src 'none'"
+    assert headers["Strict-Transport-Security"] == "max-age=63072000; includeSubDomains"
+    assert headers["X-Content-Type-Options"] == "nosniff"
+    assert headers["X-Frame-Options"] == "DENY"
+    assert headers["Referrer-Policy"] in ("no-referrer", "strict-origin-when-cross-origin")
+    assert "camera=()" in headers["Permissions-Policy"] and "microphone=()" in headers["Permissions-Policy"]
+    with pytest.raises(ValueError):
+        security_headers("default-src 'none'\r\nSet-Cookie: x=1")
+
+
+@given(st.lists(hosts, min_size=1, max_size=3))
+def test_cloudfront_expresses_exactly_the_security_headers(names: list[str]) -> None:
+    headers = security_headers(content_security_policy([f"https://{n}" for n in names]))
+    policy = cloudfront_headers(headers)
+    assert policy.hsts_max_age_s == 63_072_000 and policy.hsts_include_subdomains and not policy.hsts_preload
+    assert headers_from_cloudfront(policy) == headers
+
+
+def test_cloudfront_refuses_headers_it_cannot_send() -> None:
+    headers = security_headers("default-src 'none'")
+    with pytest.raises(ValueError, match="nosniff"):
+        cloudfront_headers({**headers, "X-Content-Type-Options": "sniff"})
+    with pytest.raises(ValueError, match="Strict-Transport-Security"):
+        cloudfront_headers({**headers, "Strict-Transport-Security": "max-age=1; bogus"})
+    with pytest.raises(ValueError, match="lack"):
+        cloudfront_headers({"Content-Security-Policy": "default-src 'none'"})
+
+
+# --- The files -----------------------------------------------------------------------------------------------
+
+
+def test_web_files_of_the_real_page() -> None:
+    files = {f.key: f for f in web_files(WEB_DIR)}
+    assert {"index.html", "app.js", "events.js", "cognito.js", "style.css"} <= set(files)
+    assert files["index.html"].content_type == "text/html; charset=utf-8"
+    assert files["app.js"].content_type.startswith("text/javascript")
+    assert files["style.css"].content_type.startswith("text/css")
+    assert CONFIG_KEY not in files
+    assert all(f.path == WEB_DIR / f.key for f in files.values())
+    assert list(files) == sorted(files)
+
+
+def make_page(root: Path, *names: str) -> Path:
+    for name in ("index.html", *names):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(b"x")
+    return root
+
+
+def test_web_files_types_keys_and_skips(tmp_path: Path) -> None:
+    make_page(tmp_path, "img/logo.svg", "img/photo.PNG", "config.json", ".DS_Store", ".cache/x.bin", "m.mjs")
+    assert [(f.key, f.content_type) for f in web_files(tmp_path)] == [
+        ("img/logo.svg", "image/svg+xml"),
+        ("img/photo.PNG", "image/png"),
+        ("index.html", "text/html; charset=utf-8"),
+        ("m.mjs", "text/javascript; charset=utf-8"),
+    ]
+
+
+@pytest.mark.parametrize("name", ["README.md", "notes", "app.ts", "archive.tar.gz"])
+def test_web_files_refuse_unknown_suffixes(tmp_path: Path, name: str) -> None:
+    make_page(tmp_path, name)
+    with pytest.raises(ValueError, match=re.escape(name)) as raised:
+        web_files(tmp_path)
+    assert "CONTENT_TYPES" in str(raised.value)
+
+
+def test_web_files_need_an_index_and_a_directory(tmp_path: Path) -> None:
+    (tmp_path / "app.js").write_text("")
+    with pytest.raises(ValueError, match=r"index\.html"):
+        web_files(tmp_path)
+    with pytest.raises(ValueError, match="not a directory"):
+        web_files(tmp_path / "missing")
+
+
+# --- The component on its own ----------------------------------------------------------------------------------
+
+
+def make_args(**changes: Any) -> WebAppArgs:
+    args = WebAppArgs(
+        name="ai-gateway-dev",
+        settings=DEV_SETTINGS,
+        web_dir=WEB_DIR,
+        user_pool_id="us-east-1_pool",
+        client_id=pulumi.Output.from_input("client"),
+        http_endpoint=HTTP,
+        realtime_endpoint=REALTIME,
+        tags={"project": "ai-gateway"},
+    )
+    return dataclasses.replace(args, **changes)
+
+
+def test_component_outputs_and_parents() -> None:
+    seen: dict[str, Any] = {}
+
+    def deploy() -> pulumi.Output[Any]:
+        web = WebApp("web", make_args())
+        names = ("url", "distribution_id", "distribution_domain", "bucket_name")
+        return pulumi.Output.all(*(getattr(web, n) for n in names)).apply(
+            lambda values: seen.update(zip(names, values, strict=True)))
+
+    mocks = run(deploy)
+    distribution = mocks.one(DISTRIBUTION).outputs
+    assert seen == {
+        "url": f"https://{distribution['domainName']}",
+        "distribution_id": distribution["id"],
+        "distribution_domain": distribution["domainName"],
+        "bucket_name": f"ai-gateway-dev-web-{ACCOUNT}-us-east-1",
+    }
+    children = [r for r in mocks.resources if (r.type, r.name) != COMPONENT]
+    assert children and all(r.parent == COMPONENT for r in children)
+
+
+def test_price_class_comes_from_the_settings() -> None:
+    settings = StackSettings.from_values({**DEV_SETTINGS.model_dump(by_alias=True),
+                                          "webApp": {"enabled": True, "priceClass": "PriceClass_All"}})
+    mocks = run(lambda: WebApp("web", make_args(settings=settings)))
+    assert mocks.one(DISTRIBUTION).inputs["priceClass"] == "PriceClass_All"
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"name": "AI_Gateway"}, "lowercase"),
+        ({"name": "a" * 40}, "too long"),
+        ({"web_dir": ROOT / "no-such-dir"}, "not a directory"),
+    ],
+)
+def test_bad_args_are_refused(changes: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        make_args(**changes)
+
+
+def test_a_page_with_an_unknown_file_stops_the_program(tmp_path: Path) -> None:
+    make_page(tmp_path, "notes.md")
+    with pytest.raises(Exception) as raised:
+        run(lambda: WebApp("web", make_args(web_dir=tmp_path)))
+    error: BaseException | None = raised.value
+    while error is not None and "notes.md" not in str(error):
+        error = error.__cause__ or error.__context__
+    assert error is not None
+
+
+# --- The real program -------------------------------------------------------------------------------------------
+
+
+def web_resources(mocks: RecordingMocks) -> list[Recorded]:
+    return [r for r in mocks.resources if r.parent == COMPONENT]
+
+
+def on_bucket(mocks: RecordingMocks, type_: str, bucket: Recorded) -> list[Recorded]:
+    return [r for r in mocks.of_type(type_) if r.inputs.get("bucket") == bucket.outputs["id"]]
+
+
+def web_bucket(mocks: RecordingMocks) -> Recorded:
+    [bucket] = [b for b in mocks.of_type(BUCKET) if b.parent == COMPONENT]
+    return bucket
+
+
+def dev_config() -> dict[str, Any]:
+    mocks = program("dev")
+    [document] = [o for o in mocks.of_type(OBJECT) if o.inputs["key"] == CONFIG_KEY]
+    return json.loads(document.inputs["content"])
+
+
+def test_prod_has_no_web_page() -> None:
+    mocks = program("prod")
+    assert not any(r.type == COMPONENT[0] for r in mocks.resources)
+    assert web_resources(mocks) == []
+    assert mocks.of_type(DISTRIBUTION) == mocks.of_type(OAC) == mocks.of_type(OBJECT) == []
+
+
+def test_dev_page_is_a_component_whose_children_all_have_a_parent() -> None:
+    mocks = program("dev")
+    assert mocks.one(COMPONENT[0]).parent is None
+    children = web_resources(mocks)
+    assert {r.type for r in children} >= WEB_TYPES
+    assert all(r.parent == COMPONENT for r in mocks.resources if r.type in (DISTRIBUTION, OAC, HEADERS_POLICY, OBJECT))
+
+
+def test_dev_bucket_is_private_encrypted_and_owner_enforced() -> None:
+    mocks = program("dev")
+    bucket = web_bucket(mocks)
+    assert bucket.inputs["bucket"] == f"ai-gateway-dev-web-{ACCOUNT}-us-east-1"
+    [block] = on_bucket(mocks, "aws:s3/bucketPublicAccessBlock:BucketPublicAccessBlock", bucket)
+    assert all(block.inputs[f] is True
+               for f in ("blockPublicAcls", "blockPublicPolicy", "ignorePublicAcls", "restrictPublicBuckets"))
+    [ownership] = on_bucket(mocks, "aws:s3/bucketOwnershipControls:BucketOwnershipControls", bucket)
+    assert ownership.inputs["rule"]["objectOwnership"] == "BucketOwnerEnforced"
+    [sse] = on_bucket(mocks, "aws:s3/bucketServerSideEncryptionConfiguration:"
+                             "BucketServerSideEncryptionConfiguration", bucket)
+    assert sse.inputs["rules"][0]["applyServerSideEncryptionByDefault"]["sseAlgorithm"] == "AES256"
+    assert not any(r.type.startswith("aws:s3/bucketWebsiteConfiguration") for r in mocks.resources)
+    assert not any(r.type == "aws:s3/bucketAcl:BucketAcl" for r in mocks.resources)
+
+
+def test_dev_bucket_policy_lets_only_this_distribution_read_over_tls() -> None:
+    mocks = program("dev")
+    bucket = web_bucket(mocks)
+    [policy] = on_bucket(mocks, BUCKET_POLICY, bucket)
+    statements = json.loads(policy.inputs["policy"])["Statement"]
+    arn = f"arn:aws:s3:::{bucket.inputs['bucket']}"
+    distribution = mocks.one(DISTRIBUTION)
+    assert distribution.outputs["arn"].startswith(f"arn:aws:cloudfront::{ACCOUNT}:distribution/")
+    deny, allow = statements
+    assert deny["Effect"] == "Deny" and deny["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+    assert deny["Resource"] == [arn, f"{arn}/*"]
+    assert allow == {
+        "Sid": "AllowCloudFrontRead",
+        "Effect": "Allow",
+        "Principal": {"Service": "cloudfront.amazonaws.com"},
+        "Action": "s3:GetObject",
+        "Resource": f"{arn}/*",
+        "Condition": {"StringEquals": {"AWS:SourceArn": distribution.outputs["arn"]}},
+    }
+
+
+def test_dev_distribution_reads_the_bucket_through_the_oac_over_https() -> None:
+    mocks = program("dev")
+    oac = mocks.one(OAC)
+    assert (oac.inputs["originAccessControlOriginType"], oac.inputs["signingBehavior"],
+            oac.inputs["signingProtocol"]) == ("s3", "always", "sigv4")
+    d = mocks.one(DISTRIBUTION).inputs
+    assert d["enabled"] is True and d["isIpv6Enabled"] is True and d["httpVersion"] == "http2and3"
+    assert d["defaultRootObject"] == "index.html" and d["priceClass"] == "PriceClass_100"
+    [origin] = d["origins"]
+    assert origin["domainName"] == web_bucket(mocks).outputs["bucketRegionalDomainName"]
+    assert origin["originAccessControlId"] == oac.outputs["id"]
+    assert "s3OriginConfig" not in origin and "customOriginConfig" not in origin
+    headers_id = mocks.one(HEADERS_POLICY).outputs["id"]
+    default = d["defaultCacheBehavior"]
+    assert default["viewerProtocolPolicy"] == "redirect-to-https"
+    assert default["allowedMethods"] == default["cachedMethods"] == ["GET", "HEAD"]
+    assert default["compress"] is True and default["cachePolicyId"] == CACHING_OPTIMIZED_POLICY_ID
+    assert default["responseHeadersPolicyId"] == headers_id and default["targetOriginId"] == origin["originId"]
+    [config_behavior] = d["orderedCacheBehaviors"]
+    assert config_behavior["pathPattern"] == CONFIG_KEY
+    assert config_behavior["cachePolicyId"] == CACHING_DISABLED_POLICY_ID
+    assert config_behavior["viewerProtocolPolicy"] == "redirect-to-https"
+    assert config_behavior["responseHeadersPolicyId"] == headers_id
+    assert d["viewerCertificate"] == {"cloudfrontDefaultCertificate": True}
+    assert d["restrictions"]["geoRestriction"]["restrictionType"] == "none"
+
+
+def test_dev_headers_policy_sends_the_security_headers_of_the_stacks_endpoints() -> None:
+    mocks = program("dev")
+    document = dev_config()
+    expected = security_headers(content_security_policy(connect_sources(document)))
+    inputs = mocks.one(HEADERS_POLICY).inputs
+    config_ = inputs["securityHeadersConfig"]
+    assert all(section["override"] is True for section in config_.values())
+    hsts = config_["strictTransportSecurity"]
+    policy = CloudFrontHeaders(
+        content_security_policy=config_["contentSecurityPolicy"]["contentSecurityPolicy"],
+        hsts_max_age_s=int(hsts["accessControlMaxAgeSec"]),
+        hsts_include_subdomains=hsts.get("includeSubdomains", False),
+        hsts_preload=hsts.get("preload", False),
+        frame_option=config_["frameOptions"]["frameOption"],
+        referrer_policy=config_["referrerPolicy"]["referrerPolicy"],
+        custom=tuple((i["header"], i["value"]) for i in inputs["customHeadersConfig"]["items"]),
+    )
+    assert "contentTypeOptions" in config_
+    assert all(i["override"] is True for i in inputs["customHeadersConfig"]["items"])
+    assert headers_from_cloudfront(policy) == expected
+    [connect] = [d.split()[1:] for d in policy.content_security_policy.split("; ") if d.startswith("connect-src ")]
+    api = mocks.one("aws:appsync/api:Api").outputs["dns"]
+    assert connect == ["'self'", f"https://{api['HTTP']}", f"wss://{api['REALTIME']}",
+                       "https://cognito-idp.us-east-1.amazonaws.com"]
+
+
+def test_dev_uploads_every_web_file_with_its_content_type() -> None:
+    mocks = program("dev")
+    objects = {o.inputs["key"]: o.inputs for o in mocks.of_type(OBJECT)}
+    files = web_files(WEB_DIR)
+    assert set(objects) == {f.key for f in files} | {CONFIG_KEY}
+    for f in files:
+        inputs = objects[f.key]
+        assert inputs["contentType"] == f.content_type, f.key
+        assert Path(inputs["source"].path) == f.path
+        assert re.fullmatch(r"[0-9a-f]{64}", inputs["sourceHash"]), f.key
+        assert inputs["bucket"] == web_bucket(mocks).outputs["id"]
+    assert objects["index.html"]["contentType"] == "text/html; charset=utf-8"
+
+
+def test_dev_config_json_is_web_client_config_of_the_stacks_outputs() -> None:
+    mocks = program("dev")
+    [document] = [o.inputs for o in mocks.of_type(OBJECT) if o.inputs["key"] == CONFIG_KEY]
+    assert document["contentType"] == "application/json" and document["cacheControl"] == "no-store"
+    api = mocks.one("aws:appsync/api:Api").outputs["dns"]
+    pool = mocks.one("aws:cognito/userPool:UserPool").outputs["id"]
+    client = mocks.one("aws:cognito/userPoolClient:UserPoolClient").outputs["id"]
+    assert json.loads(document["content"]) == web_client_config(
+        region="us-east-1",
+        http_endpoint=f"https://{api['HTTP']}/event",
+        realtime_endpoint=f"wss://{api['REALTIME']}/event/realtime",
+        cognito_endpoint=cognito_idp_endpoint("us-east-1"),
+        user_pool_id=pool,
+        client_id=client,
+        settings=DEV_SETTINGS,
+    )
+
+
+def test_dev_cognito_client_allows_the_pages_sign_in_flows() -> None:
+    client = program("dev").one("aws:cognito/userPoolClient:UserPoolClient").inputs
+    assert {"ALLOW_USER_PASSWORD_AUTH", "ALLOW_REFRESH_TOKEN_AUTH"} <= set(client["explicitAuthFlows"])
+    assert client.get("generateSecret") in (None, False)  # a browser cannot keep a secret
