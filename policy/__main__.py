@@ -23,7 +23,8 @@ if __name__ == "__main__":
     PolicyPack(
         name="ai-gateway-guardrails",
         description="Encryption at rest, prod durability, log retention, no public S3, least-privilege IAM, "
-                    "arm64 Lambda and MFA for the ai-gateway stacks.",
+                    "arm64 Lambda, MFA and HTTPS-only, OAC-signed, header-hardened CloudFront for the ai-gateway "
+                    "stacks.",
         enforcement_level=EnforcementLevel.MANDATORY,
         policies=list(ALL_RULES),
     )

@@ -23,6 +23,7 @@ AWS-managed keys, so a KMS key is required only when the `cloudwatch-log-group-k
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -61,6 +62,7 @@ IAM_POLICY_DOCUMENTS = frozenset({  # resources whose `policy` input is an ident
     "aws:iam/groupPolicy:GroupPolicy",
 })
 IAM_ROLE = "aws:iam/role:Role"  # its `inlinePolicies[].policy` are checked too (not `assumeRolePolicy`)
+CLOUDFRONT_DISTRIBUTION = "aws:cloudfront/distribution:Distribution"
 
 PROD_STACKS = frozenset({"prod"})
 PUBLIC_ACCESS_FLAGS = ("blockPublicAcls", "blockPublicPolicy", "ignorePublicAcls", "restrictPublicBuckets")
@@ -71,6 +73,13 @@ S3_SSE_ALGORITHMS = frozenset({"AES256", "aws:kms", "aws:kms:dsse"})
 # functions need: X-Ray tracing from Lambda (`tracing_config`, Powertools Tracer — the same four actions as the
 # AWS-managed AWSXRayDaemonWriteAccess policy) and custom CloudWatch metrics. Scope PutMetricData with a
 # `cloudwatch:namespace` condition. Add an action here only with the same justification.
+HTTPS_VIEWER_POLICIES = frozenset({"redirect-to-https", "https-only"})
+# S3 origin domains: the REST endpoint (`b.s3.amazonaws.com`, `b.s3.<region>.amazonaws.com`, legacy
+# `b.s3-<region>.amazonaws.com`, dual-stack) and the website endpoint (`b.s3-website-<region>...` or
+# `b.s3-website.<region>...`), which serves a *public* bucket over plain HTTP and cannot use origin access control.
+_S3_WEBSITE_DOMAIN = re.compile(r"\.s3-website[.-][a-z0-9-]+\.amazonaws\.com(\.cn)?$", re.IGNORECASE)
+_S3_REST_DOMAIN = re.compile(r"\.s3([.-][a-z0-9-]+)*\.amazonaws\.com(\.cn)?$", re.IGNORECASE)
+
 STAR_RESOURCE_ACTIONS = frozenset(a.lower() for a in (
     "xray:PutTraceSegments",
     "xray:PutTelemetryRecords",
@@ -364,6 +373,64 @@ def validate_cognito_mfa(args: ResourceValidationArgs, report_violation: ReportV
         _report(args, report_violation, "prod user pools need softwareTokenMfaConfiguration.enabled = true")
 
 
+# --- CloudFront -------------------------------------------------------------------------------------------
+
+def _cache_behaviors(props: Any) -> list[tuple[str, Any]]:
+    """(where, behavior) for the default cache behavior and every ordered one."""
+    behaviors = [("defaultCacheBehavior", _get(props, "defaultCacheBehavior"))]
+    for i, behavior in enumerate(_as_list(_get(props, "orderedCacheBehaviors"))):
+        pattern = _known(behavior, "pathPattern")
+        label = f" ({pattern})" if isinstance(pattern, str) else ""
+        behaviors.append((f"orderedCacheBehaviors[{i}]{label}", behavior))
+    return behaviors
+
+
+def validate_cloudfront_https_only(args: ResourceValidationArgs, report_violation: ReportViolation) -> None:
+    if args.resource_type != CLOUDFRONT_DISTRIBUTION:
+        return
+    for where, behavior in _cache_behaviors(args.props):
+        policy = _get(behavior, "viewerProtocolPolicy")
+        if policy not in HTTPS_VIEWER_POLICIES:
+            _report(args, report_violation, f"{where}.viewerProtocolPolicy must be one of "
+                                            f"{sorted(HTTPS_VIEWER_POLICIES)}, got {policy!r}")
+
+
+def validate_cloudfront_s3_origin_access_control(args: ResourceValidationArgs,
+                                                 report_violation: ReportViolation) -> None:
+    if args.resource_type != CLOUDFRONT_DISTRIBUTION:
+        return
+    for i, origin in enumerate(_as_list(_get(args.props, "origins"))):
+        where = f"origins[{i}]"
+        oai = _known(origin, "s3OriginConfig", "originAccessIdentity")
+        if oai is _UNKNOWN or (isinstance(oai, str) and oai):
+            _report(args, report_violation, f"{where} uses a legacy origin access identity; use an origin access "
+                                            "control (originAccessControlId) instead")
+            continue
+        oac = _known(origin, "originAccessControlId")
+        domain = _known(origin, "domainName")
+        if isinstance(domain, str) and _S3_WEBSITE_DOMAIN.search(domain):
+            _report(args, report_violation, f"{where} is an S3 website endpoint ({domain}): that bucket must be "
+                                            "public; use the bucket's REST endpoint with an origin access control")
+            continue
+        if oac is _UNKNOWN or (isinstance(oac, str) and oac):
+            continue  # signed by an origin access control (its id is unknown until the OAC exists)
+        if domain is _UNKNOWN:
+            domain = _get(origin, "domainName")  # raises: pulumi-policy reports "can't run during preview"
+        s3 = _get(origin, "s3OriginConfig") is not None or (isinstance(domain, str) and _S3_REST_DOMAIN.search(domain))
+        if s3:
+            _report(args, report_violation, f"{where} reads an S3 bucket without originAccessControlId: the bucket "
+                                            "would have to be public")
+
+
+def validate_cloudfront_security_headers(args: ResourceValidationArgs, report_violation: ReportViolation) -> None:
+    if args.resource_type != CLOUDFRONT_DISTRIBUTION:
+        return
+    policy = _known(args.props, "defaultCacheBehavior", "responseHeadersPolicyId")
+    if policy is not _UNKNOWN and not (isinstance(policy, str) and policy):
+        _report(args, report_violation, "defaultCacheBehavior.responseHeadersPolicyId is required (a response "
+                                        "headers policy with CSP, HSTS, nosniff and frame options)")
+
+
 # --- The rules --------------------------------------------------------------------------------------------
 
 dynamodb_encryption = _resource_policy(
@@ -407,6 +474,18 @@ lambda_reserved_concurrency = _resource_policy(
 cognito_mfa = _resource_policy(
     "cognito-mfa-prod", "Cognito user pools in prod must offer or require TOTP (software token) MFA.",
     validate_cognito_mfa, config_schema=STACK_CONFIG)
+cloudfront_https_only = _resource_policy(
+    "cloudfront-https-only",
+    "CloudFront cache behaviors must redirect viewers to HTTPS or accept HTTPS only.",
+    validate_cloudfront_https_only)
+cloudfront_s3_origin_access_control = _resource_policy(
+    "cloudfront-s3-origin-access-control",
+    "CloudFront S3 origins must use an origin access control (no legacy OAI, no public website endpoint).",
+    validate_cloudfront_s3_origin_access_control)
+cloudfront_security_headers = _resource_policy(
+    "cloudfront-security-headers",
+    "CloudFront distributions must attach a response headers policy to the default cache behavior.",
+    validate_cloudfront_security_headers)
 
 ALL_RULES: list[ResourceValidationPolicy | StackValidationPolicy] = [
     dynamodb_encryption,
@@ -421,6 +500,9 @@ ALL_RULES: list[ResourceValidationPolicy | StackValidationPolicy] = [
     lambda_arm64,
     lambda_reserved_concurrency,
     cognito_mfa,
+    cloudfront_https_only,
+    cloudfront_s3_origin_access_control,
+    cloudfront_security_headers,
 ]
 
 

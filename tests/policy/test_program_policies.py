@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from typing import Any
 
@@ -57,3 +58,60 @@ def mutate(resources: list[Recorded], type_: str, **inputs: Any) -> list[Recorde
 def test_breaking_the_prod_program_is_caught(type_: str, inputs: dict[str, Any], rule: str) -> None:
     broken = mutate(program("prod").resources, type_, **inputs)
     assert rule in {name for name, _, _ in violations("prod", broken)}
+
+
+def mutate_nested(resources: list[Recorded], type_: str, change: Any) -> list[Recorded]:
+    return [dataclasses.replace(r, inputs=change(copy.deepcopy(r.inputs))) if r.type == type_ else r
+            for r in resources]
+
+
+def _allow_http(inputs: dict[str, Any]) -> dict[str, Any]:
+    inputs["orderedCacheBehaviors"][0]["viewerProtocolPolicy"] = "allow-all"
+    return inputs
+
+
+def _unsigned_origin(inputs: dict[str, Any]) -> dict[str, Any]:
+    inputs["origins"][0].pop("originAccessControlId")
+    return inputs
+
+
+def _legacy_oai(inputs: dict[str, Any]) -> dict[str, Any]:
+    inputs["origins"][0]["s3OriginConfig"] = {"originAccessIdentity": "origin-access-identity/cloudfront/E1EXAMPLE"}
+    return inputs
+
+
+def _no_headers(inputs: dict[str, Any]) -> dict[str, Any]:
+    inputs["defaultCacheBehavior"].pop("responseHeadersPolicyId")
+    return inputs
+
+
+@pytest.mark.parametrize(
+    ("change", "rule"),
+    [
+        (_allow_http, "cloudfront-https-only"),
+        (_unsigned_origin, "cloudfront-s3-origin-access-control"),
+        (_legacy_oai, "cloudfront-s3-origin-access-control"),
+        (_no_headers, "cloudfront-security-headers"),
+    ],
+    ids=["http-allowed", "no-oac", "legacy-oai", "no-headers-policy"],
+)
+def test_breaking_the_dev_web_page_is_caught(change: Any, rule: str) -> None:
+    resources = program("dev").resources
+    assert any(r.type == "aws:cloudfront/distribution:Distribution" for r in resources)
+    broken = mutate_nested(resources, "aws:cloudfront/distribution:Distribution", change)
+    assert rule in {name for name, _, _ in violations("dev", broken)}
+
+
+@pytest.mark.parametrize(
+    ("type_", "rule"),
+    [
+        ("aws:s3/bucketPublicAccessBlock:BucketPublicAccessBlock", "s3-public-access-blocked"),
+        ("aws:s3/bucketServerSideEncryptionConfiguration:BucketServerSideEncryptionConfiguration",
+         "s3-encryption-at-rest"),
+    ],
+)
+def test_the_web_bucket_needs_its_block_and_encryption(type_: str, rule: str) -> None:
+    # Drop only the web bucket's own resource: the S3 rules must notice that one bucket.
+    resources = [r for r in program("dev").resources if not (r.type == type_ and r.name.startswith("web-"))]
+    found = [(name, where) for name, where, _ in violations("dev", resources) if name == rule]
+    assert found and all("web-bucket" in where for _, where in found)
