@@ -2,8 +2,9 @@
 
 `estimate(mocks_or_inventory, settings, profile, prices)` is pure arithmetic: quantities come from the stack's
 inventory (what `aigw.plan.run_stack` recorded: Lambda memory sizes, log retention, PITR, guardrail, alarms,
-dashboards, KMS keys, SNS topic, SQS dead-letter queue, analytics stream/buckets/workgroup) and from the usage
-profile (`cost/profiles/<name>.yaml`); unit prices come from `cost/prices.yaml`. No I/O, no AWS.
+dashboards, KMS keys, SNS topic, SQS dead-letter queue, analytics stream/buckets/workgroup, the chat page's
+CloudFront distribution and files) and from the usage profile (`cost/profiles/<name>.yaml`); unit prices come from
+`cost/prices.yaml`. No AWS; the only I/O is reading the sizes of the page's local files the stack uploads.
 
 Lines are `fixed` (what the stack costs idle, with zero traffic) or `per_request` (driven by usage: requests,
 users, stored data, analytics queries). Zero-quantity `per_request` lines are left out; fixed lines are always
@@ -73,7 +74,9 @@ PROFILE_DEFAULTS: dict[str, float] = {
     "cache_entries": 0.0,  # prepared answers stored
     "cache_entry_bytes": 2048.0,
     "alarm_notifications_per_month": 0.0,  # SNS publishes when alarms change state
+    "page_loads_per_connection": 1.0,  # chat page loads per WebSocket connection (the page opens one per load)
 }
+ASSUMED_OBJECT_BYTES = 16 * 1024  # a page file whose size the inventory does not carry
 
 Kind = Literal["fixed", "per_request"]
 
@@ -295,6 +298,10 @@ class _Stack:
     buckets: int
     workgroup: bool
     firehose_buffer_s: float
+    distributions: int = 0  # CloudFront distributions (the chat page)
+    web_objects: int = 0  # S3 objects the stack uploads (the page's files and config.json)
+    web_bytes: float = 0.0  # their total size
+    web_sizes_assumed: int = 0  # objects whose size was not known (ASSUMED_OBJECT_BYTES each)
 
 
 _ROLES = ("gatekeeper", "worker", "subscribe", "usage-processor")
@@ -305,6 +312,17 @@ def _role(name: str) -> str:
         if name.endswith(role):
             return "processor" if role == "usage-processor" else role
     return name
+
+
+def _object_bytes(inputs: Mapping[str, Any]) -> float | None:
+    """Size of an S3 object the stack uploads: its inline `content`, or its `source` file; None if unknown."""
+    content = inputs.get("content")
+    if isinstance(content, str):
+        return float(len(content.encode("utf-8")))
+    path = getattr(inputs.get("source"), "path", None)
+    if isinstance(path, str) and Path(path).is_file():
+        return float(Path(path).stat().st_size)
+    return None
 
 
 def _stack_facts(resources: list[_Resource]) -> _Stack:
@@ -336,6 +354,8 @@ def _stack_facts(resources: list[_Resource]) -> _Stack:
     stream = of("aws:kinesis/firehoseDeliveryStream:FirehoseDeliveryStream")
     buffer_s = float(((stream[0].inputs.get("extendedS3Configuration") or {}).get("bufferingInterval") or 300)
                      if stream else 300)
+    objects = of("aws:s3/bucketObjectv2:BucketObjectv2") + of("aws:s3/bucketObject:BucketObject")
+    sizes = [_object_bytes(o.inputs) for o in objects]
     return _Stack(
         functions=functions,
         retention_days=[float(g.inputs.get("retentionInDays") or 0) for g in of("aws:cloudwatch/logGroup:LogGroup")],
@@ -353,6 +373,10 @@ def _stack_facts(resources: list[_Resource]) -> _Stack:
         buckets=len(of("aws:s3/bucket:Bucket")) + len(of("aws:s3/bucketV2:BucketV2")),
         workgroup=bool(of("aws:athena/workgroup:Workgroup")),
         firehose_buffer_s=buffer_s,
+        distributions=len(of("aws:cloudfront/distribution:Distribution")),
+        web_objects=len(objects),
+        web_bytes=sum(size if size is not None else ASSUMED_OBJECT_BYTES for size in sizes),
+        web_sizes_assumed=sum(1 for size in sizes if size is None),
     )
 
 
@@ -525,6 +549,24 @@ def estimate(mocks_or_inventory: RecordingMocks | Iterable[Any], settings: Any, 
         scanned = max(float(p["analytics_bytes_scanned_per_query"]), ATHENA_MIN_BYTES)
         out.add("Athena", "data scanned", queries * scanned / TB, "athena.tb_scanned", "per_request",
                 f"{queries:g} queries × {scanned:,.0f} B (10 MB minimum per query)")
+
+    # -- the chat page: CloudFront in front of a private S3 bucket
+    if stack.distributions:
+        per_connection = float(p["page_loads_per_connection"])
+        page_loads = connections * per_connection
+        assumed = (f" ({stack.web_sizes_assumed} file sizes unknown: {ASSUMED_OBJECT_BYTES:,} B each assumed)"
+                   if stack.web_sizes_assumed else "")
+        loads = (f"{page_loads:,.0f} page loads: {per_connection:g} per WebSocket connection (the profiles have no "
+                 "page-view field; every connection is assumed to come from the page, an upper bound)")
+        out.add("CloudFront", "HTTPS requests", page_loads * stack.web_objects, "cloudfront.https_requests",
+                "per_request", f"{loads} × {stack.web_objects} files each (config.json included; browser caching "
+                "ignored); the always-free 10M requests a month not applied")
+        out.add("CloudFront", "data transfer out", page_loads * stack.web_bytes / GB, "cloudfront.data_out_gb",
+                "per_request", f"{loads} × {stack.web_bytes:,.0f} B{assumed}, uncompressed (CloudFront "
+                "compresses): an upper bound; the always-free 1 TB a month not applied")
+        out.add("S3", "web page storage", stack.web_bytes / GB, "s3.storage_gb_month", "fixed",
+                f"{stack.web_objects} objects, {stack.web_bytes:,.0f} B{assumed}; CloudFront's origin reads "
+                "(cache misses only) are negligible and not priced")
 
     # -- Cognito
     free = prices.get("cognito.free_mau")

@@ -216,3 +216,39 @@ def test_cli_table_and_errors() -> None:
     assert "subtotal per-request" in result.output and "one average request" in result.output
     bad = CliRunner().invoke(app, [*args, "--profile", str(FIXTURES / "unknown_model.yaml")])
     assert bad.exit_code == 2 and "meta.llama-nope-v1:0" in bad.output
+
+
+def test_the_chat_page_is_priced_on_dev_and_absent_on_prod() -> None:
+    # hand.yaml on dev: 100 users × 1 connection/day × 30 = 3,000 connections -> 3,000 page loads (1 each, the
+    # default), each fetching every uploaded file: web/ plus config.json.
+    from components.web_app import web_files
+
+    mocks, _ = _stack("dev")
+    objects = mocks.of_type("aws:s3/bucketObjectv2:BucketObjectv2")
+    files = web_files(ROOT / "web")
+    assert len(objects) == len(files) + 1
+    [config] = [o.inputs["content"] for o in objects if o.inputs["key"] == "config.json"]
+    page_bytes = sum(f.path.stat().st_size for f in files) + len(config.encode())
+    p = {pid: price.usd for pid, price in PRICES.items()}
+    got = _by_key(_report("dev"))
+    assert got[("CloudFront", "HTTPS requests")] == pytest.approx(3_000 * len(objects) / 1e4
+                                                                  * p["cloudfront.https_requests"])
+    assert got[("CloudFront", "data transfer out")] == pytest.approx(3_000 * page_bytes / GB
+                                                                     * p["cloudfront.data_out_gb"])
+    assert got[("S3", "web page storage")] == pytest.approx(page_bytes / GB * p["s3.storage_gb_month"])
+    [storage] = [line for line in _report("dev").lines if line.item == "web page storage"]
+    assert storage.kind == "fixed"
+    assert not any(line.service == "CloudFront" or line.item == "web page storage" for line in _report("prod").lines)
+
+
+def test_page_loads_follow_the_profile() -> None:
+    mocks, settings = _stack("dev")
+    values = dict(load_profile(FIXTURES / "hand.yaml").values)
+    once = _by_key(estimate(mocks, settings, make_profile(values, "x"), PRICES))
+    twice = _by_key(estimate(mocks, settings, make_profile({**values, "page_loads_per_connection": 2}, "x"), PRICES))
+    for item in ("HTTPS requests", "data transfer out"):
+        assert twice[("CloudFront", item)] == pytest.approx(2 * once[("CloudFront", item)])
+    assert twice[("S3", "web page storage")] == once[("S3", "web page storage")]
+    idle = _report("dev", "idle")
+    assert not any(line.service == "CloudFront" for line in idle.lines)
+    assert any(line.item == "web page storage" for line in idle.lines)
