@@ -35,6 +35,7 @@ from aigw.local_cognito import JwtVerifier, LocalPool, identity_from_claims, pro
 from aigw.tls import ensure_local_ca
 from aigw.usage_sink import UsageSink
 from components.settings import PROJECT, StackSettings
+from components.web_app import connect_sources, content_security_policy, security_headers, web_client_config
 from runtime import cache as answer_cache
 from runtime import channels, metering
 
@@ -195,6 +196,7 @@ class DevGateway:
             ssl_context=local_tls.server_ssl_context() if local_tls else None,
             static_dir=WEB_DIR if WEB_DIR.is_dir() else None,
             static_config=self.web_config,
+            static_headers=self.web_headers,
         )
         events = ServerThread(server)
         events.start()
@@ -240,21 +242,25 @@ class DevGateway:
         return self
 
     def web_config(self) -> dict[str, Any]:
-        """`/config.json` for the web page: endpoints, Cognito pool and client, the models tiers allow."""
+        """`/config.json` for the web page: the document the deployed stack serves, with local endpoints."""
         info = self.info
-        return {
-            "http": info.get("http"),
-            "realtime": info.get("realtime"),
-            "region": info.get("region"),
-            "cognito": info.get("cognito"),
-            "models": list(self.settings.model_ids),
-            "tiers": [
-                {"name": t.name, "precedence": t.precedence, "windowTokens": t.window_tokens,
-                 "monthlyTokens": t.monthly_tokens, "models": list(t.models), "defaultModel": t.model}
-                for t in self.settings.tiers
-            ],
-            "defaultTier": self.settings.default_tier,
-        }
+        cognito = info["cognito"]
+        return web_client_config(
+            region=info["region"],
+            http_endpoint=info["http"],
+            realtime_endpoint=info["realtime"],
+            cognito_endpoint=cognito["endpoint"],
+            user_pool_id=cognito["user_pool_id"],
+            client_id=cognito["client_id"],
+            settings=self.settings,
+        )
+
+    def web_headers(self) -> dict[str, str]:
+        """The deployed page's security headers (the same CSP, with local origins), so the page is tested under
+        them. Not HSTS: on localhost it would pin every other local server to https for two years."""
+        headers = security_headers(content_security_policy(connect_sources(self.web_config())))
+        headers.pop("Strict-Transport-Security")
+        return headers
 
     def stop(self) -> None:
         while self._stack:

@@ -483,10 +483,12 @@ class EventsServer:
         max_pending_frames: int = 10_000,
         static_dir: Path | None = None,
         static_config: Callable[[], dict[str, Any]] | None = None,
+        static_headers: Callable[[], Mapping[str, str]] | None = None,
     ) -> None:
         self.authenticator = authenticator
         self.static_dir = static_dir.resolve() if static_dir is not None else None
         self.static_config = static_config
+        self.static_headers = static_headers
         self.namespaces = {ns.name: ns for ns in namespaces}
         if len(self.namespaces) != len(namespaces):
             raise ValueError("namespace names must be unique")
@@ -845,12 +847,20 @@ class EventsServer:
         charset = "utf-8" if content_type.startswith("text/") or content_type.endswith(("json", "xml")) else None
         return web.Response(
             body=path.read_bytes(), content_type=content_type, charset=charset,
-            headers={"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"},
+            headers={**self._static_headers(), "Cache-Control": "no-cache"},
         )
 
     async def _handle_static_config(self, request: web.Request) -> web.Response:
         assert self.static_config is not None
-        return web.json_response(self.static_config(), headers={"Cache-Control": "no-store"})
+        return web.json_response(
+            self.static_config(), headers={**self._static_headers(), "Cache-Control": "no-store"}
+        )
+
+    def _static_headers(self) -> dict[str, str]:
+        headers = {"X-Content-Type-Options": "nosniff"}
+        if self.static_headers is not None:
+            headers.update(self.static_headers())
+        return headers
 
     # -- HTTP ------------------------------------------------------------------------------------------
 
