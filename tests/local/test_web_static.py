@@ -11,11 +11,14 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
 
 import pytest
 
 from aigw.dev import DevGateway, Ports, running
 from components.settings import StackSettings
+from components.web_app import connect_sources, content_security_policy, security_headers
 
 ROOT = Path(__file__).resolve().parents[2]
 WEB = ROOT / "web"
@@ -66,6 +69,31 @@ def test_config_json_names_the_gateway_endpoints(gateway: DevGateway) -> None:
     assert config["models"] and "demo_user" not in config  # no credentials on the page
 
 
+def get_headers(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return response.headers
+
+
+@pytest.mark.parametrize("path", ["/", "/app.js", "/config.json"])
+def test_the_page_is_served_with_the_deployed_security_headers(gateway: DevGateway, path: str) -> None:
+    headers = get_headers(base(gateway) + path)
+    config = gateway.web_config()
+    expected = security_headers(content_security_policy(connect_sources(config)))
+    for name, value in expected.items():
+        if name == "Strict-Transport-Security":
+            assert headers.get(name) is None  # never pinned to https on localhost
+        else:
+            assert headers.get(name) == value, name
+    csp = headers["Content-Security-Policy"]
+    # The page may talk to the local gateway itself and to moto's Cognito, and to nothing else.
+    connect = next(d for d in csp.split("; ") if d.startswith("connect-src ")).split()[1:]
+    moto = urlparse(config["cognito"]["endpoint"])
+    events = urlparse(config["http"])
+    assert sorted(connect) == sorted(["'self'", f"http://{events.netloc}", f"ws://{events.netloc}",
+                                      f"http://{moto.netloc}"])
+    assert "'unsafe-inline'" not in csp and "'unsafe-eval'" not in csp
+
+
 @pytest.mark.parametrize(("name", "kind"), [
     ("app.js", "text/javascript"), ("events.js", "text/javascript"), ("cognito.js", "text/javascript"),
     ("style.css", "text/css"), ("index.html", "text/html"),
@@ -83,7 +111,6 @@ def test_page_files_are_served_with_their_types(gateway: DevGateway, name: str, 
 def test_nothing_outside_the_page_is_served(gateway: DevGateway, path: str) -> None:
     # http.client sends the path as given (urllib would too, but be explicit about no normalisation).
     import http.client
-    from urllib.parse import urlparse
 
     netloc = urlparse(base(gateway)).netloc
     connection = http.client.HTTPConnection(netloc, timeout=5)
