@@ -1,7 +1,7 @@
 // The chat page: sign in, keep conversations in localStorage, stream answers over AppSync Events.
 // Model text is only ever put in the page with textContent.
 
-import { describe, restore, signIn } from "./cognito.js";
+import { Challenge, answerChallenge, describe, restore, signIn } from "./cognito.js";
 import { EventsClient } from "./events.js";
 
 const $ = (id) => document.getElementById(id);
@@ -10,6 +10,7 @@ const ANSWER_TIMEOUT_MS = 90_000;
 const state = {
   config: null,
   session: null,
+  challenge: null, // a Cognito sign-in step in progress (new password, MFA)
   events: null,
   conversations: [], // [{id, title, updatedAt, messages: [{role, text, status, cached, model, error}]}]
   currentId: null,
@@ -424,11 +425,53 @@ function switchTo(id) {
 // -- views ---------------------------------------------------------------------------------------------
 
 function showSignIn() {
+  state.challenge = null;
   $("chat-view").hidden = true;
   $("account").hidden = true;
   $("sign-in-view").hidden = false;
+  $("challenge-form").hidden = true;
+  $("sign-in-form").hidden = false;
   $("connection").textContent = "";
   $("username").focus();
+}
+
+const CHALLENGE_TITLES = {
+  NEW_PASSWORD_REQUIRED: "Choose a new password",
+  MFA_SETUP: "Set up two-step sign-in",
+  SOFTWARE_TOKEN_MFA: "Two-step sign-in",
+};
+
+/** Cognito wants one more step: ask for it in place of the sign-in form. */
+async function showChallenge(challenge) {
+  state.challenge = challenge;
+  $("sign-in-form").hidden = true;
+  $("challenge-form").hidden = false;
+  $("challenge-error").textContent = "";
+  $("challenge-title").textContent = CHALLENGE_TITLES[challenge.name];
+  $("new-password-fields").hidden = challenge.name !== "NEW_PASSWORD_REQUIRED";
+  $("totp-setup").hidden = challenge.name !== "MFA_SETUP";
+  $("code-fields").hidden = challenge.name === "NEW_PASSWORD_REQUIRED";
+  for (const id of ["new-password", "new-password-again", "mfa-code"]) $(id).value = "";
+  if (challenge.name === "MFA_SETUP") {
+    try {
+      const { secret, uri } = await challenge.totpSecret();
+      $("totp-secret").textContent = secret.replace(/(.{4})/g, "$1 ").trim();
+      $("totp-link").href = uri;
+    } catch (err) {
+      $("challenge-error").textContent = describe(err);
+    }
+  }
+  $(challenge.name === "NEW_PASSWORD_REQUIRED" ? "new-password" : "mfa-code").focus();
+}
+
+async function signedInOr(result) {
+  if (result instanceof Challenge) await showChallenge(result);
+  else {
+    state.session = result;
+    state.challenge = null;
+    $("password").value = "";
+    await showChat();
+  }
 }
 
 async function showChat() {
@@ -484,9 +527,7 @@ function wire() {
     const button = e.submitter || $("sign-in-form").querySelector("button");
     button.disabled = true;
     try {
-      state.session = await signIn(state.config, username, password);
-      $("password").value = "";
-      await showChat();
+      await signedInOr(await signIn(state.config, username, password));
     } catch (err) {
       error.textContent = describe(err);
       $("password").focus();
@@ -494,6 +535,48 @@ function wire() {
       button.disabled = false;
     }
   });
+
+  $("challenge-form").addEventListener("submit", async (e) => {
+    e.preventDefault();
+    const challenge = state.challenge;
+    const error = $("challenge-error");
+    if (!challenge) return;
+    const answer = {};
+    if (challenge.name === "NEW_PASSWORD_REQUIRED") {
+      answer.newPassword = $("new-password").value;
+      if (!answer.newPassword || answer.newPassword !== $("new-password-again").value) {
+        error.textContent = "Type the same new password twice.";
+        $("new-password").focus();
+        return;
+      }
+    } else {
+      answer.code = $("mfa-code").value.replace(/\s/g, "");
+      if (!/^\d{6}$/.test(answer.code)) {
+        error.textContent = "Type the 6 digits your authenticator app shows.";
+        $("mfa-code").focus();
+        return;
+      }
+    }
+    error.textContent = "";
+    const button = e.submitter || $("challenge-form").querySelector("button[type=submit]");
+    button.disabled = true;
+    try {
+      await signedInOr(await answerChallenge(challenge, answer));
+    } catch (err) {
+      if (err.type === "NotAuthorizedException") {
+        // Cognito's sign-in sessions last minutes: start over rather than fail forever.
+        showSignIn();
+        $("sign-in-error").textContent = "That sign-in took too long. Sign in again.";
+        return;
+      }
+      error.textContent = describe(err);
+      $(challenge.name === "NEW_PASSWORD_REQUIRED" ? "new-password" : "mfa-code").focus();
+    } finally {
+      button.disabled = false;
+    }
+  });
+
+  $("challenge-cancel").addEventListener("click", () => showSignIn());
 
   $("sign-out").addEventListener("click", () => signOut());
   $("stop").addEventListener("click", stopCurrent);

@@ -152,20 +152,80 @@ function save(tokens) {
   sessionStorage.setItem(STORAGE_KEY, JSON.stringify(tokens));
 }
 
-export async function signIn(config, username, password) {
-  const data = await call(config, "InitiateAuth", {
-    AuthFlow: "USER_PASSWORD_AUTH",
-    ClientId: config.cognito.client_id,
-    AuthParameters: { USERNAME: username, PASSWORD: password },
-  });
+/**
+ * A step Cognito asks for before it hands out tokens: `name` is NEW_PASSWORD_REQUIRED, MFA_SETUP (add a TOTP
+ * authenticator) or SOFTWARE_TOKEN_MFA (type its code). Answer it with `answerChallenge`.
+ */
+export class Challenge {
+  constructor(config, data, username) {
+    this.config = config;
+    this.name = data.ChallengeName;
+    this.session = data.Session;
+    const parameters = data.ChallengeParameters || {};
+    // The pool's own name for the user (a UUID when people sign in by email), which the answers must carry.
+    this.username = parameters.USER_ID_FOR_SRP || parameters.USERNAME || username;
+    this.email = username;
+  }
+
+  /** MFA_SETUP, first step: a new TOTP secret for the user's authenticator app, and its otpauth:// link. */
+  async totpSecret() {
+    const data = await call(this.config, "AssociateSoftwareToken", { Session: this.session });
+    this.session = data.Session || this.session;
+    const label = encodeURIComponent(`AI Gateway:${this.email}`);
+    return { secret: data.SecretCode, uri: `otpauth://totp/${label}?secret=${data.SecretCode}&issuer=AI%20Gateway` };
+  }
+}
+
+export const SUPPORTED_CHALLENGES = ["NEW_PASSWORD_REQUIRED", "MFA_SETUP", "SOFTWARE_TOKEN_MFA"];
+
+function sessionOrChallenge(config, data, username) {
   if (data.ChallengeName) {
-    throw new CognitoError(data.ChallengeName, "This account needs an extra step (" + data.ChallengeName + ") that this page does not support yet.");
+    if (!SUPPORTED_CHALLENGES.includes(data.ChallengeName)) {
+      throw new CognitoError(data.ChallengeName, `This account needs a sign-in step (${data.ChallengeName}) this page does not offer.`);
+    }
+    return new Challenge(config, data, username);
   }
   const tokens = tokensFrom(data.AuthenticationResult);
   save(tokens);
   const session = new Session(config, tokens);
   session.schedule();
   return session;
+}
+
+/** Signs in with a password: a `Session`, or a `Challenge` to answer first. */
+export async function signIn(config, username, password) {
+  const data = await call(config, "InitiateAuth", {
+    AuthFlow: "USER_PASSWORD_AUTH",
+    ClientId: config.cognito.client_id,
+    AuthParameters: { USERNAME: username, PASSWORD: password },
+  });
+  return sessionOrChallenge(config, data, username);
+}
+
+/**
+ * Answers a challenge (`{newPassword}` or `{code}`): a `Session`, or the next `Challenge` (a new password can be
+ * followed by MFA set-up). For MFA_SETUP, call `challenge.totpSecret()` first and pass the app's first code.
+ */
+export async function answerChallenge(challenge, { newPassword, code }) {
+  const { config } = challenge;
+  const responses = { USERNAME: challenge.username };
+  let session = challenge.session;
+  if (challenge.name === "NEW_PASSWORD_REQUIRED") {
+    responses.NEW_PASSWORD = newPassword;
+  } else if (challenge.name === "SOFTWARE_TOKEN_MFA") {
+    responses.SOFTWARE_TOKEN_MFA_CODE = code;
+  } else if (challenge.name === "MFA_SETUP") {
+    const verified = await call(config, "VerifySoftwareToken", { Session: session, UserCode: code, FriendlyDeviceName: "web" });
+    if (verified.Status && verified.Status !== "SUCCESS") throw new CognitoError("CodeMismatchException", "That code did not match.");
+    session = verified.Session || session;
+  }
+  const data = await call(config, "RespondToAuthChallenge", {
+    ChallengeName: challenge.name,
+    ClientId: config.cognito.client_id,
+    Session: session,
+    ChallengeResponses: responses,
+  });
+  return sessionOrChallenge(config, data, challenge.email);
 }
 
 /** The session kept in this tab (sessionStorage), refreshed if needed; null when there is none. */
@@ -201,6 +261,13 @@ export function describe(err) {
       return "This account needs a password reset.";
     case "TooManyRequestsException":
       return "Too many attempts; wait a moment and try again.";
+    case "CodeMismatchException":
+    case "EnableSoftwareTokenMFAException":
+      return "That code did not match. Codes change every 30 seconds: try the current one.";
+    case "ExpiredCodeException":
+      return "That code has expired. Try the current one.";
+    case "InvalidPasswordException":
+      return err.message || "That password does not meet the pool's rules.";
     default:
       return (err && err.message) || "Sign-in failed.";
   }
