@@ -28,6 +28,7 @@ from typing import Any
 import pulumi
 import pulumi_aws as aws
 
+from components._s3 import policy_document, private_bucket
 from components.functions import LOG_RETENTION_DAYS
 from runtime.analytics import ERROR_PREFIX, PARTITION_PREFIX
 from runtime.observability import USAGE_RECORD_FIELDS, USAGE_RECORD_TYPE
@@ -279,16 +280,12 @@ def read_queries(queries_dir: Path) -> list[NamedQuerySource]:
     return queries
 
 
-def _document(*statements: Mapping[str, Any]) -> pulumi.Output[str]:
-    return pulumi.Output.json_dumps({"Version": "2012-10-17", "Statement": list(statements)})
-
-
 def _allow(sid: str, actions: Sequence[str], resources: Any) -> dict[str, Any]:
     return {"Sid": sid, "Effect": "Allow", "Action": sorted(actions), "Resource": resources}
 
 
 def _trust(service: pulumi.Input[str], condition: Mapping[str, Any]) -> pulumi.Output[str]:
-    return _document({
+    return policy_document({
         "Effect": "Allow",
         "Principal": {"Service": service},
         "Action": "sts:AssumeRole",
@@ -404,7 +401,7 @@ class Analytics(pulumi.ComponentResource):
             f"{resource_name}-firehose-policy",
             name=args.role_name("firehose"),
             role=firehose_role.id,
-            policy=_document(
+            policy=policy_document(
                 _allow("DataBucket", ["s3:GetBucketLocation", "s3:ListBucket", "s3:ListBucketMultipartUploads"],
                        [data_arn]),
                 _allow("DataObjects", ["s3:AbortMultipartUpload", "s3:GetObject", "s3:PutObject"],
@@ -493,7 +490,7 @@ class Analytics(pulumi.ComponentResource):
             f"{resource_name}-logs-policy",
             name=args.role_name("usage-logs"),
             role=logs_role.id,
-            policy=_document(_allow("Deliver", ["firehose:PutRecord", "firehose:PutRecordBatch"], [stream_arn])),
+            policy=policy_document(_allow("Deliver", ["firehose:PutRecord", "firehose:PutRecordBatch"], [stream_arn])),
             opts=child,
         )
         for i, log_group in enumerate(args.log_group_names):
@@ -575,52 +572,12 @@ class Analytics(pulumi.ComponentResource):
         """A private, encrypted, TLS-only bucket whose objects expire; returns it and its ARN."""
         resource_name = f"{self._resource_name}-{purpose}"
         child = pulumi.ResourceOptions(parent=self)
-        bucket = aws.s3.Bucket(
-            f"{resource_name}-bucket", bucket=bucket_name, force_destroy=force_destroy, tags=self._tags, opts=child
+        private = private_bucket(
+            resource_name, bucket_name=bucket_name, partition=self._partition, force_destroy=force_destroy,
+            tags=self._tags, parent=self,
         )
-        arn = pulumi.Output.format("arn:{0}:s3:::{1}", self._partition, bucket.bucket)
-        aws.s3.BucketServerSideEncryptionConfiguration(
-            f"{resource_name}-sse",
-            bucket=bucket.id,
-            rules=[
-                aws.s3.BucketServerSideEncryptionConfigurationRuleArgs(
-                    apply_server_side_encryption_by_default=(
-                        aws.s3.BucketServerSideEncryptionConfigurationRuleApplyServerSideEncryptionByDefaultArgs(
-                            sse_algorithm="AES256"
-                        )
-                    ),
-                )
-            ],
-            opts=child,
-        )
-        block = aws.s3.BucketPublicAccessBlock(
-            f"{resource_name}-public-access",
-            bucket=bucket.id,
-            block_public_acls=True,
-            block_public_policy=True,
-            ignore_public_acls=True,
-            restrict_public_buckets=True,
-            opts=child,
-        )
-        aws.s3.BucketOwnershipControls(
-            f"{resource_name}-ownership",
-            bucket=bucket.id,
-            rule=aws.s3.BucketOwnershipControlsRuleArgs(object_ownership="BucketOwnerEnforced"),
-            opts=child,
-        )
-        aws.s3.BucketPolicy(
-            f"{resource_name}-tls-only",
-            bucket=bucket.id,
-            policy=_document({
-                "Sid": "DenyInsecureTransport",
-                "Effect": "Deny",
-                "Principal": "*",
-                "Action": "s3:*",
-                "Resource": [arn, pulumi.Output.concat(arn, "/*")],
-                "Condition": {"Bool": {"aws:SecureTransport": "false"}},
-            }),
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[block]),
-        )  # fmt: skip
+        bucket, arn = private.bucket, private.arn
+        private.policy(parent=self, suffix="tls-only")
         aws.s3.BucketLifecycleConfiguration(
             f"{resource_name}-lifecycle",
             bucket=bucket.id,
@@ -663,7 +620,7 @@ class Analytics(pulumi.ComponentResource):
         role = aws.iam.Role(
             f"{prefix}-role",
             name=args.role_name("usage-processor"),
-            assume_role_policy=_document({
+            assume_role_policy=policy_document({
                 "Effect": "Allow",
                 "Principal": {"Service": "lambda.amazonaws.com"},
                 "Action": "sts:AssumeRole",
@@ -678,7 +635,7 @@ class Analytics(pulumi.ComponentResource):
             f"{prefix}-policy",
             name=name,
             role=role.id,
-            policy=_document(
+            policy=policy_document(
                 _allow("Logs", ["logs:CreateLogStream", "logs:PutLogEvents"],
                        [log_arn, pulumi.Output.concat(log_arn, ":*")])
             ),

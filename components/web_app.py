@@ -32,6 +32,7 @@ from urllib.parse import urlsplit
 import pulumi
 import pulumi_aws as aws
 
+from components._s3 import private_bucket
 from components.settings import StackSettings
 
 __all__ = [
@@ -395,10 +396,6 @@ class WebAppArgs:
         return f"{self.name}-web-headers"  # unique per account, like the OAC name
 
 
-def _document(*statements: Mapping[str, Any]) -> pulumi.Output[str]:
-    return pulumi.Output.json_dumps({"Version": "2012-10-17", "Statement": list(statements)})
-
-
 def _headers_policy_config(headers: Mapping[str, str]) -> aws.cloudfront.ResponseHeadersPolicySecurityHeadersConfigArgs:
     policy = cloudfront_headers(headers)
     return aws.cloudfront.ResponseHeadersPolicySecurityHeadersConfigArgs(
@@ -452,43 +449,16 @@ class WebApp(pulumi.ComponentResource):
         account = aws.get_caller_identity_output(opts=invoke).account_id
 
         # --- The bucket: private, encrypted, owner-enforced (as Analytics' buckets) ---
-        bucket = aws.s3.Bucket(
-            f"{resource_name}-bucket",
-            bucket=account.apply(args.bucket_name),
+        # SSE-S3: CloudFront's OAC reads it without KMS grants.
+        private = private_bucket(
+            resource_name,
+            bucket_name=account.apply(args.bucket_name),
+            partition=partition,
             force_destroy=True,  # nothing but redeployable copies of web/ lives here
             tags=tags,
-            opts=child,
+            parent=self,
         )
-        bucket_arn = pulumi.Output.format("arn:{0}:s3:::{1}", partition, bucket.bucket)
-        aws.s3.BucketServerSideEncryptionConfiguration(
-            f"{resource_name}-sse",
-            bucket=bucket.id,
-            rules=[
-                aws.s3.BucketServerSideEncryptionConfigurationRuleArgs(
-                    apply_server_side_encryption_by_default=(
-                        aws.s3.BucketServerSideEncryptionConfigurationRuleApplyServerSideEncryptionByDefaultArgs(
-                            sse_algorithm="AES256"  # SSE-S3: CloudFront's OAC reads it without KMS grants
-                        )
-                    ),
-                )
-            ],
-            opts=child,
-        )
-        block = aws.s3.BucketPublicAccessBlock(
-            f"{resource_name}-public-access",
-            bucket=bucket.id,
-            block_public_acls=True,
-            block_public_policy=True,
-            ignore_public_acls=True,
-            restrict_public_buckets=True,
-            opts=child,
-        )
-        aws.s3.BucketOwnershipControls(
-            f"{resource_name}-ownership",
-            bucket=bucket.id,
-            rule=aws.s3.BucketOwnershipControlsRuleArgs(object_ownership="BucketOwnerEnforced"),
-            opts=child,
-        )
+        bucket, bucket_arn = private.bucket, private.arn
 
         # --- What the page may connect to, and the headers every response carries ---
         cognito_endpoint = args.cognito_endpoint or cognito_idp_endpoint(args.region)
@@ -572,28 +542,16 @@ class WebApp(pulumi.ComponentResource):
         )
 
         # --- Only this distribution reads the bucket, only over TLS ---
-        aws.s3.BucketPolicy(
-            f"{resource_name}-policy",
-            bucket=bucket.id,
-            policy=_document(
-                {
-                    "Sid": "DenyInsecureTransport",
-                    "Effect": "Deny",
-                    "Principal": "*",
-                    "Action": "s3:*",
-                    "Resource": [bucket_arn, pulumi.Output.concat(bucket_arn, "/*")],
-                    "Condition": {"Bool": {"aws:SecureTransport": "false"}},
-                },
-                {
-                    "Sid": "AllowCloudFrontRead",
-                    "Effect": "Allow",
-                    "Principal": {"Service": "cloudfront.amazonaws.com"},
-                    "Action": "s3:GetObject",
-                    "Resource": pulumi.Output.concat(bucket_arn, "/*"),
-                    "Condition": {"StringEquals": {"AWS:SourceArn": distribution.arn}},
-                },
-            ),
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[block]),
+        private.policy(
+            {
+                "Sid": "AllowCloudFrontRead",
+                "Effect": "Allow",
+                "Principal": {"Service": "cloudfront.amazonaws.com"},
+                "Action": "s3:GetObject",
+                "Resource": pulumi.Output.concat(bucket_arn, "/*"),
+                "Condition": {"StringEquals": {"AWS:SourceArn": distribution.arn}},
+            },
+            parent=self,
         )
 
         # --- The files, and the stack's config.json ---
