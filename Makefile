@@ -25,8 +25,12 @@ dev: $(STAMP)
 browser:
 	@.ci/ensure-chromium
 
+# Two workers (this project's machines have two cores); a file's tests stay on one worker, so module-scoped
+# gateways start once. `make test PYTEST_WORKERS=0` runs in one process.
+PYTEST_WORKERS ?= 2
+
 test: $(STAMP) lint browser
-	HYPOTHESIS_PROFILE=ci $(BIN)/python -m pytest
+	HYPOTHESIS_PROFILE=ci $(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.metering
