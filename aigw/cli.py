@@ -94,6 +94,7 @@ def dev(
     info = gateway.info
     console.print(f"[bold]ai-gateway dev[/bold] — settings from {stack_file}, endpoints in {path}")
     for label, value in (
+        *((("web page", info["web"]),) if info.get("web") else ()),
         ("HTTP", info["http"]),
         ("WebSocket", info["realtime"]),
         ("Cognito", f"{info['cognito']['endpoint']} pool {info['cognito']['user_pool_id']} "

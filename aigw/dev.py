@@ -236,6 +236,8 @@ class DevGateway:
             "lambda": lambdas.endpoint_url,
             "worker_function": worker_name,
             "analytics": str(self.analytics_dir) if self.analytics_dir is not None else None,
+            # The chat page, served by the events server next to the API.
+            "web": http_url.removesuffix("/event") + "/" if WEB_DIR.is_dir() else None,
         }
         if local_tls is not None:
             self.info["tls"] = {"ca_file": str(local_tls.ca_file)}

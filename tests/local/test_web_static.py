@@ -56,6 +56,12 @@ def test_the_page_has_landmarks_and_labelled_inputs(gateway: DevGateway) -> None
         assert f'<label for="{input_id}"' in html, input_id
 
 
+def test_dev_json_names_the_page_and_the_page_is_there(gateway: DevGateway) -> None:
+    assert gateway.info["web"] == base(gateway) + "/"
+    status, content_type, _ = get(gateway.info["web"])
+    assert status == 200 and content_type.startswith("text/html")
+
+
 def test_config_json_names_the_gateway_endpoints(gateway: DevGateway) -> None:
     status, content_type, body = get(base(gateway) + "/config.json")
     assert status == 200 and content_type.startswith("application/json")
