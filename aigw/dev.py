@@ -108,6 +108,8 @@ class DevGateway:
     usage_sink: UsageSink | None = None
     """Started by `start()`, closed (the rest flushed) by `stop()`; `offer` it the runtime's log lines."""
     info: dict[str, Any] = field(default_factory=dict)
+    bedrock: BedrockEmulator | None = None
+    """The Bedrock emulator, once started (tests queue faults with `bedrock.inject_fault`)."""
     events: ServerThread | None = None
     """The AppSync Events server's thread, once started (`events.call(events.server.close_connections())`)."""
     _stack: list[Any] = field(default_factory=list)
@@ -159,6 +161,7 @@ class DevGateway:
             port=self.ports.bedrock, pacing_s=self.pacing_s, upstream_openai=self.upstream_openai
         ).start()
         self._stack.append(bedrock)
+        self.bedrock = bedrock
         os.environ["AWS_ENDPOINT_URL_BEDROCK_RUNTIME"] = bedrock.endpoint_url
 
         from runtime import handlers  # imported once the environment is in place

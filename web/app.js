@@ -310,6 +310,7 @@ function historyFor(conversation) {
 }
 
 async function send(text) {
+  clearNotice(); // the last problem is history once the user tries again (a countdown blocks sending anyway)
   const conversation = current() || newConversation();
   const model = $("model").value;
   localStorage.setItem("aigw.model", model);

@@ -677,3 +677,25 @@ def test_first_sign_in_new_password_then_authenticator_set_up_then_codes(
     tab.send("Signed in with two steps")
     assert tab.wait_settled().locator(".meta").inner_text() == FREE_MODEL
     assert tab.problems == []
+
+
+def test_a_model_failure_mid_answer_keeps_the_text_and_says_what_happened(
+    open_page: Any, users: Users, gateway: DevGateway
+) -> None:
+    email, _ = users.new("free")
+    tab = open_page()
+    tab.sign_in(email)
+    assert gateway.bedrock is not None
+    gateway.bedrock.inject_fault("mid_stream", after_deltas=3)
+    question = "Tell me something long"
+    tab.send(question)
+    answer = tab.wait_settled()
+    assert answer.locator(".meta").inner_text().endswith("The model failed to answer. Try again.")
+    shown = answer.locator(".text").inner_text()
+    assert shown and expected_answer(question).startswith(shown)  # what arrived stays, nothing invented
+    assert "error" in (answer.get_attribute("class") or "")
+    expect(tab.page.locator("#notice")).to_have_text("The model failed to answer. Try again.")
+    # The failed exchange is not sent back as history: the next question is answered as a first one.
+    tab.send("Try again")
+    assert tab.wait_settled().locator(".text").inner_text() == expected_answer("Try again")
+    assert tab.page.locator("#notice").is_hidden()
