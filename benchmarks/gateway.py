@@ -791,7 +791,7 @@ def contention(recs: list[Rec], invoke_hops: list[float]) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------- main
 
 
-class _CountingSink:
+class CountingSink:
     """Where the runtime's JSON logs and EMF metrics go during the run (stdout carries the report)."""
 
     encoding = "utf-8"
@@ -825,7 +825,7 @@ def machine() -> dict[str, Any]:
 
 
 async def measure(
-    info: dict[str, Any], args: argparse.Namespace, tracer: Tracer | None, sink: _CountingSink | None
+    info: dict[str, Any], args: argparse.Namespace, tracer: Tracer | None, sink: CountingSink | None
 ) -> dict[str, Any]:
     c = info["cognito"]
     endpoints = Endpoints(
@@ -922,7 +922,7 @@ def main() -> None:
         settings = StackSettings.from_stack_file(args.stack_file)
         tracer = Tracer()
         tracer.install_static()
-        sink = _CountingSink()
+        sink = CountingSink()
         started = time.perf_counter()
         try:
             with contextlib.redirect_stdout(sink), running(settings, ports=Ports(0, 0, 0, 0), pacing_s=0.0) as gw:
