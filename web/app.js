@@ -1,8 +1,10 @@
 // The chat page: sign in, keep conversations in localStorage, stream answers over AppSync Events.
-// Model text is only ever put in the page with textContent.
+// Text only ever enters the page as text nodes: the user's as typed, the model's through markdown.js, which
+// builds elements itself and never parses HTML.
 
 import { Challenge, answerChallenge, describe, restore, signIn } from "./cognito.js";
 import { EventsClient } from "./events.js";
+import { renderMarkdown } from "./markdown.js";
 
 const $ = (id) => document.getElementById(id);
 const ANSWER_TIMEOUT_MS = 90_000;
@@ -143,12 +145,18 @@ function messageNode(message) {
   item.className = `message ${message.role}`;
   const text = document.createElement("span");
   text.className = "text";
-  text.textContent = message.text || "";
+  showText(text, message);
   const meta = document.createElement("span");
   meta.className = "meta";
   item.append(text, meta);
   renderMeta(message, item, meta);
   return { node: item, textNode: text, metaNode: meta };
+}
+
+/** A message's text: the user's as typed, the model's as (a safe subset of) Markdown. */
+function showText(node, message) {
+  if (message.role === "assistant") node.replaceChildren(renderMarkdown(message.text || ""));
+  else node.textContent = message.text || "";
 }
 
 function renderMeta(message, node, meta) {
@@ -391,7 +399,7 @@ function onAnswerEvent(event) {
       break;
     case "delta":
       message.text += event.text || "";
-      if (pending.textNode) pending.textNode.textContent = message.text;
+      if (pending.textNode) showText(pending.textNode, message);
       break;
     case "end":
       message.cached = Boolean(event.cached) || message.cached;

@@ -27,6 +27,8 @@ import boto3
 import pytest
 from cryptography.hazmat.primitives.hashes import SHA1
 from cryptography.hazmat.primitives.twofactor.totp import TOTP
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from aigw.dev import DevGateway, Ports, running
 from aigw.emulators.bedrock import default_answer
@@ -699,3 +701,87 @@ def test_a_model_failure_mid_answer_keeps_the_text_and_says_what_happened(
     tab.send("Try again")
     assert tab.wait_settled().locator(".text").inner_text() == expected_answer("Try again")
     assert tab.page.locator("#notice").is_hidden()
+
+
+# -- Markdown: what models write, never markup
+
+ALLOWED_MARKUP = {
+    "P": set(), "H3": set(), "H4": set(), "H5": set(), "H6": set(), "PRE": set(), "CODE": {"data-language"},
+    "UL": set(), "OL": {"start"}, "LI": set(), "STRONG": set(), "EM": set(), "A": {"href", "rel", "target"},
+}
+RENDER = """(text) => import('./markdown.js').then(({ renderMarkdown }) => {
+    const box = document.createElement('div');
+    box.append(renderMarkdown(text));
+    return {
+        text: box.textContent,
+        elements: [...box.querySelectorAll('*')].map((e) => [e.tagName, e.getAttributeNames(), e.getAttribute('href')]),
+    };
+})"""
+
+
+@pytest.fixture(scope="module")
+def blank_page(browser: Any, gateway: DevGateway) -> Iterator[Any]:
+    context = browser.new_context()
+    page = context.new_page()
+    page.goto(gateway.info["web"])
+    yield page
+    context.close()
+
+
+# Markdown's constructs around text full of HTML and Markdown metacharacters, strung together.
+_atoms = st.sampled_from([*"ab <>&\"'`*_#-+[]()!:/.1 ", "<script>", "<img src=x onerror=alert(1)>", "</p>", "&lt;",
+                          "<b>", "**", "](", "http://x.y"])
+_inner = st.lists(_atoms, max_size=8).map("".join)
+markdownish = st.lists(
+    st.one_of(
+        _atoms,
+        st.sampled_from(["\n", "\n\n", "\n- ", "\n1. ", "\n## ", "\n```\n", "\n  "]),
+        st.tuples(st.sampled_from(["`", "**", "*", "_", "__"]), _inner).map(lambda t: t[0] + t[1] + t[0]),
+        st.tuples(_inner, st.sampled_from(["http://x.y/", "https://a.b/c?d=<e>", "javascript:alert(1)",
+                                           "data:text/html,<b>x</b>"])).map(lambda t: f"[{t[0]}]({t[1]})"),
+        _inner.map(lambda code: f"```js\n{code}\n```"),
+    ),
+    max_size=12,
+).map("".join)
+
+
+@settings(max_examples=150, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(markdownish)
+def test_markdown_never_makes_markup_of_the_text(blank_page: Any, text: str) -> None:
+    rendered = blank_page.evaluate(RENDER, text)
+    for tag, attributes, href in rendered["elements"]:
+        assert tag in ALLOWED_MARKUP and set(attributes) <= ALLOWED_MARKUP[tag], (tag, attributes)
+        if tag == "A":
+            assert href.startswith(("http://", "https://")), href
+    # Markdown only ever consumes its own punctuation: every '<', '>' and '&' is still there, as text.
+    for char in "<>&":
+        assert rendered["text"].count(char) == text.count(char), char
+
+
+def test_a_markdown_answer_is_formatted_and_stays_safe(
+    open_page: Any, users: Users, gateway: DevGateway
+) -> None:
+    c = gateway.info["cognito"]
+    dynamodb = boto3.client("dynamodb", region_name=gateway.info["region"], endpoint_url=c["endpoint"])
+    cache = AnswerCache(gateway.info["tables"]["cache"], client=dynamodb, namespace=SETTINGS.cache_namespace)
+    prepared = (
+        "## Setting up\n\nRun **two** commands, *in order*:\n\n1. `make dev`\n2. `make test`\n\n"
+        "```sh\nmake dev  # <b>not bold</b>\n```\n\nSee [the docs](https://example.com/docs) - not "
+        "[this](javascript:alert(1)) or <img src=x onerror=\"window.injected=1\">."
+    )
+    cache.put("How do I start?", FREE_MODEL, prepared)
+    email, _ = users.new("free")
+    tab = open_page()
+    tab.sign_in(email)
+    tab.send("How do I start?")
+    text = tab.wait_settled().locator(".text")
+    assert text.locator("h4").inner_text() == "Setting up"
+    assert text.locator("strong").inner_text() == "two" and text.locator("em").inner_text() == "in order"
+    assert text.locator("ol > li").all_inner_texts() == ["make dev", "make test"]
+    assert text.locator("pre code").inner_text() == "make dev  # <b>not bold</b>"
+    link = text.get_by_role("link", name="the docs")
+    assert link.get_attribute("href") == "https://example.com/docs" and "noopener" in (link.get_attribute("rel") or "")
+    assert text.locator("a").count() == 1  # the javascript: one stays text
+    assert text.locator("img, b, script").count() == 0
+    assert "[this](javascript:alert(1))" in text.inner_text()
+    assert tab.page.evaluate("window.injected") is None

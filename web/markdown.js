@@ -1,0 +1,125 @@
+// The Markdown that models write, rendered as DOM nodes — never as an HTML string, so nothing in an answer can
+// become markup. A deliberate subset: paragraphs, headings, fenced code, inline code, bold, italic, bullet and
+// numbered lists, and links to http(s) addresses only. Anything else stays as the text it was.
+// It is re-run on the whole text as an answer streams in; an unclosed fence renders as code until it closes.
+
+const FENCE = /^\s*(```|~~~)\s*([\w+.#-]*)\s*$/;
+const HEADING = /^(#{1,4})\s+(.*)$/;
+const BULLET = /^\s*[-*+]\s+(.*)$/;
+const NUMBERED = /^\s*(\d{1,9})[.)]\s+(.*)$/;
+// Inline constructs, tried together; the earliest match wins (code first at equal positions: its content is literal).
+const INLINE = [
+  ["code", /`([^`\n]+)`/],
+  ["link", /\[([^\]\n]+)\]\((https?:\/\/[^\s)]+)\)/],
+  ["strong", /\*\*(?=\S)([^\n]*?\S)\*\*|__(?=\S)([^\n]*?\S)__/],
+  ["em", /\*(?=[^\s*])([^*\n]*?[^\s*])\*|(?<![\w])_(?=[^\s_])([^_\n]*?[^\s_])_(?![\w])/],
+];
+
+function el(tag, children = []) {
+  const node = document.createElement(tag);
+  node.append(...children);
+  return node;
+}
+
+/** Inline Markdown of one block's text, as nodes. */
+export function inline(text) {
+  const nodes = [];
+  let rest = text;
+  while (rest) {
+    let best = null;
+    for (const [kind, pattern] of INLINE) {
+      const match = pattern.exec(rest);
+      if (match && (best === null || match.index < best.match.index)) best = { kind, match };
+    }
+    if (best === null) {
+      nodes.push(document.createTextNode(rest));
+      break;
+    }
+    const { kind, match } = best;
+    if (match.index > 0) nodes.push(document.createTextNode(rest.slice(0, match.index)));
+    const inner = match[1] ?? match[2];
+    if (kind === "code") {
+      nodes.push(el("code", [document.createTextNode(inner)]));
+    } else if (kind === "link") {
+      const a = el("a", inline(inner));
+      a.href = match[2];
+      a.rel = "noopener noreferrer nofollow";
+      a.target = "_blank";
+      nodes.push(a);
+    } else {
+      nodes.push(el(kind, inline(inner)));
+    }
+    rest = rest.slice(match.index + match[0].length);
+  }
+  return nodes;
+}
+
+/** `text` as a fragment of block nodes (p, h3-h6, pre>code, ul/ol>li). */
+export function renderMarkdown(text) {
+  const fragment = document.createDocumentFragment();
+  const lines = String(text).split("\n");
+  let paragraph = [];
+  let list = null; // {node, ordered}
+
+  const endParagraph = () => {
+    if (paragraph.length) fragment.append(el("p", inline(paragraph.join("\n"))));
+    paragraph = [];
+  };
+  const endList = () => {
+    list = null;
+  };
+
+  for (let i = 0; i < lines.length; i += 1) {
+    const line = lines[i];
+    const fence = FENCE.exec(line);
+    if (fence) {
+      endParagraph();
+      endList();
+      const body = [];
+      let j = i + 1;
+      while (j < lines.length && !(FENCE.exec(lines[j]) && lines[j].trim().startsWith(fence[1]))) {
+        body.push(lines[j]);
+        j += 1;
+      }
+      const code = el("code", [document.createTextNode(body.join("\n"))]);
+      if (fence[2]) code.dataset.language = fence[2];
+      fragment.append(el("pre", [code]));
+      i = j; // the closing fence (or the end, while it streams)
+      continue;
+    }
+    if (!line.trim()) {
+      endParagraph();
+      endList();
+      continue;
+    }
+    const heading = HEADING.exec(line);
+    if (heading) {
+      endParagraph();
+      endList();
+      fragment.append(el(`h${heading[1].length + 2}`, inline(heading[2])));
+      continue;
+    }
+    const bullet = BULLET.exec(line);
+    const numbered = bullet ? null : NUMBERED.exec(line);
+    if (bullet || numbered) {
+      endParagraph();
+      const ordered = Boolean(numbered);
+      if (!list || list.ordered !== ordered) {
+        list = { node: el(ordered ? "ol" : "ul"), ordered };
+        if (ordered && numbered[1] !== "1") list.node.start = Number(numbered[1]);
+        fragment.append(list.node);
+      }
+      list.node.append(el("li", inline(bullet ? bullet[1] : numbered[2])));
+      continue;
+    }
+    if (list && /^\s{2,}\S/.test(line)) {
+      // A continuation of the last item.
+      list.node.lastChild.append(document.createTextNode("\n"), ...inline(line.trim()));
+      continue;
+    }
+    endList();
+    paragraph.push(line);
+  }
+  endParagraph();
+  return fragment;
+}
