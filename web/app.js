@@ -105,7 +105,11 @@ function startRename(item, conversation) {
       saveConversations();
     }
     renderConversationList();
-    renderMessages();
+    if (conversation.id === state.currentId) $("conversation-title").textContent = conversation.title;
+    // The input is gone: keep the keyboard where it was, on this conversation's entry.
+    const index = state.conversations.indexOf(conversation);
+    const entry = $("conversation-list").querySelectorAll(".title")[index];
+    if (entry) entry.focus();
   };
   input.addEventListener("keydown", (e) => {
     if (e.key === "Enter") {
@@ -116,7 +120,9 @@ function startRename(item, conversation) {
       end(false);
     }
   });
-  input.addEventListener("blur", () => end(true));
+  input.addEventListener("blur", () => {
+    if (!done) end(true);
+  });
   item.replaceChildren(input);
   input.focus();
   input.select();
@@ -143,7 +149,7 @@ function deleteConversation(id) {
 function messageNode(message) {
   const item = document.createElement("li");
   item.className = `message ${message.role}`;
-  const text = document.createElement("span");
+  const text = document.createElement("div");
   text.className = "text";
   showText(text, message);
   const meta = document.createElement("span");
@@ -151,6 +157,15 @@ function messageNode(message) {
   item.append(text, meta);
   renderMeta(message, item, meta);
   return { node: item, textNode: text, metaNode: meta };
+}
+
+/** Renders a streaming answer's text at most once per frame, however many deltas arrive in between. */
+function scheduleText(pending) {
+  if (pending.frame) return;
+  pending.frame = requestAnimationFrame(() => {
+    pending.frame = 0;
+    if (pending.textNode) showText(pending.textNode, pending.message);
+  });
 }
 
 /** A message's text: the user's as typed, the model's as (a safe subset of) Markdown. */
@@ -196,6 +211,7 @@ function renderMessages() {
     }
   }
   list.scrollTop = list.scrollHeight;
+  updateStop();
 }
 
 function setBudget(remaining) {
@@ -257,13 +273,17 @@ function rateLimited(seconds) {
   const el = $("notice");
   el.hidden = false;
   $("send").disabled = true;
+  // Announced once; the seconds then count down in a part screen readers are not told about every second.
+  const counter = document.createElement("span");
+  counter.setAttribute("aria-live", "off");
+  el.replaceChildren("You're sending faster than your plan allows. You can send again in ", counter, " s.");
   const tick = () => {
     const left = Math.ceil((until - Date.now()) / 1000);
     if (left <= 0) {
       clearNotice();
       return;
     }
-    el.textContent = `You're sending faster than your plan allows. You can send again in ${left} s.`;
+    counter.textContent = String(left);
   };
   tick();
   state.countdown = setInterval(tick, 1000);
@@ -283,7 +303,7 @@ function humanError(event) {
     case "forbidden":
       return "Not allowed.";
     case "model_not_allowed":
-      return "Your plan does not include that model. Pick another one or leave the model empty.";
+      return "Your plan does not include that model. Pick another one, or Default.";
     case "model_throttled":
       return "The model is busy right now. Try again in a moment.";
     case "model_error":
@@ -330,14 +350,14 @@ async function send(text) {
   conversation.messages.push(question, answer);
   conversation.updatedAt = Date.now();
   state.pending.set(requestId, { message: answer, conversationId: conversation.id, stopped: false });
-  updateStop();
   renderConversationList();
   renderMessages();
-  const list = $("messages");
-  list.setAttribute("aria-busy", "true");
 
   const pending = state.pending.get(requestId);
-  pending.timer = setTimeout(() => finish(requestId, "error", "No answer arrived in time."), ANSWER_TIMEOUT_MS);
+  pending.timer = setTimeout(() => {
+    if (pending.stopped) finish(requestId, "stopped");
+    else finish(requestId, "error", "No answer arrived in time.");
+  }, ANSWER_TIMEOUT_MS);
   try {
     await ensureSubscribed(conversation.id);
     const request = { requestId, conversationId: conversation.id, messages };
@@ -353,11 +373,12 @@ function finish(requestId, status, error) {
   const pending = state.pending.get(requestId);
   if (!pending) return;
   clearTimeout(pending.timer);
+  if (pending.frame) cancelAnimationFrame(pending.frame);
+  if (pending.textNode && !pending.stopped) showText(pending.textNode, pending.message);
   state.pending.delete(requestId);
   pending.message.status = status;
   if (error) pending.message.error = error;
   if (pending.node) renderMeta(pending.message, pending.node, pending.metaNode);
-  if (state.pending.size === 0) $("messages").setAttribute("aria-busy", "false");
   updateStop();
   saveConversations();
 }
@@ -367,6 +388,9 @@ function finish(requestId, status, error) {
 function stopCurrent() {
   for (const [, p] of state.pending) {
     if (p.conversationId !== state.currentId || p.stopped) continue;
+    if (p.frame) cancelAnimationFrame(p.frame);
+    p.frame = 0;
+    if (p.textNode) showText(p.textNode, p.message); // what had arrived, and no more
     p.stopped = true;
     p.message.status = "stopped";
     if (p.node) renderMeta(p.message, p.node, p.metaNode);
@@ -376,9 +400,14 @@ function stopCurrent() {
   $("prompt").focus();
 }
 
+/** Stop, and the message list's aria-busy, follow whether the current conversation has an answer streaming. */
 function updateStop() {
   const streaming = [...state.pending.values()].some((p) => p.conversationId === state.currentId && !p.stopped);
-  $("stop").hidden = !streaming;
+  const stop = $("stop");
+  // A keyboard user on Stop when it goes away continues in the message box, not on <body>.
+  if (!streaming && document.activeElement === stop) $("prompt").focus();
+  stop.hidden = !streaming;
+  $("messages").setAttribute("aria-busy", String(streaming));
 }
 
 function onAnswerEvent(event) {
@@ -399,7 +428,7 @@ function onAnswerEvent(event) {
       break;
     case "delta":
       message.text += event.text || "";
-      if (pending.textNode) showText(pending.textNode, message);
+      scheduleText(pending);
       break;
     case "end":
       message.cached = Boolean(event.cached) || message.cached;
@@ -427,7 +456,6 @@ function switchTo(id) {
   saveConversations();
   renderConversationList();
   renderMessages();
-  updateStop();
   $("conversation-title").focus();
 }
 
@@ -461,6 +489,9 @@ async function showChallenge(challenge) {
   $("totp-setup").hidden = challenge.name !== "MFA_SETUP";
   $("code-fields").hidden = challenge.name === "NEW_PASSWORD_REQUIRED";
   for (const id of ["new-password", "new-password-again", "mfa-code"]) $(id).value = "";
+  // While setting up, the code field is described by the key it comes from (announced on focus).
+  if (challenge.name === "MFA_SETUP") $("mfa-code").setAttribute("aria-describedby", "totp-setup");
+  else $("mfa-code").removeAttribute("aria-describedby");
   if (challenge.name === "MFA_SETUP") {
     try {
       const { secret, uri } = await challenge.totpSecret();
@@ -594,7 +625,6 @@ function wire() {
     newConversation();
     renderConversationList();
     renderMessages();
-    updateStop();
     $("prompt").focus();
   });
 

@@ -405,6 +405,7 @@ def test_conversations_can_be_created_switched_renamed_and_deleted(open_page: An
     name.fill("Renamed topic")
     name.press("Enter")
     assert titles.all_inner_texts() == ["Second topic", "Renamed topic"]
+    expect(titles.nth(1)).to_be_focused()  # the keyboard stays on the entry it renamed
     assert page.locator("#conversation-title").inner_text() == "Renamed topic"
 
     page.once("dialog", lambda dialog: dialog.accept())
@@ -437,7 +438,7 @@ def test_stop_leaves_the_partial_answer_and_the_budget_still_updates(
     assert expected_answer(LONG_QUESTION + " Take your time.").startswith(shown)
 
 
-def test_keyboard_only_sign_in_and_send(open_page: Any, users: Users) -> None:
+def test_keyboard_only_sign_in_and_send(open_page: Any, users: Users, gateway: DevGateway) -> None:
     email, _ = users.new("free")
     tab = open_page()
     page = tab.page
@@ -452,6 +453,23 @@ def test_keyboard_only_sign_in_and_send(open_page: Any, users: Users) -> None:
     page.keyboard.press("Enter")
     tab.wait_settled()
     assert tab.answers().count() == 1
+
+    # On Stop when the answer ends (and Stop goes away), the keyboard lands back in the message box.
+    assert gateway.bedrock is not None
+    gateway.bedrock.pacing_s = 0.1  # a slow answer: time to reach Stop before it ends
+    try:
+        page.keyboard.type("A slow one, please")
+        page.keyboard.press("Enter")
+        stop = page.get_by_role("button", name="Stop")
+        stop.wait_for(state="visible")
+        page.keyboard.press("Tab")  # from the message box to the model picker...
+        page.keyboard.press("Tab")  # ...and on to Stop
+        expect(stop).to_be_focused()
+        tab.wait_settled()
+    finally:
+        gateway.bedrock.pacing_s = 0.01
+    expect(stop).to_be_hidden()
+    expect(page.locator("#prompt")).to_be_focused()
 
 
 def test_dark_mode_follows_the_system(open_page: Any, users: Users) -> None:
