@@ -4,14 +4,16 @@
 // It is re-run on the whole text as an answer streams in; an unclosed fence renders as code until it closes.
 
 const FENCE = /^\s*(```|~~~)\s*([\w+.#-]*)\s*$/;
+const closes = (line, fence) => line.trim() === fence; // a closing fence carries no language
 const HEADING = /^(#{1,4})\s+(.*)$/;
 const BULLET = /^\s*[-*+]\s+(.*)$/;
 const NUMBERED = /^\s*(\d{1,9})[.)]\s+(.*)$/;
 // Inline constructs, tried together; the earliest match wins (code first at equal positions: its content is literal).
 const INLINE = [
   ["code", /`([^`\n]+)`/],
-  ["link", /\[([^\]\n]+)\]\((https?:\/\/[^\s)]+)\)/],
-  ["strong", /\*\*(?=\S)([^\n]*?\S)\*\*|__(?=\S)([^\n]*?\S)__/],
+  // A URL may hold balanced parentheses (Wikipedia's do): one level.
+  ["link", /\[([^\]\n]+)\]\((https?:\/\/(?:[^\s()]|\([^\s()]*\))+)\)/],
+  ["strong", /\*\*(?=\S)([^\n]*?\S)\*\*|(?<![\w])__(?=\S)([^\n]*?\S)__(?![\w])/],
   ["em", /\*(?=[^\s*])([^*\n]*?[^\s*])\*|(?<![\w])_(?=[^\s_])([^_\n]*?[^\s_])_(?![\w])/],
 ];
 
@@ -77,7 +79,7 @@ export function renderMarkdown(text) {
       endList();
       const body = [];
       let j = i + 1;
-      while (j < lines.length && !(FENCE.exec(lines[j]) && lines[j].trim().startsWith(fence[1]))) {
+      while (j < lines.length && !closes(lines[j], fence[1])) {
         body.push(lines[j]);
         j += 1;
       }
@@ -89,7 +91,12 @@ export function renderMarkdown(text) {
     }
     if (!line.trim()) {
       endParagraph();
-      endList();
+      // A blank line ends a list unless the next item continues it (a "loose" list, as models often write).
+      let next = i + 1;
+      while (next < lines.length && !lines[next].trim()) next += 1;
+      const following = next < lines.length ? lines[next] : "";
+      const sameKind = list && (list.ordered ? NUMBERED.test(following) : BULLET.test(following));
+      if (!sameKind) endList();
       continue;
     }
     const heading = HEADING.exec(line);
