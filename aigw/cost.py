@@ -558,15 +558,21 @@ def estimate(mocks_or_inventory: RecordingMocks | Iterable[Any], settings: Any, 
                    if stack.web_sizes_assumed else "")
         loads = (f"{page_loads:,.0f} page loads: {per_connection:g} per WebSocket connection (the profiles have no "
                  "page-view field; every connection is assumed to come from the page, an upper bound)")
-        out.add("CloudFront", "HTTPS requests", page_loads * stack.web_objects, "cloudfront.https_requests",
-                "per_request", f"{loads} × {stack.web_objects} files each (config.json included; browser caching "
-                "ignored); the always-free 10M requests a month not applied")
+        file_requests = page_loads * stack.web_objects
+        out.add("CloudFront", "HTTPS requests", file_requests, "cloudfront.https_requests",
+                "per_request", f"{loads} × {stack.web_objects} files each (config.json included): the files are "
+                "served Cache-Control: no-cache, so a browser revalidates every one on every load (a 304 is still a "
+                "request); the always-free 10M requests a month not applied")
         out.add("CloudFront", "data transfer out", page_loads * stack.web_bytes / GB, "cloudfront.data_out_gb",
-                "per_request", f"{loads} × {stack.web_bytes:,.0f} B{assumed}, uncompressed (CloudFront "
-                "compresses): an upper bound; the always-free 1 TB a month not applied")
+                "per_request", f"{loads} × {stack.web_bytes:,.0f} B{assumed}, full and uncompressed (a 304 "
+                "revalidation sends no body, CloudFront compresses): an upper bound; the always-free 1 TB a month "
+                "not applied")
+        out.add("S3", "web page GET requests", file_requests, "s3.get_per_1k", "per_request",
+                "cache hit ratio at the edge assumed 0: every CloudFront request is a (conditional) GET on the "
+                "bucket. Nearly so: config.json is never cached (CachingDisabled) and the other files, no-cache, "
+                "only for CachingOptimized's 1 s minimum TTL; an upper bound")
         out.add("S3", "web page storage", stack.web_bytes / GB, "s3.storage_gb_month", "fixed",
-                f"{stack.web_objects} objects, {stack.web_bytes:,.0f} B{assumed}; CloudFront's origin reads "
-                "(cache misses only) are negligible and not priced")
+                f"{stack.web_objects} objects, {stack.web_bytes:,.0f} B{assumed}")
 
     # -- Cognito
     free = prices.get("cognito.free_mau")

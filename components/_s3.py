@@ -2,8 +2,8 @@
 
 Private means: S3-managed encryption (SSE-S3, so no reader needs KMS grants — CloudFront's OAC and Firehose
 included), all four public-access blocks, bucket-owner-enforced ownership (no ACLs), and one bucket policy
-that refuses plain HTTP plus whatever access the owner grants. The policy rules `s3-encryption` and
-`s3-public-access` check the first two on every bucket the program declares.
+that refuses plain HTTP plus whatever access the owner grants. The policy rules `s3-encryption-at-rest` and
+`s3-public-access-blocked` (policy/rules.py) check the first two on every bucket the program declares.
 """
 
 from __future__ import annotations

@@ -5,27 +5,31 @@ gives each its content type and refuses a suffix it does not know). Next to them
 ``config.json`` — the page's endpoints, Cognito pool and client, models and tiers (`web_client_config`, the
 same function the local gateway serves it with) — from the stack's outputs, so the page needs no build step
 per stack either. It is served without caching (``no-store`` and CloudFront's managed ``CachingDisabled``
-policy), so a new deployment's endpoints are seen at once; the other files use the managed
-``CachingOptimized`` policy and a short ``max-age`` (they have no content hash in their names).
+policy), so a new deployment's endpoints are seen at once. The other files have no content hash in their names,
+so they are sent with ``Cache-Control: no-cache``: a browser revalidates each of them (ETag) on every load, and
+the managed ``CachingOptimized`` policy keeps them at the edge for its 1 s minimum TTL only. A page can then mix
+the modules of two deployments only if it loads while (or within a second after) the files are uploaded, not for
+minutes after a deploy.
 
 The bucket is private: public access block, bucket-owner-enforced ownership, SSE-S3, TLS only, and its policy
 lets only this distribution (``cloudfront.amazonaws.com`` with ``AWS:SourceArn`` = the distribution's ARN)
 read objects, through an origin access control that signs every request (SigV4). Viewers are redirected to
 HTTPS, and every response carries the headers of `security_headers` — a strict Content-Security-Policy whose
 ``connect-src`` allows only the page itself, this stack's AppSync Events endpoints and the Cognito endpoint
-(`connect_sources`) — from one CloudFront response headers policy built from that same dictionary.
+(`connect_sources`) — from one CloudFront response headers policy built from the same constants
+(tests/infra check that it sends exactly that dictionary).
 
 The pure functions at the top take plain strings so the local gateway can send the very same headers.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
@@ -42,15 +46,12 @@ __all__ = [
     "CONTENT_TYPES",
     "INDEX_KEY",
     "PRICE_CLASSES",
-    "CloudFrontHeaders",
     "WebApp",
     "WebAppArgs",
     "WebFile",
-    "cloudfront_headers",
     "cognito_idp_endpoint",
     "connect_sources",
     "content_security_policy",
-    "headers_from_cloudfront",
     "security_headers",
     "web_client_config",
     "web_files",
@@ -64,8 +65,10 @@ CACHING_DISABLED_POLICY_ID = "4135ea2d-6df8-44a3-9df3-4b5a84be39ad"
 
 CONFIG_KEY = "config.json"
 INDEX_KEY = "index.html"
-# The files have no content hash in their names: browsers and edges keep them at most this long after a deploy.
-STATIC_CACHE_CONTROL = "public, max-age=300"
+# The files are ES modules with no content hash in their names: a cached old cognito.js next to a new app.js (a
+# missing export) is a blank page. So nothing is reused unchecked: browsers revalidate every file on every load
+# (a 304 when its ETag still matches), and CachingOptimized keeps it at the edge for its 1 s minimum TTL only.
+STATIC_CACHE_CONTROL = "no-cache"
 CONFIG_CACHE_CONTROL = "no-store"
 CONFIG_CONTENT_TYPE = "application/json"
 
@@ -94,12 +97,17 @@ CONTENT_TYPES: dict[str, str] = {
 
 # --- Security headers (one source of truth for CloudFront and the local gateway) ------------------------------
 
+# `security_headers` formats these for the local gateway; `_headers_policy_args` hands the same values to
+# CloudFront's security settings (which send only ``nosniff`` for X-Content-Type-Options).
 HSTS_MAX_AGE_S = 63_072_000  # two years
+HSTS_INCLUDE_SUBDOMAINS = True
 FRAME_OPTIONS = "DENY"
 REFERRER_POLICY = "no-referrer"
 # The page uses none of these powerful features; deny them to the page and anything it could embed.
 PERMISSIONS_POLICY = ("accelerometer=(), camera=(), geolocation=(), gyroscope=(), magnetometer=(), microphone=(), "
                       "payment=(), usb=()")
+# Headers CloudFront has no security setting for: sent as custom headers of the response headers policy.
+CUSTOM_HEADERS: Mapping[str, str] = MappingProxyType({"Permissions-Policy": PERMISSIONS_POLICY})
 MAX_CSP_LENGTH = 1783  # CloudFront's quota for a response headers policy's Content-Security-Policy value
 
 CSP_FIXED_DIRECTIVES = (
@@ -114,8 +122,9 @@ CSP_CLOSING_DIRECTIVES = (
     ("frame-ancestors", ("'none'",)),
 )
 _SCHEMES = {"https": 443, "http": 80, "wss": 443, "ws": 80}
-# An origin as CSP reads it: scheme://host[:port], nothing that could end or extend the directive.
-_SOURCE = re.compile(r"^(?:https|http|wss|ws)://(?:\[[0-9a-f:.]+\]|[a-z0-9](?:[a-z0-9.-]*[a-z0-9])?)(?::\d{1,5})?$")
+# An origin as CSP reads it: scheme://host[:port], nothing that could end or extend the directive. Used with
+# `fullmatch` (`$` would let a trailing newline through) and ASCII digits only (`\d` also matches e.g. "٣").
+_SOURCE = re.compile(r"(?:https|http|wss|ws)://(?:\[[0-9a-f:.]+\]|[a-z0-9](?:[a-z0-9.-]*[a-z0-9])?)(?::[0-9]{1,5})?")
 
 
 def cognito_idp_endpoint(region: str) -> str:
@@ -174,7 +183,7 @@ def _origin(url: str, what: str) -> str:
     except ValueError:
         raise ValueError(f"{what} has an invalid port: {url!r}") from None
     origin = f"{scheme}://{host}" + (f":{port}" if port is not None and port != _SCHEMES[scheme] else "")
-    if not _SOURCE.match(origin):
+    if not _SOURCE.fullmatch(origin):
         raise ValueError(f"{what} does not give a usable origin: {url!r}")
     return origin
 
@@ -203,7 +212,7 @@ def content_security_policy(connect_src: Sequence[str]) -> str:
         raise ValueError("connect_src must be a sequence of origins, not one string")
     sources = []
     for source in connect_src:
-        if not isinstance(source, str) or not _SOURCE.match(source):
+        if not isinstance(source, str) or not _SOURCE.fullmatch(source):
             raise ValueError(f"connect-src entries must be origins (scheme://host[:port]), got {source!r}")
         sources.append(source)
     directives = [
@@ -218,74 +227,18 @@ def content_security_policy(connect_src: Sequence[str]) -> str:
 
 
 def security_headers(csp: str) -> dict[str, str]:
-    """Every security header the page is served with (CloudFront's response headers policy is built from it)."""
+    """Every security header the page is served with, by the local gateway as by CloudFront (whose response
+    headers policy, `_headers_policy_args`, expresses the same constants in its own terms)."""
     if not csp or any(c in csp for c in "\r\n"):
         raise ValueError("csp must be a non-empty single-line header value")
+    hsts = f"max-age={HSTS_MAX_AGE_S}" + ("; includeSubDomains" if HSTS_INCLUDE_SUBDOMAINS else "")
     return {
         "Content-Security-Policy": csp,
-        "Strict-Transport-Security": f"max-age={HSTS_MAX_AGE_S}; includeSubDomains",
+        "Strict-Transport-Security": hsts,
         "X-Content-Type-Options": "nosniff",
         "X-Frame-Options": FRAME_OPTIONS,
         "Referrer-Policy": REFERRER_POLICY,
-        "Permissions-Policy": PERMISSIONS_POLICY,
-    }
-
-
-@dataclass(frozen=True)
-class CloudFrontHeaders:
-    """A `security_headers` dictionary in the terms of a CloudFront response headers policy."""
-
-    content_security_policy: str
-    hsts_max_age_s: int
-    hsts_include_subdomains: bool
-    hsts_preload: bool
-    frame_option: str
-    referrer_policy: str
-    custom: tuple[tuple[str, str], ...]  # headers CloudFront has no security setting for
-
-
-_HSTS = re.compile(r"^max-age=(\d+)((?:;\s*(?:includeSubDomains|preload))*)$", re.IGNORECASE)
-_SECURITY_SETTINGS = {"content-security-policy", "strict-transport-security", "x-content-type-options",
-                      "x-frame-options", "referrer-policy"}
-
-
-def cloudfront_headers(headers: Mapping[str, str]) -> CloudFrontHeaders:
-    """Map `security_headers` onto a response headers policy: CloudFront's security settings where it has one,
-    a custom header otherwise. Raises on a value CloudFront cannot express (it only sends ``nosniff``, say)."""
-    by_name = {k.lower(): (k, v) for k, v in headers.items()}
-    missing = _SECURITY_SETTINGS - set(by_name)
-    if missing:
-        raise ValueError(f"security headers lack {sorted(missing)}")
-    hsts_value = by_name["strict-transport-security"][1]
-    hsts = _HSTS.match(hsts_value.strip())
-    if not hsts:
-        raise ValueError(f"Strict-Transport-Security not expressible in CloudFront: {hsts_value!r}")
-    flags = {f.strip().lower() for f in hsts.group(2).split(";") if f.strip()}
-    if by_name["x-content-type-options"][1].strip().lower() != "nosniff":
-        raise ValueError("CloudFront only sends X-Content-Type-Options: nosniff")
-    return CloudFrontHeaders(
-        content_security_policy=by_name["content-security-policy"][1],
-        hsts_max_age_s=int(hsts.group(1)),
-        hsts_include_subdomains="includesubdomains" in flags,
-        hsts_preload="preload" in flags,
-        frame_option=by_name["x-frame-options"][1].strip().upper(),
-        referrer_policy=by_name["referrer-policy"][1].strip(),
-        custom=tuple((k, v) for name, (k, v) in by_name.items() if name not in _SECURITY_SETTINGS),
-    )
-
-
-def headers_from_cloudfront(policy: CloudFrontHeaders) -> dict[str, str]:
-    """The headers a viewer receives under `policy` (the inverse of `cloudfront_headers`)."""
-    hsts = f"max-age={policy.hsts_max_age_s}"
-    hsts += "; includeSubDomains" if policy.hsts_include_subdomains else ""
-    hsts += "; preload" if policy.hsts_preload else ""
-    return {
-        "Content-Security-Policy": policy.content_security_policy,
-        "Strict-Transport-Security": hsts,
-        "X-Content-Type-Options": "nosniff",
-        "X-Frame-Options": policy.frame_option,
-        "Referrer-Policy": policy.referrer_policy,
-        **dict(policy.custom),
+        **CUSTOM_HEADERS,
     }
 
 
@@ -325,10 +278,6 @@ def web_files(web_dir: Path) -> list[WebFile]:
     if not any(f.key == INDEX_KEY for f in found):
         raise ValueError(f"{root}: no {INDEX_KEY}")
     return found
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 # --- The component ----------------------------------------------------------------------------------------------
@@ -396,39 +345,36 @@ class WebAppArgs:
         return f"{self.name}-web-headers"  # unique per account, like the OAC name
 
 
-def _headers_policy_config(headers: Mapping[str, str]) -> aws.cloudfront.ResponseHeadersPolicySecurityHeadersConfigArgs:
-    policy = cloudfront_headers(headers)
-    return aws.cloudfront.ResponseHeadersPolicySecurityHeadersConfigArgs(
-        content_security_policy=aws.cloudfront.ResponseHeadersPolicySecurityHeadersConfigContentSecurityPolicyArgs(
-            content_security_policy=policy.content_security_policy, override=True
-        ),
-        strict_transport_security=(
-            aws.cloudfront.ResponseHeadersPolicySecurityHeadersConfigStrictTransportSecurityArgs(
-                access_control_max_age_sec=policy.hsts_max_age_s,
-                include_subdomains=policy.hsts_include_subdomains,
-                preload=policy.hsts_preload,
+def _headers_policy_args(csp: pulumi.Input[str]) -> dict[str, Any]:
+    """`security_headers` as a response headers policy's inputs: CloudFront's own setting for each header it has
+    one for, a custom header for the rest (`CUSTOM_HEADERS`); every one overrides whatever the origin sends.
+    Only `csp` depends on the stack, so the rest is known in a preview (and visible to the policy pack)."""
+    cf = aws.cloudfront
+    return {
+        "security_headers_config": cf.ResponseHeadersPolicySecurityHeadersConfigArgs(
+            content_security_policy=cf.ResponseHeadersPolicySecurityHeadersConfigContentSecurityPolicyArgs(
+                content_security_policy=csp, override=True
+            ),
+            strict_transport_security=cf.ResponseHeadersPolicySecurityHeadersConfigStrictTransportSecurityArgs(
+                access_control_max_age_sec=HSTS_MAX_AGE_S,
+                include_subdomains=HSTS_INCLUDE_SUBDOMAINS,
                 override=True,
-            )
+            ),
+            content_type_options=cf.ResponseHeadersPolicySecurityHeadersConfigContentTypeOptionsArgs(override=True),
+            frame_options=cf.ResponseHeadersPolicySecurityHeadersConfigFrameOptionsArgs(
+                frame_option=FRAME_OPTIONS, override=True
+            ),
+            referrer_policy=cf.ResponseHeadersPolicySecurityHeadersConfigReferrerPolicyArgs(
+                referrer_policy=REFERRER_POLICY, override=True
+            ),
         ),
-        content_type_options=aws.cloudfront.ResponseHeadersPolicySecurityHeadersConfigContentTypeOptionsArgs(
-            override=True
+        "custom_headers_config": cf.ResponseHeadersPolicyCustomHeadersConfigArgs(
+            items=[
+                cf.ResponseHeadersPolicyCustomHeadersConfigItemArgs(header=name, value=value, override=True)
+                for name, value in CUSTOM_HEADERS.items()
+            ]
         ),
-        frame_options=aws.cloudfront.ResponseHeadersPolicySecurityHeadersConfigFrameOptionsArgs(
-            frame_option=policy.frame_option, override=True
-        ),
-        referrer_policy=aws.cloudfront.ResponseHeadersPolicySecurityHeadersConfigReferrerPolicyArgs(
-            referrer_policy=policy.referrer_policy, override=True
-        ),
-    )
-
-
-def _custom_headers(headers: Mapping[str, str]) -> aws.cloudfront.ResponseHeadersPolicyCustomHeadersConfigArgs:
-    return aws.cloudfront.ResponseHeadersPolicyCustomHeadersConfigArgs(
-        items=[
-            aws.cloudfront.ResponseHeadersPolicyCustomHeadersConfigItemArgs(header=name, value=value, override=True)
-            for name, value in cloudfront_headers(headers).custom
-        ]
-    )
+    }
 
 
 class WebApp(pulumi.ComponentResource):
@@ -473,13 +419,12 @@ class WebApp(pulumi.ComponentResource):
                 settings=args.settings,
             )
         )
-        headers = config.apply(lambda c: security_headers(content_security_policy(connect_sources(c))))
+        csp = config.apply(lambda c: content_security_policy(connect_sources(c)))
         headers_policy = aws.cloudfront.ResponseHeadersPolicy(
             f"{resource_name}-headers",
             name=args.headers_policy_name,
             comment="ai-gateway chat page: CSP, HSTS, nosniff, no framing, no referrer",
-            security_headers_config=headers.apply(_headers_policy_config),
-            custom_headers_config=headers.apply(_custom_headers),
+            **_headers_policy_args(csp),
             opts=child,
         )
 
@@ -560,8 +505,7 @@ class WebApp(pulumi.ComponentResource):
                 f"{resource_name}-file-{file.key}",
                 bucket=bucket.id,
                 key=file.key,
-                source=pulumi.FileAsset(str(file.path)),
-                source_hash=_sha256(file.path),  # a changed file is re-uploaded
+                source=pulumi.FileAsset(str(file.path)),  # Pulumi hashes its contents: a changed file is re-uploaded
                 content_type=file.content_type,
                 cache_control=STATIC_CACHE_CONTROL,
                 tags=tags,

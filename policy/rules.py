@@ -63,6 +63,7 @@ IAM_POLICY_DOCUMENTS = frozenset({  # resources whose `policy` input is an ident
 })
 IAM_ROLE = "aws:iam/role:Role"  # its `inlinePolicies[].policy` are checked too (not `assumeRolePolicy`)
 CLOUDFRONT_DISTRIBUTION = "aws:cloudfront/distribution:Distribution"
+RESPONSE_HEADERS_POLICY = "aws:cloudfront/responseHeadersPolicy:ResponseHeadersPolicy"
 
 PROD_STACKS = frozenset({"prod"})
 PUBLIC_ACCESS_FLAGS = ("blockPublicAcls", "blockPublicPolicy", "ignorePublicAcls", "restrictPublicBuckets")
@@ -375,20 +376,21 @@ def validate_cognito_mfa(args: ResourceValidationArgs, report_violation: ReportV
 
 # --- CloudFront -------------------------------------------------------------------------------------------
 
-def _cache_behaviors(props: Any) -> list[tuple[str, Any]]:
-    """(where, behavior) for the default cache behavior and every ordered one."""
-    behaviors = [("defaultCacheBehavior", _get(props, "defaultCacheBehavior"))]
+def _cache_behaviors(props: Any) -> list[tuple[str, str, Any]]:
+    """(input, where, behavior) for the default cache behavior and every ordered one; `input` is the
+    distribution's top-level input it sits in (what Pulumi records property dependencies by)."""
+    behaviors = [("defaultCacheBehavior", "defaultCacheBehavior", _get(props, "defaultCacheBehavior"))]
     for i, behavior in enumerate(_as_list(_get(props, "orderedCacheBehaviors"))):
         pattern = _known(behavior, "pathPattern")
         label = f" ({pattern})" if isinstance(pattern, str) else ""
-        behaviors.append((f"orderedCacheBehaviors[{i}]{label}", behavior))
+        behaviors.append(("orderedCacheBehaviors", f"orderedCacheBehaviors[{i}]{label}", behavior))
     return behaviors
 
 
 def validate_cloudfront_https_only(args: ResourceValidationArgs, report_violation: ReportViolation) -> None:
     if args.resource_type != CLOUDFRONT_DISTRIBUTION:
         return
-    for where, behavior in _cache_behaviors(args.props):
+    for _, where, behavior in _cache_behaviors(args.props):
         policy = _get(behavior, "viewerProtocolPolicy")
         if policy not in HTTPS_VIEWER_POLICIES:
             _report(args, report_violation, f"{where}.viewerProtocolPolicy must be one of "
@@ -422,13 +424,71 @@ def validate_cloudfront_s3_origin_access_control(args: ResourceValidationArgs,
                                             "would have to be public")
 
 
-def validate_cloudfront_security_headers(args: ResourceValidationArgs, report_violation: ReportViolation) -> None:
-    if args.resource_type != CLOUDFRONT_DISTRIBUTION:
-        return
-    policy = _known(args.props, "defaultCacheBehavior", "responseHeadersPolicyId")
-    if policy is not _UNKNOWN and not (isinstance(policy, str) and policy):
-        _report(args, report_violation, "defaultCacheBehavior.responseHeadersPolicyId is required (a response "
-                                        "headers policy with CSP, HSTS, nosniff and frame options)")
+def _headers_policy_problems(policy: PolicyResource) -> list[str]:
+    """What a response headers policy lacks of Content-Security-Policy and Strict-Transport-Security (each
+    overriding the origin's) and X-Content-Type-Options: nosniff. A value not known yet (preview: the CSP is built
+    from other resources' outputs) is left to `up`, as the S3 rules leave their unknown settings."""
+    config = _known(policy.props, "securityHeadersConfig")
+    if config is _UNKNOWN:
+        return []
+    problems = []
+    csp = _known(config, "contentSecurityPolicy")
+    if csp is not _UNKNOWN:
+        value, override = _known(csp, "contentSecurityPolicy"), _known(csp, "override")
+        if not (value is _UNKNOWN or (isinstance(value, str) and value.strip())) or override not in (True, _UNKNOWN):
+            problems.append("securityHeadersConfig.contentSecurityPolicy needs a contentSecurityPolicy and "
+                            "override = true")
+    hsts = _known(config, "strictTransportSecurity")
+    if hsts is not _UNKNOWN:
+        age, override = _known(hsts, "accessControlMaxAgeSec"), _known(hsts, "override")
+        if not (age is _UNKNOWN or (_is_number(age) and age > 0)) or override not in (True, _UNKNOWN):
+            problems.append("securityHeadersConfig.strictTransportSecurity needs accessControlMaxAgeSec > 0 and "
+                            "override = true")
+    nosniff = _known(config, "contentTypeOptions")
+    if not (nosniff is _UNKNOWN or isinstance(nosniff, Mapping)):
+        problems.append("securityHeadersConfig.contentTypeOptions is required (X-Content-Type-Options: nosniff)")
+    return problems
+
+
+def _uses(distribution: PolicyResource, prop: str, ref: Any, policy: PolicyResource) -> bool:
+    """Does a cache behavior whose `responseHeadersPolicyId` is `ref` (in the distribution's input `prop`) use
+    `policy`? By value when both ids are known; else (preview) by the dependency Pulumi recorded for `prop`. The
+    dependency is per input, so in preview every policy `orderedCacheBehaviors` depends on counts as used by each
+    ordered behavior (and each must pass)."""
+    policy_id = _known(policy.props, "id")
+    if ref is not _UNKNOWN and isinstance(policy_id, str) and policy_id:
+        return policy_id == ref
+    deps = (distribution.property_dependencies or {}).get(prop) or []
+    return any(dep.urn == policy.urn for dep in deps)
+
+
+def validate_cloudfront_security_headers(args: StackValidationArgs, report_violation: ReportViolation) -> None:
+    """Every cache behavior (default and ordered) of every distribution must use a response headers policy
+    declared in this stack that passes `_headers_policy_problems`.
+
+    A policy not declared here (an AWS-managed one, say, or one of another stack) cannot be checked and is a
+    violation. So is an id that is unknown (preview) and does not come from a policy in this stack by a recorded
+    dependency — the S3 rules' convention (`_targets`): a reference that cannot be tied to a resource of the stack
+    counts as missing. A policy it is tied to is then checked as far as its values are known."""
+    policies = [r for r in args.resources if r.resource_type == RESPONSE_HEADERS_POLICY]
+    for distribution in (r for r in args.resources if r.resource_type == CLOUDFRONT_DISTRIBUTION):
+        def report(message: str, distribution: PolicyResource = distribution) -> None:
+            report_violation(f"CloudFront distribution '{distribution.name}': {message}", distribution.urn)
+
+        for prop, where, behavior in _cache_behaviors(distribution.props):
+            ref = _known(behavior, "responseHeadersPolicyId")
+            if ref is not _UNKNOWN and not (isinstance(ref, str) and ref):
+                report(f"{where}.responseHeadersPolicyId is required (a response headers policy of this stack "
+                       "with CSP, HSTS and nosniff)")
+                continue
+            used = [p for p in policies if _uses(distribution, prop, ref, p)]
+            if not used:
+                shown = "not known yet" if ref is _UNKNOWN else repr(ref)
+                report(f"{where}.responseHeadersPolicyId ({shown}) is not a response headers policy declared in "
+                       "this stack (an AWS-managed or outside policy cannot be checked for CSP, HSTS and nosniff)")
+            for policy in used:
+                for problem in _headers_policy_problems(policy):
+                    report(f"{where} uses response headers policy '{policy.name}', whose {problem}")
 
 
 # --- The rules --------------------------------------------------------------------------------------------
@@ -482,10 +542,12 @@ cloudfront_s3_origin_access_control = _resource_policy(
     "cloudfront-s3-origin-access-control",
     "CloudFront S3 origins must use an origin access control (no legacy OAI, no public website endpoint).",
     validate_cloudfront_s3_origin_access_control)
-cloudfront_security_headers = _resource_policy(
-    "cloudfront-security-headers",
-    "CloudFront distributions must attach a response headers policy to the default cache behavior.",
-    validate_cloudfront_security_headers)
+cloudfront_security_headers = StackValidationPolicy(
+    name="cloudfront-security-headers",
+    description="Every CloudFront cache behavior (default and ordered) must use a response headers policy of this "
+                "stack that sends Content-Security-Policy and Strict-Transport-Security (overriding the origin's) "
+                "and X-Content-Type-Options: nosniff.",
+    validate=validate_cloudfront_security_headers)
 
 ALL_RULES: list[ResourceValidationPolicy | StackValidationPolicy] = [
     dynamodb_encryption,

@@ -236,9 +236,12 @@ def test_the_chat_page_is_priced_on_dev_and_absent_on_prod() -> None:
     assert got[("CloudFront", "data transfer out")] == pytest.approx(3_000 * page_bytes / GB
                                                                      * p["cloudfront.data_out_gb"])
     assert got[("S3", "web page storage")] == pytest.approx(page_bytes / GB * p["s3.storage_gb_month"])
-    [storage] = [line for line in _report("dev").lines if line.item == "web page storage"]
-    assert storage.kind == "fixed"
-    assert not any(line.service == "CloudFront" or line.item == "web page storage" for line in _report("prod").lines)
+    # The files are served no-cache (config.json is never cached at all): every request reaches the bucket.
+    assert got[("S3", "web page GET requests")] == pytest.approx(3_000 * len(objects) / 1e3 * p["s3.get_per_1k"])
+    lines = {line.item: line for line in _report("dev").lines}
+    assert lines["web page storage"].kind == "fixed" and lines["web page GET requests"].kind == "per_request"
+    assert "cache hit ratio at the edge assumed 0" in lines["web page GET requests"].note
+    assert not any(line.service == "CloudFront" or line.item.startswith("web page") for line in _report("prod").lines)
 
 
 def test_page_loads_follow_the_profile() -> None:
@@ -246,9 +249,9 @@ def test_page_loads_follow_the_profile() -> None:
     values = dict(load_profile(FIXTURES / "hand.yaml").values)
     once = _by_key(estimate(mocks, settings, make_profile(values, "x"), PRICES))
     twice = _by_key(estimate(mocks, settings, make_profile({**values, "page_loads_per_connection": 2}, "x"), PRICES))
-    for item in ("HTTPS requests", "data transfer out"):
-        assert twice[("CloudFront", item)] == pytest.approx(2 * once[("CloudFront", item)])
+    for key in (("CloudFront", "HTTPS requests"), ("CloudFront", "data transfer out"), ("S3", "web page GET requests")):
+        assert twice[key] == pytest.approx(2 * once[key])
     assert twice[("S3", "web page storage")] == once[("S3", "web page storage")]
     idle = _report("dev", "idle")
-    assert not any(line.service == "CloudFront" for line in idle.lines)
+    assert not any(line.service == "CloudFront" or line.item == "web page GET requests" for line in idle.lines)
     assert any(line.item == "web page storage" for line in idle.lines)

@@ -51,10 +51,6 @@ def test_web_app_settings_default_off_and_cheapest() -> None:
     assert StackSettings.from_values(values).web_app.price_class == "PriceClass_All"
 
 
-def test_prod_stack_file_says_how_to_turn_the_page_on() -> None:
-    assert "pulumi config set --path webApp.enabled true" in (ROOT / "Pulumi.prod.yaml").read_text()
-
-
 def test_pulumi_yaml_declares_the_models_defaults() -> None:
     declared = yaml.safe_load((ROOT / "Pulumi.yaml").read_text())["config"]
     fields = {f.alias: f for f in StackSettings.model_fields.values()}

@@ -11,7 +11,7 @@ from typing import Any
 
 import pulumi
 import pytest
-from hypothesis import given
+from hypothesis import event, given
 from hypothesis import strategies as st
 
 from aigw.mocks import ACCOUNT, Recorded, RecordingMocks, run
@@ -20,14 +20,12 @@ from components.web_app import (
     CACHING_DISABLED_POLICY_ID,
     CACHING_OPTIMIZED_POLICY_ID,
     CONFIG_KEY,
-    CloudFrontHeaders,
+    MAX_CSP_LENGTH,
     WebApp,
     WebAppArgs,
-    cloudfront_headers,
     cognito_idp_endpoint,
     connect_sources,
     content_security_policy,
-    headers_from_cloudfront,
     security_headers,
     web_client_config,
     web_files,
@@ -214,7 +212,8 @@ def test_the_page_needs_nothing_the_csp_forbids() -> None:
 
 
 @pytest.mark.parametrize("bad", ["*", "https:", "'unsafe-inline'", "https://a.example; script-src *",
-                                 "https://a.example https://b.example", "https://a.example/path", "data:"])
+                                 "https://a.example https://b.example", "https://a.example/path", "data:",
+                                 "https://a.example\n", "https://a.example:\u0663", "HTTPS://A.EXAMPLE"])
 def test_content_security_policy_refuses_anything_but_origins(bad: str) -> None:
     with pytest.raises(ValueError, match="origins"):
         content_security_policy(["https://ok.example", bad])
@@ -222,14 +221,67 @@ def test_content_security_policy_refuses_anything_but_origins(bad: str) -> None:
         content_security_policy("https://ok.example")
 
 
-@given(st.lists(st.text(max_size=40), max_size=4))
+STRICT_DIRECTIVES = [
+    ("default-src", ["'none'"]),
+    ("script-src", ["'self'"]),
+    ("style-src", ["'self'"]),
+    ("img-src", ["'self'", "data:"]),
+    ("base-uri", ["'none'"]),
+    ("form-action", ["'none'"]),
+    ("frame-ancestors", ["'none'"]),
+]
+labels = st.from_regex(r"[a-z0-9]([a-z0-9-]{0,14}[a-z0-9])?", fullmatch=True)
+dns_names = st.lists(labels, min_size=1, max_size=4).map(".".join)
+origins = st.builds(lambda scheme, host, port: f"{scheme}://{host}" + (f":{port}" if port is not None else ""),
+                    st.sampled_from(["https", "wss", "http", "ws"]), dns_names, ports)
+
+
+@given(st.lists(origins, max_size=6))
 def test_content_security_policy_never_loosens(sources: list[str]) -> None:
-    try:
-        csp = content_security_policy(sources)
-    except ValueError:
-        return
-    assert "unsafe" not in csp and " * " not in f" {csp} " and csp.count(";") == 7
-    assert csp.startswith("default-src 'none'; script-src 'self'; style-src 'self';")
+    # Any list of origins: the fixed directives stay exactly as they are, connect-src is 'self' and the origins.
+    csp = content_security_policy(sources)
+    directives = [(d.split(" ")[0], d.split(" ")[1:]) for d in csp.split("; ")]
+    assert [d for d in directives if d[0] != "connect-src"] == STRICT_DIRECTIVES
+    assert directives[4] == ("connect-src", ["'self'", *dict.fromkeys(sources)])
+    assert csp.count(";") == 7 and "\n" not in csp and len(csp) <= MAX_CSP_LENGTH
+    tokens = csp.replace(";", " ").split()
+    assert not any("unsafe" in t or "*" in t or (t.endswith(":") and t != "data:") for t in tokens), csp
+
+
+HOSTILE = {  # what a connect-src entry could smuggle into the policy, and an example of it
+    "separator": ";", "space": " ", "single quote": "'", "double quote": '"', "newline": "\n",
+    "carriage return": "\r", "wildcard": "*", "path": "/", "keyword": "'unsafe-inline'",
+}
+
+
+@st.composite
+def hostile_sources(draw: st.DrawFn) -> tuple[list[str], str]:
+    """A list of valid origins with one entry made hostile: a HOSTILE piece put into a valid origin (anywhere in it,
+    or after it), or one of the hostile pieces, a directive or a scheme-only source on its own."""
+    kind = draw(st.sampled_from([*HOSTILE, "directive", "scheme only", "bare keyword"]))
+    origin = draw(origins)
+    if kind == "directive":
+        bad = origin + "; script-src " + draw(st.sampled_from(["*", "'unsafe-inline'", "'unsafe-eval'", "data:"]))
+    elif kind == "scheme only":
+        bad = draw(st.sampled_from(["https:", "http:", "wss:", "data:", "blob:", "*"]))
+    elif kind == "bare keyword":
+        bad = draw(st.sampled_from(["'unsafe-inline'", "'unsafe-eval'", "'self'", "'none'", "'strict-dynamic'"]))
+    else:
+        at = draw(st.sampled_from([0, len(origin)]) | st.integers(0, len(origin)))  # the ends are where regexes slip
+        piece = HOSTILE[kind] + (draw(labels) if kind == "path" else "")
+        bad = origin[:at] + piece + origin[at:]
+    event(f"hostile: {kind}")
+    sources = draw(st.lists(origins, max_size=3))
+    sources.insert(draw(st.integers(0, len(sources))), bad)
+    return sources, bad
+
+
+@given(hostile_sources())
+def test_content_security_policy_refuses_hostile_sources(case: tuple[list[str], str]) -> None:
+    sources, bad = case
+    with pytest.raises(ValueError, match="origins") as raised:
+        content_security_policy(sources)
+    assert repr(bad) in str(raised.value)
 
 
 # --- Security headers ----------------------------------------------------------------------------------------
@@ -247,22 +299,45 @@ def test_security_headers() -> None:
         security_headers("default-src 'none'\r\nSet-Cookie: x=1")
 
 
-@given(st.lists(hosts, min_size=1, max_size=3))
-def test_cloudfront_expresses_exactly_the_security_headers(names: list[str]) -> None:
-    headers = security_headers(content_security_policy([f"https://{n}" for n in names]))
-    policy = cloudfront_headers(headers)
-    assert policy.hsts_max_age_s == 63_072_000 and policy.hsts_include_subdomains and not policy.hsts_preload
-    assert headers_from_cloudfront(policy) == headers
+def headers_sent_by(policy: dict[str, Any]) -> dict[str, str]:
+    """The headers a viewer gets from a response headers policy (its recorded inputs), as CloudFront writes them;
+    only settings whose override is on (the origin's header would win otherwise). Fails on anything it does not
+    know, so a new setting cannot slip past the comparison with `security_headers`."""
+    assert set(policy) <= {"name", "comment", "securityHeadersConfig", "customHeadersConfig"}, set(policy)
+    config = policy.get("securityHeadersConfig") or {}
+    assert set(config) <= {"contentSecurityPolicy", "strictTransportSecurity", "contentTypeOptions", "frameOptions",
+                           "referrerPolicy"}, set(config)
+    assert all(section["override"] is True for section in config.values()), config
+    sent = {}
+    if "contentSecurityPolicy" in config:
+        sent["Content-Security-Policy"] = config["contentSecurityPolicy"]["contentSecurityPolicy"]
+    if "strictTransportSecurity" in config:
+        hsts = config["strictTransportSecurity"]
+        sent["Strict-Transport-Security"] = (f"max-age={int(hsts['accessControlMaxAgeSec'])}"
+                                             + ("; includeSubDomains" if hsts.get("includeSubdomains") else "")
+                                             + ("; preload" if hsts.get("preload") else ""))
+    if "contentTypeOptions" in config:
+        sent["X-Content-Type-Options"] = "nosniff"  # the only value CloudFront sends
+    if "frameOptions" in config:
+        sent["X-Frame-Options"] = config["frameOptions"]["frameOption"]
+    if "referrerPolicy" in config:
+        sent["Referrer-Policy"] = config["referrerPolicy"]["referrerPolicy"]
+    for item in (policy.get("customHeadersConfig") or {}).get("items", []):
+        assert item["override"] is True and item["header"] not in sent, item
+        sent[item["header"]] = item["value"]
+    return sent
 
 
-def test_cloudfront_refuses_headers_it_cannot_send() -> None:
-    headers = security_headers("default-src 'none'")
-    with pytest.raises(ValueError, match="nosniff"):
-        cloudfront_headers({**headers, "X-Content-Type-Options": "sniff"})
-    with pytest.raises(ValueError, match="Strict-Transport-Security"):
-        cloudfront_headers({**headers, "Strict-Transport-Security": "max-age=1; bogus"})
-    with pytest.raises(ValueError, match="lack"):
-        cloudfront_headers({"Content-Security-Policy": "default-src 'none'"})
+def test_the_component_sends_exactly_the_security_headers_of_its_endpoints() -> None:
+    local = {"http_endpoint": "http://127.0.0.1:8787/event", "realtime_endpoint": "ws://127.0.0.1:8787/event/realtime",
+             "cognito_endpoint": "http://localhost:5000/"}
+    mocks = run(lambda: WebApp("web", make_args(**local)))
+    document = {"http": local["http_endpoint"], "realtime": local["realtime_endpoint"],
+                "cognito": {"endpoint": local["cognito_endpoint"]}}
+    expected = security_headers(content_security_policy(connect_sources(document)))
+    assert headers_sent_by(mocks.one(HEADERS_POLICY).inputs) == expected
+    assert "connect-src 'self' http://127.0.0.1:8787 ws://127.0.0.1:8787 http://localhost:5000;" in (
+        expected["Content-Security-Policy"])
 
 
 # --- The files -----------------------------------------------------------------------------------------------
@@ -485,23 +560,10 @@ def test_dev_headers_policy_sends_the_security_headers_of_the_stacks_endpoints()
     mocks = program("dev")
     document = dev_config()
     expected = security_headers(content_security_policy(connect_sources(document)))
-    inputs = mocks.one(HEADERS_POLICY).inputs
-    config_ = inputs["securityHeadersConfig"]
-    assert all(section["override"] is True for section in config_.values())
-    hsts = config_["strictTransportSecurity"]
-    policy = CloudFrontHeaders(
-        content_security_policy=config_["contentSecurityPolicy"]["contentSecurityPolicy"],
-        hsts_max_age_s=int(hsts["accessControlMaxAgeSec"]),
-        hsts_include_subdomains=hsts.get("includeSubdomains", False),
-        hsts_preload=hsts.get("preload", False),
-        frame_option=config_["frameOptions"]["frameOption"],
-        referrer_policy=config_["referrerPolicy"]["referrerPolicy"],
-        custom=tuple((i["header"], i["value"]) for i in inputs["customHeadersConfig"]["items"]),
-    )
-    assert "contentTypeOptions" in config_
-    assert all(i["override"] is True for i in inputs["customHeadersConfig"]["items"])
-    assert headers_from_cloudfront(policy) == expected
-    [connect] = [d.split()[1:] for d in policy.content_security_policy.split("; ") if d.startswith("connect-src ")]
+    sent = headers_sent_by(mocks.one(HEADERS_POLICY).inputs)
+    assert sent == expected
+    assert list(sent) == list(expected)  # the same headers, not just the same values under other names
+    [connect] = [d.split()[1:] for d in sent["Content-Security-Policy"].split("; ") if d.startswith("connect-src ")]
     api = mocks.one("aws:appsync/api:Api").outputs["dns"]
     assert connect == ["'self'", f"https://{api['HTTP']}", f"wss://{api['REALTIME']}",
                        "https://cognito-idp.us-east-1.amazonaws.com"]
@@ -515,8 +577,12 @@ def test_dev_uploads_every_web_file_with_its_content_type() -> None:
     for f in files:
         inputs = objects[f.key]
         assert inputs["contentType"] == f.content_type, f.key
-        assert Path(inputs["source"].path) == f.path
-        assert re.fullmatch(r"[0-9a-f]{64}", inputs["sourceHash"]), f.key
+        # Uploaded from the file itself: Pulumi hashes a FileAsset's contents, so a changed file is re-uploaded.
+        assert isinstance(inputs["source"], pulumi.FileAsset) and Path(inputs["source"].path) == f.path, f.key
+        assert "content" not in inputs, f.key
+        # No content hash in the names: browsers must revalidate every file on every load (a new app.js never
+        # runs next to an old cognito.js for minutes after a deploy).
+        assert inputs["cacheControl"] == "no-cache", f.key
         assert inputs["bucket"] == web_bucket(mocks).outputs["id"]
     assert objects["index.html"]["contentType"] == "text/html; charset=utf-8"
 

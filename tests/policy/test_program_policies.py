@@ -37,8 +37,13 @@ def test_the_program_passes_every_rule(stack: str) -> None:
     assert violations(stack, program(stack).resources) == []
 
 
+# Resource rules read a resource's inputs, stack rules its outputs (`from_recorded`), which the mocks echo from
+# the inputs: a break is made in both, as a real program change would.
+
+
 def mutate(resources: list[Recorded], type_: str, **inputs: Any) -> list[Recorded]:
-    return [dataclasses.replace(r, inputs={**r.inputs, **inputs}) if r.type == type_ else r for r in resources]
+    return [dataclasses.replace(r, inputs={**r.inputs, **inputs}, outputs={**r.outputs, **inputs})
+            if r.type == type_ else r for r in resources]
 
 
 @pytest.mark.parametrize(
@@ -61,8 +66,13 @@ def test_breaking_the_prod_program_is_caught(type_: str, inputs: dict[str, Any],
 
 
 def mutate_nested(resources: list[Recorded], type_: str, change: Any) -> list[Recorded]:
-    return [dataclasses.replace(r, inputs=change(copy.deepcopy(r.inputs))) if r.type == type_ else r
-            for r in resources]
+    return [dataclasses.replace(r, inputs=change(copy.deepcopy(r.inputs)), outputs=change(copy.deepcopy(r.outputs)))
+            if r.type == type_ else r for r in resources]
+
+
+DISTRIBUTION = "aws:cloudfront/distribution:Distribution"
+HEADERS_POLICY = "aws:cloudfront/responseHeadersPolicy:ResponseHeadersPolicy"
+MANAGED_SIMPLE_CORS = "60669652-455b-4ae9-85a4-c4c02393f86c"  # an AWS-managed policy: no CSP, no HSTS
 
 
 def _allow_http(inputs: dict[str, Any]) -> dict[str, Any]:
@@ -85,21 +95,67 @@ def _no_headers(inputs: dict[str, Any]) -> dict[str, Any]:
     return inputs
 
 
+def _config_json_without_headers(inputs: dict[str, Any]) -> dict[str, Any]:
+    inputs["orderedCacheBehaviors"][0].pop("responseHeadersPolicyId")
+    return inputs
+
+
+def _managed_headers(inputs: dict[str, Any]) -> dict[str, Any]:
+    inputs["defaultCacheBehavior"]["responseHeadersPolicyId"] = MANAGED_SIMPLE_CORS
+    return inputs
+
+
+def _no_csp(inputs: dict[str, Any]) -> dict[str, Any]:
+    inputs["securityHeadersConfig"].pop("contentSecurityPolicy")
+    return inputs
+
+
+def _no_hsts(inputs: dict[str, Any]) -> dict[str, Any]:
+    inputs["securityHeadersConfig"].pop("strictTransportSecurity")
+    return inputs
+
+
+def _hsts_not_overriding(inputs: dict[str, Any]) -> dict[str, Any]:
+    inputs["securityHeadersConfig"]["strictTransportSecurity"]["override"] = False
+    return inputs
+
+
+def _no_nosniff(inputs: dict[str, Any]) -> dict[str, Any]:
+    inputs["securityHeadersConfig"].pop("contentTypeOptions")
+    return inputs
+
+
 @pytest.mark.parametrize(
-    ("change", "rule"),
+    ("type_", "change", "rule"),
     [
-        (_allow_http, "cloudfront-https-only"),
-        (_unsigned_origin, "cloudfront-s3-origin-access-control"),
-        (_legacy_oai, "cloudfront-s3-origin-access-control"),
-        (_no_headers, "cloudfront-security-headers"),
+        (DISTRIBUTION, _allow_http, "cloudfront-https-only"),
+        (DISTRIBUTION, _unsigned_origin, "cloudfront-s3-origin-access-control"),
+        (DISTRIBUTION, _legacy_oai, "cloudfront-s3-origin-access-control"),
+        (DISTRIBUTION, _no_headers, "cloudfront-security-headers"),
+        (DISTRIBUTION, _config_json_without_headers, "cloudfront-security-headers"),
+        (DISTRIBUTION, _managed_headers, "cloudfront-security-headers"),
+        (HEADERS_POLICY, _no_csp, "cloudfront-security-headers"),
+        (HEADERS_POLICY, _no_hsts, "cloudfront-security-headers"),
+        (HEADERS_POLICY, _hsts_not_overriding, "cloudfront-security-headers"),
+        (HEADERS_POLICY, _no_nosniff, "cloudfront-security-headers"),
     ],
-    ids=["http-allowed", "no-oac", "legacy-oai", "no-headers-policy"],
+    ids=["http-allowed", "no-oac", "legacy-oai", "no-headers-policy", "config-json-without-headers-policy",
+         "managed-headers-policy", "policy-without-csp", "policy-without-hsts", "hsts-not-overriding",
+         "policy-without-nosniff"],
 )
-def test_breaking_the_dev_web_page_is_caught(change: Any, rule: str) -> None:
+def test_breaking_the_dev_web_page_is_caught(type_: str, change: Any, rule: str) -> None:
     resources = program("dev").resources
-    assert any(r.type == "aws:cloudfront/distribution:Distribution" for r in resources)
-    broken = mutate_nested(resources, "aws:cloudfront/distribution:Distribution", change)
+    assert any(r.type == type_ for r in resources)
+    broken = mutate_nested(resources, type_, change)
     assert rule in {name for name, _, _ in violations("dev", broken)}
+
+
+def test_the_dev_page_needs_its_headers_policy_in_the_stack() -> None:
+    # The distribution still names the policy's id, but no such policy is declared: nothing vouches for its headers.
+    resources = [r for r in program("dev").resources if r.type != HEADERS_POLICY]
+    found = [message for name, _, message in violations("dev", resources) if name == "cloudfront-security-headers"]
+    assert len(found) == 2, found  # the default behavior and config.json's
+    assert all("not a response headers policy declared in this stack" in m for m in found)
 
 
 @pytest.mark.parametrize(

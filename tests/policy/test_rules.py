@@ -51,6 +51,7 @@ class Case:
     label: str
     args: Callable[[], Any]
     violates: bool
+    expect: str = ""  # a violating case: what one of the messages must say (the reason, not just any violation)
 
 
 def r(type_: str, props: dict[str, Any], config: dict[str, Any] | None = None) -> Callable[[], Any]:
@@ -80,6 +81,30 @@ def distribution(*origins: dict[str, Any], default: dict[str, Any] | None = None
     props = {"origins": list(origins) or [{"originId": "s3", "domainName": S3_REST, "originAccessControlId": "oac"}],
              "defaultCacheBehavior": default if default is not None else behavior()}
     return {**props, "orderedCacheBehaviors": ordered} if ordered is not None else props
+
+
+RHP = rules.RESPONSE_HEADERS_POLICY
+MANAGED_SIMPLE_CORS = "60669652-455b-4ae9-85a4-c4c02393f86c"  # AWS-managed "SimpleCORS": no CSP, no HSTS
+CSP = {"contentSecurityPolicy": "default-src 'none'", "override": True}
+HSTS = {"accessControlMaxAgeSec": 63072000, "includeSubdomains": True, "override": True}
+
+
+def headers_policy(policy_id: str = "rhp-id", **sections: Any) -> dict[str, Any]:
+    """A response headers policy's props (outputs, as a stack rule sees them); a section given as None is left
+    out, one given a value replaces the default."""
+    config = {"contentSecurityPolicy": CSP, "strictTransportSecurity": HSTS, "contentTypeOptions": {"override": True},
+              "frameOptions": {"frameOption": "DENY", "override": True}}
+    for name, value in sections.items():
+        config.pop(name) if value is None else config.__setitem__(name, value)
+    return {"id": policy_id, "name": "page-headers", "securityHeadersConfig": config}
+
+
+def page(props: dict[str, Any], *policies: dict[str, Any]) -> Callable[[], Any]:
+    """A stack of one distribution and `policies`."""
+    return s((CF, "page", props), *((RHP, f"headers-{i}", policy) for i, policy in enumerate(policies)))
+
+
+WITH_CONFIG = distribution(ordered=[behavior(pathPattern="config.json")])
 
 
 CASES = [
@@ -189,9 +214,61 @@ CASES = [
     Case(rules.cloudfront_s3_origin_access_control, "public S3 website endpoint",
          r(CF, distribution({"originId": "site", "domainName": "b.s3-website-us-east-1.amazonaws.com",
                              "customOriginConfig": {"originProtocolPolicy": "http-only"}})), True),
-    Case(rules.cloudfront_security_headers, "policy attached", r(CF, distribution()), False),
-    Case(rules.cloudfront_security_headers, "no policy", r(CF, distribution(default=behavior(headers=None))), True),
-    Case(rules.cloudfront_security_headers, "empty policy id", r(CF, distribution(default=behavior(headers=""))), True),
+    Case(rules.cloudfront_security_headers, "every behavior uses a policy of the stack",
+         page(WITH_CONFIG, headers_policy()), False),
+    Case(rules.cloudfront_security_headers, "behaviors may use different good policies",
+         page(distribution(ordered=[behavior(headers="other-id", pathPattern="config.json")]),
+              headers_policy(), headers_policy("other-id")), False),
+    Case(rules.cloudfront_security_headers, "a weak policy nothing uses",
+         page(WITH_CONFIG, headers_policy(), headers_policy("unused-id", strictTransportSecurity=None)), False),
+    Case(rules.cloudfront_security_headers, "no distribution",
+         s((RHP, "h", headers_policy(contentSecurityPolicy=None))), False),
+    Case(rules.cloudfront_security_headers, "no policy", page(distribution(default=behavior(headers=None)),
+                                                               headers_policy()), True,
+         expect="defaultCacheBehavior.responseHeadersPolicyId is required"),
+    Case(rules.cloudfront_security_headers, "empty policy id", page(distribution(default=behavior(headers="")),
+                                                                     headers_policy()), True,
+         expect="defaultCacheBehavior.responseHeadersPolicyId is required"),
+    Case(rules.cloudfront_security_headers, "an AWS-managed policy, not in the stack",
+         page(distribution(default=behavior(headers=MANAGED_SIMPLE_CORS)), headers_policy()), True,
+         expect="not a response headers policy declared in this stack"),
+    Case(rules.cloudfront_security_headers, "an id of no policy in the stack", page(distribution()), True,
+         expect="('rhp-id') is not a response headers policy declared in this stack"),
+    Case(rules.cloudfront_security_headers, "an ordered behavior without a policy",
+         page(distribution(ordered=[behavior(headers=None, pathPattern="config.json")]), headers_policy()), True,
+         expect="orderedCacheBehaviors[0] (config.json).responseHeadersPolicyId is required"),
+    Case(rules.cloudfront_security_headers, "an ordered behavior with an AWS-managed policy",
+         page(distribution(ordered=[behavior(headers=MANAGED_SIMPLE_CORS, pathPattern="api/*")]), headers_policy()),
+         True, expect="orderedCacheBehaviors[0] (api/*).responseHeadersPolicyId"),
+    Case(rules.cloudfront_security_headers, "policy without CSP",
+         page(WITH_CONFIG, headers_policy(contentSecurityPolicy=None)), True,
+         expect="contentSecurityPolicy needs"),
+    Case(rules.cloudfront_security_headers, "policy with an empty CSP",
+         page(WITH_CONFIG, headers_policy(contentSecurityPolicy={**CSP, "contentSecurityPolicy": " "})), True,
+         expect="contentSecurityPolicy needs"),
+    Case(rules.cloudfront_security_headers, "CSP not overriding the origin's",
+         page(WITH_CONFIG, headers_policy(contentSecurityPolicy={**CSP, "override": False})), True,
+         expect="contentSecurityPolicy needs"),
+    Case(rules.cloudfront_security_headers, "policy without HSTS",
+         page(WITH_CONFIG, headers_policy(strictTransportSecurity=None)), True,
+         expect="strictTransportSecurity needs"),
+    Case(rules.cloudfront_security_headers, "HSTS not overriding the origin's",
+         page(WITH_CONFIG, headers_policy(strictTransportSecurity={**HSTS, "override": False})), True,
+         expect="strictTransportSecurity needs"),
+    Case(rules.cloudfront_security_headers, "HSTS max-age 0 (switches HSTS off)",
+         page(WITH_CONFIG, headers_policy(strictTransportSecurity={**HSTS, "accessControlMaxAgeSec": 0})), True,
+         expect="strictTransportSecurity needs"),
+    Case(rules.cloudfront_security_headers, "policy without nosniff",
+         page(WITH_CONFIG, headers_policy(contentTypeOptions=None)), True,
+         expect="contentTypeOptions is required"),
+    Case(rules.cloudfront_security_headers, "a CORS-only policy of the stack",
+         page(WITH_CONFIG, {"id": "rhp-id", "corsConfig": {"originOverride": True}}), True,
+         expect="contentSecurityPolicy needs"),
+    Case(rules.cloudfront_security_headers, "the ordered behavior's policy lacks HSTS",
+         page(distribution(ordered=[behavior(headers="weak-id", pathPattern="config.json")]),
+              headers_policy(), headers_policy("weak-id", strictTransportSecurity=None)), True,
+         expect="orderedCacheBehaviors[0] (config.json) uses response headers policy 'headers-1', whose "
+                "securityHeadersConfig.strictTransportSecurity"),
 ]
 
 
@@ -199,6 +276,7 @@ CASES = [
 def test_rule(case: Case) -> None:
     found = violations(case.rule, case.args())
     assert bool(found) is case.violates, found
+    assert not case.expect or any(case.expect in message for message in found), found
 
 
 def test_every_rule_has_a_passing_and_a_violating_case() -> None:
@@ -212,7 +290,7 @@ def test_every_rule_has_a_passing_and_a_violating_case() -> None:
 
 def test_kinds_of_rules() -> None:
     stack_rules = {rule.name for rule in ALL_RULES if isinstance(rule, pulumi_policy.StackValidationPolicy)}
-    assert stack_rules == {"s3-encryption-at-rest", "s3-public-access-blocked"}
+    assert stack_rules == {"s3-encryption-at-rest", "s3-public-access-blocked", "cloudfront-security-headers"}
     assert all(isinstance(rule, pulumi_policy.ResourceValidationPolicy | pulumi_policy.StackValidationPolicy)
                for rule in ALL_RULES)
 
@@ -254,16 +332,64 @@ def test_bucket_pairs_by_property_dependency_when_its_id_is_unknown() -> None:
 
 
 def test_cloudfront_rules_wait_for_ids_known_only_after_create() -> None:
-    # In preview the OAC's and the headers policy's ids are unknown: set, not missing.
+    # In preview the OAC's id is unknown: set, not missing.
     props = distribution({"originId": "s3", "domainName": UNKNOWN_STRING_VALUE,
                           "originAccessControlId": UNKNOWN_STRING_VALUE},
                          default=behavior(headers=UNKNOWN_STRING_VALUE))
     args = resource_args(CF, props)
     assert violations(rules.cloudfront_s3_origin_access_control, args) == []
-    assert violations(rules.cloudfront_security_headers, args) == []
     unsigned = resource_args(CF, distribution({"originId": "s3", "domainName": UNKNOWN_STRING_VALUE}))
     with pytest.raises(UnknownValueError):  # an unknown domain without an OAC: left to `up`
         violations(rules.cloudfront_s3_origin_access_control, unsigned)
+
+
+def _preview_page(policy: Any, deps: tuple[str, ...] = ("defaultCacheBehavior", "orderedCacheBehaviors")) -> Any:
+    """A distribution whose behaviors' policy ids are unknown (preview), depending on `policy` through `deps`."""
+    props = distribution(default=behavior(headers=UNKNOWN_STRING_VALUE),
+                         ordered=[behavior(headers=UNKNOWN_STRING_VALUE, pathPattern="config.json")])
+    page = policy_resource(CF, "page", props, property_dependencies={d: [policy] for d in deps})
+    return stack_args([page, policy])
+
+
+def test_security_headers_in_preview_pair_by_dependency_and_check_what_is_known() -> None:
+    # In preview the headers policy's id is unknown, and so is its CSP (built from the API's endpoints): the
+    # behaviors are tied to it by the dependencies Pulumi records; what is known of it is checked, the rest by `up`.
+    csp_unknown = {**CSP, "contentSecurityPolicy": UNKNOWN_STRING_VALUE}
+    policy = policy_resource(RHP, "page-headers", headers_policy(UNKNOWN_STRING_VALUE,
+                                                                 contentSecurityPolicy=csp_unknown))
+    assert violations(rules.cloudfront_security_headers, _preview_page(policy)) == []
+    opaque = policy_resource(RHP, "page-headers", {"id": UNKNOWN_STRING_VALUE,
+                                                   "securityHeadersConfig": UNKNOWN_STRING_VALUE})
+    assert violations(rules.cloudfront_security_headers, _preview_page(opaque)) == []
+    # An unknown id with no dependency on a policy of the stack is not known to be one: a violation, as an
+    # unpaired bucket is for the S3 rules (it could be an AWS-managed policy looked up at run time).
+    [message] = violations(rules.cloudfront_security_headers, _preview_page(policy, deps=("defaultCacheBehavior",)))
+    assert "orderedCacheBehaviors[0] (config.json)" in message and "not known yet" in message
+    # What is known of the policy is checked: no HSTS is a violation for each behavior using it.
+    weak = policy_resource(RHP, "page-headers", headers_policy(UNKNOWN_STRING_VALUE, strictTransportSecurity=None))
+    found = violations(rules.cloudfront_security_headers, _preview_page(weak))
+    assert len(found) == 2 and all("strictTransportSecurity" in m and "'page-headers'" in m for m in found)
+
+
+def test_security_headers_match_known_ids_by_value_not_by_dependency() -> None:
+    # Once ids are known, a dependency on a good policy does not vouch for a behavior naming another id.
+    good = policy_resource(RHP, "page-headers", headers_policy())
+    props = distribution(ordered=[behavior(headers=MANAGED_SIMPLE_CORS, pathPattern="api/*")])
+    page = policy_resource(CF, "page", props, property_dependencies={"defaultCacheBehavior": [good],
+                                                                     "orderedCacheBehaviors": [good]})
+    [message] = violations(rules.cloudfront_security_headers, stack_args([page, good]))
+    assert "orderedCacheBehaviors[0] (api/*)" in message and MANAGED_SIMPLE_CORS in message
+    assert "not a response headers policy declared in this stack" in message
+
+
+def test_security_headers_messages_name_the_distribution_behavior_policy_and_fix() -> None:
+    props = distribution(ordered=[behavior(headers="weak-id", pathPattern="config.json")])
+    weak = headers_policy("weak-id", contentSecurityPolicy=None, contentTypeOptions=None)
+    found = violations(rules.cloudfront_security_headers, page(props, headers_policy(), weak)())
+    assert len(found) == 2, found
+    assert all(m.startswith("CloudFront distribution 'page': orderedCacheBehaviors[0] (config.json) uses response "
+                            "headers policy 'headers-1'") for m in found)
+    assert any("contentSecurityPolicy" in m for m in found) and any("contentTypeOptions" in m for m in found)
 
 
 def test_violation_messages_name_the_resource_and_the_fix() -> None:
