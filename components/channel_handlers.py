@@ -98,38 +98,44 @@ class ChannelHandlers(pulumi.ComponentResource):
 
         # Data sources wait for the policy so AppSync never holds a role that cannot yet invoke.
         after_policy = pulumi.ResourceOptions(parent=self, depends_on=[invoke_policy])
-        gatekeeper = aws.appsync.DataSource(
-            f"{resource_name}-gatekeeper",
-            api_id=args.api_id,
-            name=GATEKEEPER_DATA_SOURCE,
-            type="AWS_LAMBDA",
-            lambda_config=aws.appsync.DataSourceLambdaConfigArgs(function_arn=args.gatekeeper_function_arn),
-            service_role_arn=service_role.arn,
-            opts=after_policy,
-        )
-        subscribe = aws.appsync.DataSource(
-            f"{resource_name}-subscribe",
-            api_id=args.api_id,
-            name=SUBSCRIBE_DATA_SOURCE,
-            type="AWS_LAMBDA",
-            lambda_config=aws.appsync.DataSourceLambdaConfigArgs(function_arn=args.subscribe_function_arn),
-            service_role_arn=service_role.arn,
-            opts=after_policy,
-        )
+        def lambda_data_source(key: str, name: str, function_arn: pulumi.Input[str]) -> aws.appsync.DataSource:
+            return aws.appsync.DataSource(
+                f"{resource_name}-{key}",
+                api_id=args.api_id,
+                name=name,
+                type="AWS_LAMBDA",
+                lambda_config=aws.appsync.DataSourceLambdaConfigArgs(function_arn=function_arn),
+                service_role_arn=service_role.arn,
+                opts=after_policy,
+            )
 
-        chat = aws.appsync.ChannelNamespace(
-            f"{resource_name}-{CHAT_NAMESPACE}",
-            api_id=args.api_id,
-            name=CHAT_NAMESPACE,
-            publish_auth_modes=[
-                aws.appsync.ChannelNamespacePublishAuthModeArgs(auth_type=a)
-                for a in NAMESPACE_AUTH[CHAT_NAMESPACE]["publish"]
-            ],
-            subscribe_auth_modes=[
-                aws.appsync.ChannelNamespaceSubscribeAuthModeArgs(auth_type=a)
-                for a in NAMESPACE_AUTH[CHAT_NAMESPACE]["subscribe"]
-            ],
-            handler_configs=aws.appsync.ChannelNamespaceHandlerConfigsArgs(
+        def namespace(
+            name: str, handlers: aws.appsync.ChannelNamespaceHandlerConfigsArgs
+        ) -> aws.appsync.ChannelNamespace:
+            # Auth modes from the runtime's table: the same one the local gateway's namespaces use.
+            return aws.appsync.ChannelNamespace(
+                f"{resource_name}-{name}",
+                api_id=args.api_id,
+                name=name,
+                publish_auth_modes=[
+                    aws.appsync.ChannelNamespacePublishAuthModeArgs(auth_type=a)
+                    for a in NAMESPACE_AUTH[name]["publish"]
+                ],
+                subscribe_auth_modes=[
+                    aws.appsync.ChannelNamespaceSubscribeAuthModeArgs(auth_type=a)
+                    for a in NAMESPACE_AUTH[name]["subscribe"]
+                ],
+                handler_configs=handlers,
+                tags=tags,
+                opts=child,
+            )
+
+        gatekeeper = lambda_data_source("gatekeeper", GATEKEEPER_DATA_SOURCE, args.gatekeeper_function_arn)
+        subscribe = lambda_data_source("subscribe", SUBSCRIBE_DATA_SOURCE, args.subscribe_function_arn)
+        # The two handler configs differ only in their typed argument classes (onPublish vs onSubscribe).
+        chat = namespace(
+            CHAT_NAMESPACE,
+            aws.appsync.ChannelNamespaceHandlerConfigsArgs(
                 on_publish=aws.appsync.ChannelNamespaceHandlerConfigsOnPublishArgs(
                     behavior=_DIRECT,
                     integration=aws.appsync.ChannelNamespaceHandlerConfigsOnPublishIntegrationArgs(
@@ -140,22 +146,10 @@ class ChannelHandlers(pulumi.ComponentResource):
                     ),
                 ),
             ),
-            tags=tags,
-            opts=child,
         )
-        responses = aws.appsync.ChannelNamespace(
-            f"{resource_name}-{RESPONSES_NAMESPACE}",
-            api_id=args.api_id,
-            name=RESPONSES_NAMESPACE,
-            publish_auth_modes=[
-                aws.appsync.ChannelNamespacePublishAuthModeArgs(auth_type=a)
-                for a in NAMESPACE_AUTH[RESPONSES_NAMESPACE]["publish"]
-            ],
-            subscribe_auth_modes=[
-                aws.appsync.ChannelNamespaceSubscribeAuthModeArgs(auth_type=a)
-                for a in NAMESPACE_AUTH[RESPONSES_NAMESPACE]["subscribe"]
-            ],
-            handler_configs=aws.appsync.ChannelNamespaceHandlerConfigsArgs(
+        responses = namespace(
+            RESPONSES_NAMESPACE,
+            aws.appsync.ChannelNamespaceHandlerConfigsArgs(
                 on_subscribe=aws.appsync.ChannelNamespaceHandlerConfigsOnSubscribeArgs(
                     behavior=_DIRECT,
                     integration=aws.appsync.ChannelNamespaceHandlerConfigsOnSubscribeIntegrationArgs(
@@ -166,8 +160,6 @@ class ChannelHandlers(pulumi.ComponentResource):
                     ),
                 ),
             ),
-            tags=tags,
-            opts=child,
         )
 
         self.chat_namespace_name = chat.name
