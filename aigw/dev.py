@@ -108,6 +108,8 @@ class DevGateway:
     usage_sink: UsageSink | None = None
     """Started by `start()`, closed (the rest flushed) by `stop()`; `offer` it the runtime's log lines."""
     info: dict[str, Any] = field(default_factory=dict)
+    pool: LocalPool | None = None
+    """The local Cognito pool, once provisioned (tests and benchmarks add users to it)."""
     bedrock: BedrockEmulator | None = None
     """The Bedrock emulator, once started (tests queue faults with `bedrock.inject_fault`)."""
     events: ServerThread | None = None
@@ -155,6 +157,7 @@ class DevGateway:
 
         cognito = boto3.client("cognito-idp", region_name=region, config=config)
         pool: LocalPool = provision(cognito, self.settings, name=prefix)
+        self.pool = pool
         demo = seed_demo_user(cognito, pool, self.settings) if self.seed_user else None
 
         bedrock = BedrockEmulator(

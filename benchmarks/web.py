@@ -30,7 +30,7 @@ from typing import Any
 import boto3
 
 from aigw.dev import Ports, running
-from aigw.local_cognito import LocalPool, add_user, generate_password, issuer_for
+from aigw.local_cognito import add_user, generate_password
 from benchmarks.gateway import CountingSink, summary
 from components.settings import StackSettings
 
@@ -85,12 +85,7 @@ def main() -> None:
     ) as gw, sync_playwright() as p:
         c = gw.info["cognito"]
         idp = boto3.client("cognito-idp", region_name=gw.info["region"], endpoint_url=c["endpoint"])
-        pool = LocalPool(
-            user_pool_id=c["user_pool_id"], client_id=c["client_id"], region=gw.info["region"],
-            endpoint=c["endpoint"], issuer=issuer_for(gw.info["region"], c["user_pool_id"]),
-            jwks_url=f"{c['endpoint']}/{c['user_pool_id']}/.well-known/jwks.json",
-            tiers=tuple(t.name for t in settings.tiers),
-        )
+        pool = gw.pool
 
         def new_user() -> tuple[str, str]:
             email, password = f"bench-{uuid.uuid4().hex[:8]}@example.com", generate_password()

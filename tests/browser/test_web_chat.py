@@ -32,7 +32,7 @@ from hypothesis import strategies as st
 
 from aigw.dev import DevGateway, Ports, running
 from aigw.emulators.bedrock import default_answer
-from aigw.local_cognito import LocalPool, add_user, issuer_for
+from aigw.local_cognito import add_user
 from components.settings import StackSettings
 from runtime.cache import AnswerCache
 from runtime.metering import Limits, Meter
@@ -125,12 +125,8 @@ class Users:
     def __init__(self, gw: DevGateway) -> None:
         c = gw.info["cognito"]
         self.idp = boto3.client("cognito-idp", region_name=gw.info["region"], endpoint_url=c["endpoint"])
-        self.pool = LocalPool(
-            user_pool_id=c["user_pool_id"], client_id=c["client_id"], region=gw.info["region"],
-            endpoint=c["endpoint"], issuer=issuer_for(gw.info["region"], c["user_pool_id"]),
-            jwks_url=f"{c['endpoint']}/{c['user_pool_id']}/.well-known/jwks.json",
-            tiers=tuple(t.name for t in sorted(SETTINGS.tiers, key=lambda t: t.precedence)),
-        )
+        assert gw.pool is not None
+        self.pool = gw.pool
 
     def new(self, tier: str = "free") -> tuple[str, str]:
         """A fresh confirmed user of `tier`: (email, sub)."""

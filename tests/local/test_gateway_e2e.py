@@ -31,7 +31,7 @@ from aigw.client import Endpoints, EventsClient, ProtocolError
 from aigw.dev import DevGateway, Ports, running
 from aigw.emulators.bedrock import default_answer
 from aigw.events_server import SUBPROTOCOL, encode_header_subprotocol
-from aigw.local_cognito import LocalPool, add_user, issuer_for
+from aigw.local_cognito import LocalPool, add_user
 from components.settings import StackSettings
 from runtime.cache import AnswerCache
 from runtime.metering import Limits, Meter
@@ -129,15 +129,8 @@ def h(gateway: DevGateway) -> Harness:
     config = Config(max_pool_connections=64, retries={"mode": "standard", "max_attempts": 3})
     idp = boto3.client("cognito-idp", region_name=info["region"], endpoint_url=c["endpoint"], config=config)
     dynamodb = boto3.client("dynamodb", region_name=info["region"], endpoint_url=c["endpoint"], config=config)
-    pool = LocalPool(
-        user_pool_id=c["user_pool_id"],
-        client_id=c["client_id"],
-        region=info["region"],
-        endpoint=c["endpoint"],
-        issuer=issuer_for(info["region"], c["user_pool_id"]),
-        jwks_url=f"{c['endpoint']}/{c['user_pool_id']}/.well-known/jwks.json",
-        tiers=tuple(t.name for t in sorted(SETTINGS.tiers, key=lambda t: t.precedence)),
-    )
+    assert gateway.pool is not None
+    pool = gateway.pool
     endpoints = Endpoints(
         info["http"], info["realtime"], info["region"], c["endpoint"], c["user_pool_id"], c["client_id"]
     )
