@@ -799,3 +799,44 @@ def test_a_markdown_answer_is_formatted_and_stays_safe(
     assert text.locator("img, b, script").count() == 0
     assert "[this](javascript:alert(1))" in text.inner_text()
     assert tab.page.evaluate("window.injected") is None
+
+
+def test_the_page_over_tls_signs_in_and_streams(browser: Any, tmp_path: Path) -> None:
+    """`aigw dev --tls`: the page on https://localhost, the socket on wss://, under the CSP for those origins."""
+    saved = dict(os.environ)
+    try:
+        with running(SETTINGS, ports=Ports(0, 0, 0, 0), stack=f"webtls{secrets.token_hex(3)}", pacing_s=0.0,
+                     tls=True, tls_dir=tmp_path, analytics_dir=None) as gw:
+            assert gw.info["web"].startswith("https://localhost:")
+            # The local CA is not in Chromium's store; the test trusts it the way a developer's browser would.
+            context = browser.new_context(ignore_https_errors=True)
+            try:
+                tab = Page(context, gw.info["web"])
+                demo = gw.info["demo_user"]
+                tab.page.get_by_label("Username").fill(demo["username"])
+                tab.page.get_by_label("Password", exact=True).fill(demo["password"])
+                tab.page.get_by_label("Password", exact=True).press("Enter")
+                tab.page.get_by_text("Connected").wait_for()
+                tab.send("Over TLS?")
+                assert tab.wait_settled().locator(".text").inner_text() == expected_answer("Over TLS?")
+                csp = tab.page.evaluate("fetch('config.json').then((r) => r.headers.get('content-security-policy'))")
+                assert "wss://localhost:" in csp and "https://localhost:" in csp
+                assert tab.problems == []
+            finally:
+                context.close()
+    finally:
+        # Back to the module's gateway: its environment, and handlers that build their clients from it again.
+        os.environ.clear()
+        os.environ.update(saved)
+        from runtime import handlers
+
+        for cached in (handlers.config, handlers.gatekeeper, handlers.worker):
+            cached.cache_clear()
+
+
+def test_the_module_gateway_still_answers_after_the_tls_one(open_page: Any, users: Users) -> None:
+    email, _ = users.new("free")
+    tab = open_page()
+    tab.sign_in(email)
+    tab.send("Still here?")
+    assert tab.wait_settled().locator(".text").inner_text() == expected_answer("Still here?")
