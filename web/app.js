@@ -42,8 +42,28 @@ function saveConversations() {
     ...c,
     messages: c.messages.map((m) => (m.status === "streaming" ? { ...m, status: "error", error: "Interrupted." } : m)),
   }));
-  localStorage.setItem(storageKey(), JSON.stringify(kept));
-  if (state.currentId) localStorage.setItem(`${storageKey()}.current`, state.currentId);
+  // The browser's storage is a few MB: when it is full, the oldest conversations are the ones not kept
+  // (they stay on screen until the page is reloaded), and the page says so once.
+  let dropped = 0;
+  for (;;) {
+    try {
+      localStorage.setItem(storageKey(), JSON.stringify(kept));
+      break;
+    } catch (err) {
+      if (kept.length <= 1) return; // not even the newest fits: nothing more to drop
+      kept.pop();
+      dropped += 1;
+    }
+  }
+  if (dropped && !state.storageWarned && !state.countdown) {
+    state.storageWarned = true;
+    notice("This browser's storage is full: the oldest conversations will not be kept after a reload.");
+  }
+  try {
+    if (state.currentId) localStorage.setItem(`${storageKey()}.current`, state.currentId);
+  } catch {
+    // Which conversation was open is a nicety; the conversations themselves were saved above.
+  }
 }
 
 function current() {
@@ -229,6 +249,18 @@ function setBudget(remaining) {
     meter.optimum = max;
     $(`budget-${key}-text`).textContent = `${value.toLocaleString()} tokens left`;
     if (state.limits[key] == null) state.limits[key] = value;
+  }
+}
+
+/** Nothing known yet (a new sign-in): the bars full, no figures. */
+function resetBudget() {
+  for (const key of ["window", "month"]) {
+    const meter = $(`budget-${key}`);
+    meter.removeAttribute("low");
+    meter.removeAttribute("optimum");
+    meter.max = 1;
+    meter.value = 1;
+    $(`budget-${key}-text`).textContent = "–";
   }
 }
 
@@ -546,6 +578,11 @@ async function signOut(message) {
   clearNotice();
   if (state.session) await state.session.signOut();
   state.session = null;
+  // Nothing of this user stays in the page for the next one: their messages, conversations and budget.
+  $("messages").replaceChildren();
+  $("conversation-list").replaceChildren();
+  $("conversation-title").textContent = "Conversation";
+  resetBudget();
   $("sign-in-error").textContent = typeof message === "string" ? message : "";
   showSignIn();
 }
@@ -622,7 +659,8 @@ function wire() {
   $("stop").addEventListener("click", stopCurrent);
 
   $("new-conversation").addEventListener("click", () => {
-    newConversation();
+    const open = current();
+    if (!open || open.messages.length > 0) newConversation(); // an empty one is already new
     renderConversationList();
     renderMessages();
     $("prompt").focus();

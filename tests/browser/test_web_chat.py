@@ -272,13 +272,18 @@ def test_a_second_user_sees_none_of_the_first_users_conversations(open_page: Any
     tab.send("A private question about my payslip")
     tab.wait_settled()
 
-    # Same browser, same storage: the next person to sign in sees a fresh, empty conversation list...
+    assert tokens_left(tab, "window") < 20_000
+
+    # Same browser, same storage: the next person to sign in sees a fresh, empty conversation list, and none of
+    # the first user's figures...
     tab.sign_out()
+    assert "payslip" not in tab.page.content()  # gone from the page itself, not only hidden
     tab.sign_in(second)
     titles = tab.page.locator("#conversation-list .title").all_inner_texts()
     assert titles == ["New conversation"]
     assert tab.answers().count() == 0
     assert "payslip" not in tab.page.locator("main").inner_text()
+    assert tab.page.locator("#budget-window-text").inner_text() == "–"
 
     # ...and the server refuses them the first user's channels even when they ask from the page directly.
     refused = tab.page.evaluate(
@@ -322,7 +327,7 @@ def test_over_the_limit_shows_a_live_countdown(open_page: Any, users: Users) -> 
     assert tab.page.locator("#send").is_enabled()
 
     # In a new conversation it would fit, once the first question has left the window.
-    tab.page.get_by_role("button", name="New conversation").click()
+    tab.page.locator("#new-conversation").click()
     tab.send(LONG_QUESTION)
     notice.filter(has_text="You can send again in").wait_for()
     countdown = re.compile(r"You can send again in (\d+) s\.")
@@ -387,11 +392,17 @@ def test_conversations_can_be_created_switched_renamed_and_deleted(open_page: An
     page = tab.page
     tab.send("First topic")
     tab.wait_settled()
-    page.get_by_role("button", name="New conversation").click()
+    page.locator("#new-conversation").click()
     tab.send("Second topic")
     tab.wait_settled()
     titles = page.locator("#conversation-list .title")
     assert titles.all_inner_texts() == ["Second topic", "First topic"]
+    # An empty conversation is already new: asking for another does not pile up empty ones.
+    page.locator("#new-conversation").click()
+    page.locator("#new-conversation").click()
+    assert titles.all_inner_texts() == ["New conversation", "Second topic", "First topic"]
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.get_by_role("button", name="Delete “New conversation”").click()
 
     titles.nth(1).click()
     assert page.locator("#messages .message.user .text").all_inner_texts() == ["First topic"]
@@ -607,7 +618,7 @@ def test_no_accessibility_violations_axe_finds(open_page: Any, users: Users, sch
     tab.sign_in(email)
     tab.send(LONG_QUESTION)
     tab.wait_settled()
-    tab.page.get_by_role("button", name="New conversation").click()
+    tab.page.locator("#new-conversation").click()
     tab.send(LONG_QUESTION)  # refused: the countdown notice is on screen too
     tab.page.locator("#notice").wait_for(state="visible")
     found["chat"] = axe_violations(tab.page)
@@ -840,3 +851,36 @@ def test_the_module_gateway_still_answers_after_the_tls_one(open_page: Any, user
     tab.sign_in(email)
     tab.send("Still here?")
     assert tab.wait_settled().locator(".text").inner_text() == expected_answer("Still here?")
+
+
+def test_full_browser_storage_keeps_the_newest_conversations_and_says_so(open_page: Any, users: Users) -> None:
+    email, sub = users.new("free")
+    tab = open_page()
+    tab.sign_in(email)
+    page = tab.page
+    for topic in ("Oldest topic", "Middle topic"):
+        page.locator("#new-conversation").click()
+        tab.send(topic)
+        tab.wait_settled()
+    # From now on the browser refuses to store more than it holds now (as a full quota does).
+    page.evaluate("""(key) => {
+        const limit = localStorage.getItem(key).length + 200;
+        const setItem = Storage.prototype.setItem;
+        Storage.prototype.setItem = function (k, v) {
+            if (k === key && v.length > limit) throw new DOMException('full', 'QuotaExceededError');
+            return setItem.call(this, k, v);
+        };
+    }""", f"aigw.conversations.{sub}")
+    page.locator("#new-conversation").click()
+    tab.send("Newest topic")
+    tab.wait_settled()
+    expect(page.locator("#notice")).to_have_text(
+        "This browser's storage is full: the oldest conversations will not be kept after a reload."
+    )
+    titles = page.locator("#conversation-list .title")
+    assert titles.all_inner_texts()[:3] == ["Newest topic", "Middle topic", "Oldest topic"]  # still on screen
+
+    page.reload()  # the patch goes with the old page
+    page.locator("#chat-view").wait_for(state="visible")
+    kept = titles.all_inner_texts()
+    assert kept[0] == "Newest topic" and "Oldest topic" not in kept
