@@ -3,14 +3,16 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
@@ -142,7 +144,8 @@ def plan(
         str, typer.Option("--profile", metavar="idle|light|team|FILE", help="Usage profile for --cost.")
     ] = "light",
     prices: Annotated[
-        Path | None, typer.Option("--prices", metavar="FILE", help="Price list for --cost [default: cost/prices.yaml].")
+        Path | None,
+        typer.Option("--prices", metavar="FILE", help="Price list for --cost \\[default: cost/prices.yaml]."),
     ] = None,
 ) -> None:
     """What a stack would create, grouped by component: the real program under mocks, offline.
@@ -236,7 +239,7 @@ def analytics(
     plot: Annotated[
         Path | None, typer.Option("--plot", metavar="PNG", help="Also draw the result to this PNG.")
     ] = None,
-    y: Annotated[str | None, typer.Option("--y", help="The column --plot draws [default: a headline one].")] = None,
+    y: Annotated[str | None, typer.Option("--y", help="The column --plot draws \\[default: a headline one].")] = None,
     list_: Annotated[bool, typer.Option("--list", help="List the queries with their descriptions.")] = False,
     data: Annotated[
         Path, typer.Option("--data", help="The usage records (Parquet) as `aigw dev` writes them.")
@@ -386,7 +389,7 @@ StackName = Annotated[
     str | None, typer.Option("--stack", help="Act on a deployed stack (reads `pulumi stack output`).")
 ]
 StackFile = Annotated[
-    Path | None, typer.Option("--stack-file", help="Tiers from this stack file [default: Pulumi.<stack>.yaml].")
+    Path | None, typer.Option("--stack-file", help="Tiers from this stack file \\[default: Pulumi.<stack>.yaml].")
 ]
 Region = Annotated[str | None, typer.Option("--region", help="Deployed: AWS region (with the flags below).")]
 UserPoolId = Annotated[str | None, typer.Option("--user-pool-id", help="Deployed: the Cognito user pool.")]
@@ -446,6 +449,39 @@ def _target(
     return Target.from_dev_json(dev_json, stack_file)
 
 
+_TARGET_FLAGS = {"user_pool_id": UserPoolId, "metering_table": MeteringTable, "cache_table": CacheTable}
+_Command = TypeVar("_Command", bound=Callable[..., None])
+
+
+def _acts_on(*flags: str) -> Callable[[_Command], _Command]:
+    """Adds to a command the options that pick the gateway it acts on — `aigw dev`'s dev.json by default,
+    `--stack S`, or `--region` with the deployed names in `flags` — and hands it the resolved `target`."""
+    keyword = inspect.Parameter.KEYWORD_ONLY
+    options = [
+        inspect.Parameter("dev_json", keyword, default=DEFAULT_DEV_JSON, annotation=DevJson),
+        inspect.Parameter("stack", keyword, default=None, annotation=StackName),
+        inspect.Parameter("stack_file", keyword, default=None, annotation=StackFile),
+        inspect.Parameter("region", keyword, default=None, annotation=Region),
+        *(inspect.Parameter(flag, keyword, default=None, annotation=_TARGET_FLAGS[flag]) for flag in flags),
+    ]
+
+    def decorate(command: _Command) -> _Command:
+        own = [p for p in inspect.signature(command, eval_str=True).parameters.values() if p.name != "target"]
+
+        @functools.wraps(command)
+        def with_target(*args: Any, **kwargs: Any) -> None:
+            where = {option.name: kwargs.pop(option.name) for option in options}
+            with _handled():
+                target = _target(**where)
+            command(*args, target=target, **kwargs)
+
+        # typer reads the options from this signature: the command's own, then the target's.
+        with_target.__signature__ = inspect.Signature([*own, *options])  # type: ignore[attr-defined]
+        return with_target  # type: ignore[return-value]
+
+    return decorate
+
+
 def _int(n: int) -> str:
     return f"{n:,}"
 
@@ -457,23 +493,22 @@ app.add_typer(users_app, name="users")
 
 
 @users_app.command("add")
+@_acts_on("user_pool_id")
 def users_add(
     email: Annotated[str, typer.Argument(help="The user's email address (their sign-in name).")],
-    tier: Annotated[str | None, typer.Option("--tier", help="Tier group [default: the stack's default tier].")] = None,
-    password: Annotated[
-        str | None, typer.Option("--password", help="Permanent password [default: generated and printed].")
+    tier: Annotated[
+        str | None, typer.Option("--tier", help="Tier group \\[default: the stack's default tier].")
     ] = None,
-    dev_json: DevJson = DEFAULT_DEV_JSON,
-    stack: StackName = None,
-    stack_file: StackFile = None,
-    region: Region = None,
-    user_pool_id: UserPoolId = None,
+    password: Annotated[
+        str | None, typer.Option("--password", help="Permanent password \\[default: generated and printed].")
+    ] = None,
+    *,
+    target: Any,
 ) -> None:
     """Create a confirmed user with a permanent password, in a tier."""
     from aigw import admin
 
     with _handled():
-        target = _target(dev_json, stack, stack_file, region, user_pool_id)
         address, sub, secret = admin.add_user(target.cognito(), target, email, tier=tier, password=password)
     console = Console()
     console.print(f"added [bold]{address}[/bold] (sub {sub}) to tier {tier or target.default_tier}")
@@ -482,18 +517,15 @@ def users_add(
 
 
 @users_app.command("list")
+@_acts_on("user_pool_id")
 def users_list(
-    dev_json: DevJson = DEFAULT_DEV_JSON,
-    stack: StackName = None,
-    stack_file: StackFile = None,
-    region: Region = None,
-    user_pool_id: UserPoolId = None,
+    *,
+    target: Any,
 ) -> None:
     """Every user with their sub and tier."""
     from aigw import admin
 
     with _handled():
-        target = _target(dev_json, stack, stack_file, region, user_pool_id)
         users = admin.list_users(target.cognito(), target)
     table = Table(title=f"{len(users)} users — {target.description}")
     table.add_column("email", no_wrap=True)
@@ -507,20 +539,17 @@ def users_list(
 
 
 @users_app.command("set-tier")
+@_acts_on("user_pool_id")
 def users_set_tier(
     user: Annotated[str, typer.Argument(help="Email or sub.")],
     tier: Annotated[str, typer.Argument(help="The new tier.")],
-    dev_json: DevJson = DEFAULT_DEV_JSON,
-    stack: StackName = None,
-    stack_file: StackFile = None,
-    region: Region = None,
-    user_pool_id: UserPoolId = None,
+    *,
+    target: Any,
 ) -> None:
     """Move a user to a tier (out of every other tier group). Takes effect at their next sign-in."""
     from aigw import admin
 
     with _handled():
-        target = _target(dev_json, stack, stack_file, region, user_pool_id)
         found = admin.set_tier(target.cognito(), target, user, tier)
     Console().print(f"{found.email} is now in tier [bold]{tier}[/bold] (from their next sign-in)")
 
@@ -549,20 +578,16 @@ def _limits_table(view: Any) -> Table:
 
 
 @limits_app.command("show")
+@_acts_on("user_pool_id", "metering_table")
 def limits_show(
     user: Annotated[str, typer.Argument(help="Email or sub.")],
-    dev_json: DevJson = DEFAULT_DEV_JSON,
-    stack: StackName = None,
-    stack_file: StackFile = None,
-    region: Region = None,
-    user_pool_id: UserPoolId = None,
-    metering_table: MeteringTable = None,
+    *,
+    target: Any,
 ) -> None:
     """A user's tier limits, override (if any) and the limits in effect."""
     from aigw import admin
 
     with _handled():
-        target = _target(dev_json, stack, stack_file, region, user_pool_id, metering_table)
         view = admin.show_limits(target.cognito(), target.meter(), target, user)
     Console().print(_limits_table(view))
     if view.override is None:
@@ -570,28 +595,24 @@ def limits_show(
 
 
 @limits_app.command("set")
+@_acts_on("user_pool_id", "metering_table")
 def limits_set(
     user: Annotated[str, typer.Argument(help="Email or sub.")],
     window_tokens: Annotated[int, typer.Option("--window-tokens", help="Tokens per rolling window.")],
     monthly_tokens: Annotated[int, typer.Option("--monthly-tokens", help="Tokens per UTC month.")],
     window_seconds: Annotated[
-        int | None, typer.Option("--window-seconds", help="Window length, a multiple of 10 [default: the tier's].")
+        int | None, typer.Option("--window-seconds", help="Window length, a multiple of 10 \\[default: the tier's].")
     ] = None,
     min_output_tokens: Annotated[
-        int | None, typer.Option("--min-output-tokens", help="Smallest output worth admitting [default: the tier's].")
+        int | None, typer.Option("--min-output-tokens", help="Smallest output worth admitting \\[default: the tier's].")
     ] = None,
-    dev_json: DevJson = DEFAULT_DEV_JSON,
-    stack: StackName = None,
-    stack_file: StackFile = None,
-    region: Region = None,
-    user_pool_id: UserPoolId = None,
-    metering_table: MeteringTable = None,
+    *,
+    target: Any,
 ) -> None:
     """Give a user limits of their own (they never expire; `limits clear` removes them)."""
     from aigw import admin
 
     with _handled():
-        target = _target(dev_json, stack, stack_file, region, user_pool_id, metering_table)
         view = admin.set_limits(
             target.cognito(), target.meter(), target, user, window_tokens=window_tokens,
             monthly_tokens=monthly_tokens, window_seconds=window_seconds, min_output_tokens=min_output_tokens,
@@ -600,39 +621,31 @@ def limits_set(
 
 
 @limits_app.command("clear")
+@_acts_on("user_pool_id", "metering_table")
 def limits_clear(
     user: Annotated[str, typer.Argument(help="Email or sub.")],
-    dev_json: DevJson = DEFAULT_DEV_JSON,
-    stack: StackName = None,
-    stack_file: StackFile = None,
-    region: Region = None,
-    user_pool_id: UserPoolId = None,
-    metering_table: MeteringTable = None,
+    *,
+    target: Any,
 ) -> None:
     """Remove a user's override: the tier's limits apply again."""
     from aigw import admin
 
     with _handled():
-        target = _target(dev_json, stack, stack_file, region, user_pool_id, metering_table)
         view = admin.clear_limits(target.cognito(), target.meter(), target, user)
     Console().print(f"override of {view.user.email} cleared: tier {view.tier.name} limits apply")
 
 
 @app.command()
+@_acts_on("user_pool_id", "metering_table")
 def usage(
     user: Annotated[str, typer.Argument(help="Email or sub.")],
-    dev_json: DevJson = DEFAULT_DEV_JSON,
-    stack: StackName = None,
-    stack_file: StackFile = None,
-    region: Region = None,
-    user_pool_id: UserPoolId = None,
-    metering_table: MeteringTable = None,
+    *,
+    target: Any,
 ) -> None:
     """Tokens a user used and has left, in the rolling window and this UTC month."""
     from aigw import admin
 
     with _handled():
-        target = _target(dev_json, stack, stack_file, region, user_pool_id, metering_table)
         view = admin.usage(target.cognito(), target.meter(), target, user)
     u, limits = view.usage, view.usage.limits
     source = "override" if view.overridden else f"tier {view.tier.name}"
@@ -656,10 +669,6 @@ app.add_typer(cache_app, name="cache")
 Model = Annotated[str, typer.Option("--model", help="The model id the answer is for.")]
 
 
-def _cache(dev_json: Path, stack: str | None, stack_file: Path | None, region: str | None,
-           cache_table: str | None) -> Any:
-    return _target(dev_json, stack, stack_file, region, cache_table=cache_table).cache()
-
 
 def _expires(entry: Any) -> str:
     from datetime import UTC, datetime
@@ -668,44 +677,40 @@ def _expires(entry: Any) -> str:
 
 
 @cache_app.command("put")
+@_acts_on("cache_table")
 def cache_put(
     question: Annotated[str, typer.Argument(help="The question, as users ask it.")],
     answer: Annotated[str, typer.Argument(help="The prepared answer.")],
     model: Model,
     ttl_days: Annotated[
-        int | None, typer.Option("--ttl-days", help="Days to keep it [default: the stack's cacheTtlDays].")
+        int | None, typer.Option("--ttl-days", help="Days to keep it \\[default: the stack's cacheTtlDays].")
     ] = None,
-    dev_json: DevJson = DEFAULT_DEV_JSON,
-    stack: StackName = None,
-    stack_file: StackFile = None,
-    region: Region = None,
-    cache_table: CacheTable = None,
+    *,
+    target: Any,
 ) -> None:
     """Store (or replace) the answer to a question for a model."""
     from aigw import admin
 
     with _handled():
-        entry = admin.cache_put(_cache(dev_json, stack, stack_file, region, cache_table), question, answer, model,
+        entry = admin.cache_put(target.cache(), question, answer, model,
                                 ttl_days)
     Console().print(f"stored for {entry.model_id} until {_expires(entry)} (matches {entry.normalized_question!r})",
                     markup=False, highlight=False)
 
 
 @cache_app.command("get")
+@_acts_on("cache_table")
 def cache_get(
     question: Annotated[str, typer.Argument(help="The question.")],
     model: Model,
-    dev_json: DevJson = DEFAULT_DEV_JSON,
-    stack: StackName = None,
-    stack_file: StackFile = None,
-    region: Region = None,
-    cache_table: CacheTable = None,
+    *,
+    target: Any,
 ) -> None:
     """The stored answer to a question (exit 1 when there is none)."""
     from aigw import admin
 
     with _handled():
-        entry = admin.cache_get(_cache(dev_json, stack, stack_file, region, cache_table), question, model)
+        entry = admin.cache_get(target.cache(), question, model)
     if entry is None:
         _fail(f"no answer stored for {question!r} and {model}", 1)
     console = Console()
@@ -714,16 +719,14 @@ def cache_get(
 
 
 @cache_app.command("list")
+@_acts_on("cache_table")
 def cache_list(
-    dev_json: DevJson = DEFAULT_DEV_JSON,
-    stack: StackName = None,
-    stack_file: StackFile = None,
-    region: Region = None,
-    cache_table: CacheTable = None,
+    *,
+    target: Any,
 ) -> None:
     """Every live prepared answer of the stack's cache namespace."""
     with _handled():
-        cache = _cache(dev_json, stack, stack_file, region, cache_table)
+        cache = target.cache()
         entries = cache.list()
     table = Table(title=f"{len(entries)} prepared answers (namespace {cache.namespace})")
     for column in ("question", "model", "answer", "hits", "expires"):
@@ -735,39 +738,35 @@ def cache_list(
 
 
 @cache_app.command("rm")
+@_acts_on("cache_table")
 def cache_rm(
     question: Annotated[str, typer.Argument(help="The question.")],
     model: Model,
-    dev_json: DevJson = DEFAULT_DEV_JSON,
-    stack: StackName = None,
-    stack_file: StackFile = None,
-    region: Region = None,
-    cache_table: CacheTable = None,
+    *,
+    target: Any,
 ) -> None:
     """Remove the answer to a question (exit 1 when there was none)."""
     from aigw import admin
 
     with _handled():
-        removed = admin.cache_delete(_cache(dev_json, stack, stack_file, region, cache_table), question, model)
+        removed = admin.cache_delete(target.cache(), question, model)
     if not removed:
         _fail(f"no answer stored for {question!r} and {model}", 1)
     Console().print("removed")
 
 
 @cache_app.command("import")
+@_acts_on("cache_table")
 def cache_import(
     file: Annotated[Path, typer.Argument(help='JSONL: {"question", "answer", "modelId", "ttlSeconds"?} a line.')],
-    dev_json: DevJson = DEFAULT_DEV_JSON,
-    stack: StackName = None,
-    stack_file: StackFile = None,
-    region: Region = None,
-    cache_table: CacheTable = None,
+    *,
+    target: Any,
 ) -> None:
     """Store one answer per line; bad lines are reported with their number (exit 1 if any) and skipped."""
     from aigw import admin
 
     with _handled():
-        report = admin.cache_import(_cache(dev_json, stack, stack_file, region, cache_table), file)
+        report = admin.cache_import(target.cache(), file)
     console = Console()
     console.print(f"imported {report.imported} answers from {file}", markup=False, highlight=False)
     for error in report.errors:
@@ -781,9 +780,9 @@ def cache_import(
 
 @app.command()
 def chat(
-    model: Annotated[str | None, typer.Option("--model", help="Model id [default: the tier's].")] = None,
-    user: Annotated[str | None, typer.Option("--user", help="Email [default: the local demo user].")] = None,
-    password: Annotated[str | None, typer.Option("--password", help="Password [default: asked].")] = None,
+    model: Annotated[str | None, typer.Option("--model", help="Model id \\[default: the tier's].")] = None,
+    user: Annotated[str | None, typer.Option("--user", help="Email \\[default: the local demo user].")] = None,
+    password: Annotated[str | None, typer.Option("--password", help="Password \\[default: asked].")] = None,
     prompt: Annotated[
         str | None, typer.Option("--prompt", help="Send this one message, print the answer and exit.")
     ] = None,

@@ -273,3 +273,22 @@ def test_from_stack_reads_pulumi_outputs_or_asks_for_flags(tmp_path: Path) -> No
 
     result = CliRunner().invoke(app, ["users", "list", "--stack", "prod"], env={"PATH": str(tmp_path)})
     assert result.exit_code == 2 and "pulumi" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("command", "options"),
+    [
+        (["users", "add"], {"--dev-json", "--stack", "--stack-file", "--region", "--user-pool-id"}),
+        (["limits", "set"], {"--dev-json", "--stack", "--region", "--user-pool-id", "--metering-table"}),
+        (["cache", "put"], {"--dev-json", "--stack", "--region", "--cache-table"}),
+    ],
+)
+def test_every_admin_command_offers_the_target_options_and_shows_its_defaults(
+    command: list[str], options: set[str]
+) -> None:
+    result = CliRunner().invoke(app, [*command, "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert options <= set(re.findall(r"--[a-z-]+", result.output))
+    if command == ["limits", "set"]:
+        assert "[default: the tier's]" in result.output  # not eaten as Rich markup
+        assert "--cache-table" not in result.output  # only the names the command uses
