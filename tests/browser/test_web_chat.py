@@ -185,7 +185,7 @@ def open_page(browser: Any, gateway: DevGateway) -> Iterator[Any]:
     opened: list[Page] = []
 
     def open_(context: Any = None, **options: Any) -> Page:
-        page = Page(context or browser.new_context(**options), gateway.info["http"].removesuffix("/event") + "/")
+        page = Page(context or browser.new_context(**options), gateway.info["web"])
         opened.append(page)
         return page
 
