@@ -249,7 +249,13 @@ def main() -> dict[str, Any]:
             analytics_workgroup=analytics.workgroup_name,
         )
     if web is not None:
-        outputs.update(web_url=web.url, web_distribution_id=web.distribution_id, web_bucket=web.bucket_name)
+        outputs.update(
+            web_url=web.url,
+            web_distribution_id=web.distribution_id,
+            # What a custom domain's CNAME (or Route 53 alias) points at: this program creates no DNS records.
+            web_distribution_domain=web.distribution_domain,
+            web_bucket=web.bucket_name,
+        )
     for key, value in outputs.items():
         pulumi.export(key, value)
     return outputs

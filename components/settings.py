@@ -27,6 +27,18 @@ MODEL_ID = re.compile(
 # CloudWatch Logs accepts only these retention periods (PutRetentionPolicy).
 LOG_RETENTION_DAYS = (1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557,
                       2922, 3288, 3653)
+# A fully qualified DNS name as CloudFront aliases take it: two or more lowercase LDH labels (1-63 characters, no
+# leading or trailing '-'), no trailing dot. ASCII only (punycode `xn--` labels are LDH), hence [0-9], not \d.
+DNS_NAME = re.compile(r"(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
+DNS_NAME_MAX_LENGTH = 253
+# CloudFront reads viewer certificates from ACM in us-east-1 only, whatever region the stack is in.
+CLOUDFRONT_CERTIFICATE_REGION = "us-east-1"
+ACM_CERTIFICATE_ARN = re.compile(
+    r"arn:aws[-a-z]*:acm:(?P<region>[a-z]{2}(?:-[a-z]+)+-[0-9]):[0-9]{12}:certificate/[A-Za-z0-9-]+"
+)
+CLOUDFRONT_CERTIFICATE_ARN = re.compile(
+    rf"arn:aws[-a-z]*:acm:{re.escape(CLOUDFRONT_CERTIFICATE_REGION)}:[0-9]{{12}}:certificate/[A-Za-z0-9-]+"
+)
 
 
 class _Camel(BaseModel):
@@ -73,6 +85,53 @@ class WebAppSettings(_Camel):
     enabled: bool = False
     price_class: Literal["PriceClass_100", "PriceClass_200", "PriceClass_All"] = "PriceClass_100"
     """CloudFront edge locations: 100 = North America, Europe, Israel (cheapest); All = every location."""
+    domain_name: str | None = None
+    """The page's own name (``chat.example.com``) instead of ``*.cloudfront.net``; needs `certificate_arn`."""
+    certificate_arn: str | None = None
+    """An ACM certificate in us-east-1 covering `domain_name` (CloudFront takes viewer certificates only there)."""
+
+    @field_validator("domain_name")
+    @classmethod
+    def _domain_is_a_dns_name(cls, value: str | None) -> str | None:
+        if value is not None and not (len(value) <= DNS_NAME_MAX_LENGTH and DNS_NAME.fullmatch(value)):
+            raise ValueError(
+                f"{value!r} is not a DNS name: give lowercase labels (a-z, 0-9, '-') joined by dots, such as "
+                "chat.example.com — no scheme, path, port, wildcard or trailing dot"
+            )
+        return value
+
+    @field_validator("certificate_arn")
+    @classmethod
+    def _certificate_is_an_acm_arn_in_us_east_1(cls, value: str | None) -> str | None:
+        if value is None or CLOUDFRONT_CERTIFICATE_ARN.fullmatch(value):
+            return value
+        match = ACM_CERTIFICATE_ARN.fullmatch(value)
+        if match:
+            raise ValueError(
+                f"{value!r} is an ACM certificate in {match['region']}, but CloudFront only accepts certificates "
+                f"from {CLOUDFRONT_CERTIFICATE_REGION}: request or import the certificate there"
+            )
+        raise ValueError(
+            f"{value!r} is not an ACM certificate ARN (arn:aws:acm:{CLOUDFRONT_CERTIFICATE_REGION}:<account>:"
+            f"certificate/<id>); CloudFront only accepts certificates from {CLOUDFRONT_CERTIFICATE_REGION}"
+        )
+
+    @model_validator(mode="after")
+    def _domain_and_certificate_together(self) -> WebAppSettings:
+        # Keys as the stack file spells them: this model only ever sits at `webApp`.
+        if self.domain_name is not None and self.certificate_arn is None:
+            raise _KeyedError(
+                "webApp.certificateArn",
+                f"webApp.domainName is {self.domain_name!r} but no certificate is set: give the ARN of an ACM "
+                f"certificate in {CLOUDFRONT_CERTIFICATE_REGION} that covers it (or unset webApp.domainName)",
+            )
+        if self.certificate_arn is not None and self.domain_name is None:
+            raise _KeyedError(
+                "webApp.domainName",
+                "webApp.certificateArn is set but no domain name: give the name the certificate covers, such as "
+                "chat.example.com (or unset webApp.certificateArn)",
+            )
+        return self
 
 
 class ModelPrice(_Camel):

@@ -19,6 +19,11 @@ HTTPS, and every response carries the headers of `security_headers` — a strict
 (`connect_sources`) — from one CloudFront response headers policy built from the same constants
 (tests/infra check that it sends exactly that dictionary).
 
+With ``webApp.domainName`` and ``webApp.certificateArn`` set, the distribution answers to that name as well
+(an alias) with that ACM certificate (SNI, `MINIMUM_PROTOCOL_VERSION`), and `WebApp.url` is ``https://<name>``.
+The component creates neither the certificate nor the DNS record: the zone is often run elsewhere, so the team
+that owns it points a CNAME (or a Route 53 alias) for the name at `WebApp.distribution_domain`.
+
 The pure functions at the top take plain strings so the local gateway can send the very same headers.
 """
 
@@ -45,7 +50,9 @@ __all__ = [
     "CONFIG_KEY",
     "CONTENT_TYPES",
     "INDEX_KEY",
+    "MINIMUM_PROTOCOL_VERSION",
     "PRICE_CLASSES",
+    "SSL_SUPPORT_METHOD",
     "WebApp",
     "WebAppArgs",
     "WebFile",
@@ -73,6 +80,12 @@ CONFIG_CACHE_CONTROL = "no-store"
 CONFIG_CONTENT_TYPE = "application/json"
 
 PRICE_CLASSES = ("PriceClass_100", "PriceClass_200", "PriceClass_All")
+
+# With the stack's own domain (a custom certificate): SNI, as every current client sends it (``vip`` is a dedicated
+# IP per edge location for pre-SNI clients, billed monthly), and the security policy CloudFront recommends for
+# that: TLS 1.2 or 1.3 with forward-secret AEAD ciphers only. The policy pack's `cloudfront-modern-tls` checks both.
+SSL_SUPPORT_METHOD = "sni-only"
+MINIMUM_PROTOCOL_VERSION = "TLSv1.2_2021"
 
 # Suffix -> Content-Type. Anything else in web/ is refused: a guessed type is how a script ends up served as
 # text/plain (blocked by nosniff) or a page as application/octet-stream (downloaded instead of shown).
@@ -291,7 +304,8 @@ class WebAppArgs:
     """What the page needs from the rest of the stack; the caller reads config, not the component.
 
     The endpoints, pool and client end up in ``config.json`` and (as origins) in the CSP's ``connect-src``.
-    `settings` supplies the region, the tiers and models for ``config.json`` and ``webApp.priceClass``.
+    `settings` supplies the region, the tiers and models for ``config.json``, ``webApp.priceClass`` and the
+    optional ``webApp.domainName`` with its ``webApp.certificateArn``.
     """
 
     name: str
@@ -320,6 +334,10 @@ class WebAppArgs:
                 raise ValueError(f"name {self.name!r} is too long: {what} {value!r} exceeds {limit} characters")
         if self.price_class not in PRICE_CLASSES:
             raise ValueError(f"price class must be one of {PRICE_CLASSES}, got {self.price_class!r}")
+        if (self.domain_name is None) != (self.certificate_arn is None):
+            # The settings refuse one without the other; `model_copy(update=...)` would skip that check.
+            raise ValueError("a domain name needs a certificate ARN and a certificate ARN a domain name: give both or "
+                             f"neither, got {self.domain_name!r} and {self.certificate_arn!r}")
         if not Path(self.web_dir).is_dir():
             raise ValueError(f"web_dir {str(self.web_dir)!r} is not a directory")
         cognito_idp_endpoint(self.region)  # validates the region
@@ -331,6 +349,16 @@ class WebAppArgs:
     @property
     def price_class(self) -> str:
         return self.settings.web_app.price_class
+
+    @property
+    def domain_name(self) -> str | None:
+        """The page's own name, or None for the distribution's ``*.cloudfront.net`` name only."""
+        return self.settings.web_app.domain_name
+
+    @property
+    def certificate_arn(self) -> str | None:
+        """The us-east-1 ACM certificate for `domain_name` (the settings require both or neither)."""
+        return self.settings.web_app.certificate_arn
 
     def bucket_name(self, account: str) -> str:
         # Bucket names are global: the account and region keep stacks (and their copies) apart.
@@ -377,8 +405,25 @@ def _headers_policy_args(csp: pulumi.Input[str]) -> dict[str, Any]:
     }
 
 
+def _viewer_certificate(args: WebAppArgs) -> aws.cloudfront.DistributionViewerCertificateArgs:
+    """The stack's ACM certificate when it has its own domain, else CloudFront's ``*.cloudfront.net`` one."""
+    if args.domain_name is None:
+        # CloudFront then negotiates TLSv1 or later: the security policy is fixed for the default certificate.
+        return aws.cloudfront.DistributionViewerCertificateArgs(cloudfront_default_certificate=True)
+    return aws.cloudfront.DistributionViewerCertificateArgs(
+        acm_certificate_arn=args.certificate_arn,
+        ssl_support_method=SSL_SUPPORT_METHOD,
+        minimum_protocol_version=MINIMUM_PROTOCOL_VERSION,
+    )
+
+
 class WebApp(pulumi.ComponentResource):
-    """The chat page: private S3 bucket -> origin access control -> CloudFront (HTTPS, security headers)."""
+    """The chat page: private S3 bucket -> origin access control -> CloudFront (HTTPS, security headers).
+
+    With a domain in the settings the distribution takes it as an alias, with the given us-east-1 ACM certificate.
+    No Route 53 record and no ACM certificate is created here (DNS is often run elsewhere): point a CNAME or alias
+    for the name at `distribution_domain`, and request the certificate before setting ``webApp.certificateArn``.
+    """
 
     url: pulumi.Output[str]
     distribution_id: pulumi.Output[str]
@@ -480,8 +525,8 @@ class WebApp(pulumi.ComponentResource):
             restrictions=aws.cloudfront.DistributionRestrictionsArgs(
                 geo_restriction=aws.cloudfront.DistributionRestrictionsGeoRestrictionArgs(restriction_type="none")
             ),
-            # The *.cloudfront.net certificate; CloudFront then negotiates TLSv1 or later (fixed for that name).
-            viewer_certificate=aws.cloudfront.DistributionViewerCertificateArgs(cloudfront_default_certificate=True),
+            aliases=[args.domain_name] if args.domain_name is not None else None,
+            viewer_certificate=_viewer_certificate(args),
             tags=tags,
             opts=child,
         )
@@ -522,7 +567,8 @@ class WebApp(pulumi.ComponentResource):
             opts=child,
         )
 
-        self.url = pulumi.Output.concat("https://", distribution.domain_name)
+        # The stack's own name when it has one (its DNS record is the domain owner's to create), else CloudFront's.
+        self.url = pulumi.Output.concat("https://", args.domain_name or distribution.domain_name)
         self.distribution_id = distribution.id
         self.distribution_domain = distribution.domain_name
         self.bucket_name = bucket.bucket

@@ -15,7 +15,9 @@ import pytest
 import regex  # botocore patterns are Java regexes (\p{L} and friends), which `re` does not read
 
 from aigw.mocks import Recorded
-from tests.infra.test_program import STACKS, program
+from components.web_app import MINIMUM_PROTOCOL_VERSION, SSL_SUPPORT_METHOD
+from policy.rules import MODERN_TLS_POLICIES, SNI_ONLY
+from tests.infra.test_program import STACKS, program, program_with_domain
 
 AUTONAME_SUFFIX = "-a1b2c3d"
 
@@ -95,6 +97,19 @@ CHECKS: dict[tuple[str, str], tuple[str, str, str]] = {
         "cloudfront", "CreateResponseHeadersPolicy", "ResponseHeadersPolicyConfig.SecurityHeadersConfig.ReferrerPolicy."
         "ReferrerPolicy"),
 }
+# Set only when the page has its own domain (`webApp.domainName`): checked on `program_with_domain`.
+DOMAIN_CHECKS: dict[tuple[str, str], tuple[str, str, str]] = {
+    ("aws:cloudfront/distribution:Distribution", "aliases[]"): (
+        "cloudfront", "CreateDistribution", "DistributionConfig.Aliases.Items"),
+    ("aws:cloudfront/distribution:Distribution", "viewerCertificate.acmCertificateArn"): (
+        "cloudfront", "CreateDistribution", "DistributionConfig.ViewerCertificate.ACMCertificateArn"),
+    ("aws:cloudfront/distribution:Distribution", "viewerCertificate.sslSupportMethod"): (
+        "cloudfront", "CreateDistribution", "DistributionConfig.ViewerCertificate.SSLSupportMethod"),
+    ("aws:cloudfront/distribution:Distribution", "viewerCertificate.minimumProtocolVersion"): (
+        "cloudfront", "CreateDistribution", "DistributionConfig.ViewerCertificate.MinimumProtocolVersion"),
+}
+# CloudFront security policies the policy pack's `cloudfront-modern-tls` refuses (below TLSv1.2_2019).
+LEGACY_TLS_POLICIES = frozenset({"SSLv3", "TLSv1", "TLSv1_2016", "TLSv1.1_2016", "TLSv1.2_2018"})
 # Name properties Pulumi fills in when the program leaves them out.
 AUTONAMED = {"name", "dashboardName"}
 
@@ -173,3 +188,49 @@ def test_the_web_page_is_checked_too() -> None:
     checked = {(t, p) for (t, p) in CHECKS if t.startswith("aws:cloudfront/")
                for r in mocks.of_type(t) if value_of(r, p) is not None}
     assert len(checked) == sum(1 for t, _ in CHECKS if t.startswith("aws:cloudfront/"))
+
+
+def failures_of(mocks: Any, checks: dict[tuple[str, str], tuple[str, str, str]]) -> tuple[set[tuple[str, str]],
+                                                                                           list[str]]:
+    """(the checks that found a value, what botocore's model says is wrong with the values)."""
+    found, failures = set(), []
+    for (type_, prop), (service, operation, member) in checks.items():
+        for resource in mocks.of_type(type_):
+            value = value_of(resource, prop)
+            if value is None:
+                continue
+            found.add((type_, prop))
+            found_problems = problems(value, shape(service, operation, member))
+            failures += [f"{type_} {resource.name}.{prop}: {p}" for p in found_problems]
+    return found, failures
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_the_page_on_its_own_domain_sends_valid_names_and_enums(stack: str) -> None:
+    found, failures = failures_of(program_with_domain(stack), CHECKS | DOMAIN_CHECKS)
+    assert failures == []
+    assert set(DOMAIN_CHECKS) <= found  # the domain's settings were there to check
+    assert {(t, p) for t, p in CHECKS if t.startswith("aws:cloudfront/")} <= found
+    for plain in STACKS:  # and none of them is sent without a domain
+        assert not failures_of(program(plain), DOMAIN_CHECKS)[0]
+
+
+def test_the_certificate_settings_are_values_cloudfront_knows() -> None:
+    version = shape("cloudfront", "CreateDistribution", "DistributionConfig.ViewerCertificate.MinimumProtocolVersion")
+    method = shape("cloudfront", "CreateDistribution", "DistributionConfig.ViewerCertificate.SSLSupportMethod")
+    assert not problems(MINIMUM_PROTOCOL_VERSION, version) and not problems(SSL_SUPPORT_METHOD, method)
+    assert SSL_SUPPORT_METHOD == SNI_ONLY and MINIMUM_PROTOCOL_VERSION in MODERN_TLS_POLICIES
+    assert problems("TLSv1.2_2099", version) and problems("sni", method)
+
+
+def test_the_policy_packs_modern_tls_set_sorts_every_security_policy_botocore_knows() -> None:
+    # A security policy AWS adds shows up in botocore's enum first: decide here (and in policy/rules.py) whether
+    # `cloudfront-modern-tls` accepts it, rather than have the pack refuse it unseen.
+    enum = set(shape("cloudfront", "CreateDistribution",
+                     "DistributionConfig.ViewerCertificate.MinimumProtocolVersion").metadata["enum"])
+    assert enum >= MODERN_TLS_POLICIES, MODERN_TLS_POLICIES - enum
+    assert enum >= LEGACY_TLS_POLICIES, LEGACY_TLS_POLICIES - enum
+    assert not MODERN_TLS_POLICIES & LEGACY_TLS_POLICIES
+    assert enum == MODERN_TLS_POLICIES | LEGACY_TLS_POLICIES, enum - MODERN_TLS_POLICIES - LEGACY_TLS_POLICIES
+    assert SNI_ONLY in shape("cloudfront", "CreateDistribution",
+                             "DistributionConfig.ViewerCertificate.SSLSupportMethod").metadata["enum"]

@@ -36,6 +36,17 @@ def program(stack: str) -> RecordingMocks:
     return run_stack(stack)
 
 
+# The chat page on the team's own domain (`webApp.domainName` + `webApp.certificateArn`), on in either stack.
+DOMAIN = "chat.example.com"
+CERTIFICATE_ARN = "arn:aws:acm:us-east-1:123456789012:certificate/0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0"
+WEB_APP_WITH_DOMAIN = {"enabled": True, "domainName": DOMAIN, "certificateArn": CERTIFICATE_ARN}
+
+
+@cache
+def program_with_domain(stack: str) -> RecordingMocks:
+    return run_stack(stack, overrides={"webApp": WEB_APP_WITH_DOMAIN})
+
+
 def by_name(mocks: RecordingMocks, type_: str, fragment: str) -> Recorded:
     [found] = [r for r in mocks.of_type(type_) if fragment in r.name]
     return found

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,91 @@ def test_web_app_settings_default_off_and_cheapest() -> None:
     assert settings.web_app.enabled is False and settings.web_app.price_class == "PriceClass_100"
     values = {**valid(), "webApp": {"enabled": True, "priceClass": "PriceClass_All"}}
     assert StackSettings.from_values(values).web_app.price_class == "PriceClass_All"
+
+
+CERTIFICATE = "arn:aws:acm:us-east-1:123456789012:certificate/0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0"
+
+
+def test_web_app_domain_is_optional_and_comes_with_its_certificate() -> None:
+    for stack in ("dev", "prod"):  # neither stack file sets one
+        web_app = StackSettings.from_stack_file(ROOT / f"Pulumi.{stack}.yaml").web_app
+        assert web_app.domain_name is None and web_app.certificate_arn is None
+    values = {**valid(), "webApp": {"enabled": True, "domainName": "chat.example.com", "certificateArn": CERTIFICATE}}
+    web_app = StackSettings.from_values(values).web_app
+    assert (web_app.domain_name, web_app.certificate_arn) == ("chat.example.com", CERTIFICATE)
+    for name in ("a.b", "xn--bcher-kva.example", "ai-gateway.platform.example.co.uk", "1.example"):
+        assert StackSettings.from_values({**valid(), "webApp": {"domainName": name, "certificateArn": CERTIFICATE}})
+    for arn in ("arn:aws-cn:acm:us-east-1:123456789012:certificate/abc-1", "arn:aws:acm:us-east-1:000000000000:"
+                "certificate/0F1E2D3C-4B5A-6978-8796-A5B4C3D2E1F0"):
+        assert StackSettings.from_values({**valid(), "webApp": {"domainName": "a.b", "certificateArn": arn}})
+
+
+def test_prods_commented_domain_example_is_valid_once_uncommented(tmp_path: Path) -> None:
+    text = (ROOT / "Pulumi.prod.yaml").read_text()
+    example = re.findall(r"^    # ((?:domainName|certificateArn): .+)$", text, flags=re.MULTILINE)
+    assert [line.split(":")[0] for line in example] == ["domainName", "certificateArn"]
+    uncommented = re.sub(r"^    # ((?:domainName|certificateArn): )", r"    \1", text, flags=re.MULTILINE)
+    (tmp_path / "Pulumi.prod.yaml").write_text(uncommented)
+    web_app = StackSettings.from_stack_file(tmp_path / "Pulumi.prod.yaml").web_app
+    assert web_app.domain_name == "chat.example.com" and web_app.certificate_arn.startswith("arn:aws:acm:us-east-1:")
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["https://chat.example.com", "chat.example.com/", "chat.example.com/chat", "chat.example.com.", "Chat.Example.com",
+     "chat.example.com:443", "*.example.com", "localhost", "-chat.example.com", "chat-.example.com",
+     "chat..example.com", "chat_1.example.com", "chat example.com", "chat.example.com\n", "",
+     f"{'a' * 64}.example.com", ".".join(["abcdefghi"] * 26)],
+)
+def test_web_app_domain_must_be_a_dns_name(name: str) -> None:
+    values = {**valid(), "webApp": {"enabled": True, "domainName": name, "certificateArn": CERTIFICATE}}
+    with pytest.raises(SettingsError) as raised:
+        StackSettings.from_values(values)
+    message = str(raised.value)
+    assert f"ai-gateway:webApp.domainName: {name!r} is not a DNS name" in message
+    assert "(fix: pulumi config set --path 'webApp.domainName' <value>)" in message
+    assert len(message.splitlines()) == 2  # that one error: the (valid) certificate is not blamed
+
+
+@pytest.mark.parametrize(
+    ("arn", "expected"),
+    [
+        ("arn:aws:acm:eu-west-1:123456789012:certificate/0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0",
+         "is an ACM certificate in eu-west-1, but CloudFront only accepts certificates from us-east-1"),
+        ("arn:aws:acm:us-west-2:123456789012:certificate/abc",
+         "is an ACM certificate in us-west-2, but CloudFront only accepts certificates from us-east-1"),
+        ("arn:aws:iam::123456789012:server-certificate/chat", "is not an ACM certificate ARN"),
+        ("arn:aws:acm:us-east-1:1234:certificate/abc", "is not an ACM certificate ARN"),
+        ("arn:aws:acm:us-east-1:123456789012:certificate/", "is not an ACM certificate ARN"),
+        ("arn:aws:acm:us-east-1:123456789012:certificate/abc\n", "is not an ACM certificate ARN"),
+        ("0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0", "is not an ACM certificate ARN"),
+    ],
+)
+def test_web_app_certificate_must_be_an_acm_arn_in_us_east_1(arn: str, expected: str) -> None:
+    values = {**valid(), "webApp": {"enabled": True, "domainName": "chat.example.com", "certificateArn": arn}}
+    with pytest.raises(SettingsError) as raised:
+        StackSettings.from_values(values)
+    message = str(raised.value)
+    assert f"ai-gateway:webApp.certificateArn: {arn!r} {expected}" in message
+    assert "us-east-1" in message  # every refusal says where CloudFront takes certificates from
+    assert "(fix: pulumi config set --path 'webApp.certificateArn' <value>)" in message
+
+
+@pytest.mark.parametrize(
+    ("web_app", "missing", "given"),
+    [
+        ({"enabled": True, "domainName": "chat.example.com"}, "certificateArn", "domainName"),
+        ({"enabled": True, "certificateArn": CERTIFICATE}, "domainName", "certificateArn"),
+        ({"domainName": "chat.example.com", "certificateArn": None}, "certificateArn", "domainName"),
+    ],
+)
+def test_web_app_domain_and_certificate_come_together(web_app: dict[str, Any], missing: str, given: str) -> None:
+    with pytest.raises(SettingsError) as raised:
+        StackSettings.from_values({**valid(), "webApp": web_app})
+    [line] = str(raised.value).splitlines()[1:]
+    assert line.strip().startswith(f"ai-gateway:webApp.{missing}: webApp.{given} is ")
+    assert line.endswith(f"(fix: pulumi config set --path 'webApp.{missing}' <value>)")
+    assert f"(or unset webApp.{given})" in line
 
 
 def test_pulumi_yaml_declares_the_models_defaults() -> None:

@@ -21,6 +21,7 @@ from components.web_app import (
     CACHING_OPTIMIZED_POLICY_ID,
     CONFIG_KEY,
     MAX_CSP_LENGTH,
+    MINIMUM_PROTOCOL_VERSION,
     WebApp,
     WebAppArgs,
     cognito_idp_endpoint,
@@ -30,7 +31,7 @@ from components.web_app import (
     web_client_config,
     web_files,
 )
-from tests.infra.test_program import program
+from tests.infra.test_program import CERTIFICATE_ARN, DOMAIN, WEB_APP_WITH_DOMAIN, program, program_with_domain
 
 ROOT = Path(__file__).resolve().parents[2]
 WEB_DIR = ROOT / "web"
@@ -425,6 +426,66 @@ def test_component_outputs_and_parents() -> None:
     assert children and all(r.parent == COMPONENT for r in children)
 
 
+def with_domain(settings: StackSettings = DEV_SETTINGS, **web_app: Any) -> StackSettings:
+    return StackSettings.from_values({**settings.model_dump(by_alias=True),
+                                      "webApp": {**WEB_APP_WITH_DOMAIN, **web_app}})
+
+
+def component_outputs(args: WebAppArgs) -> tuple[RecordingMocks, dict[str, Any]]:
+    seen: dict[str, Any] = {}
+
+    def deploy() -> pulumi.Output[Any]:
+        web = WebApp("web", args)
+        names = ("url", "distribution_id", "distribution_domain", "bucket_name")
+        return pulumi.Output.all(*(getattr(web, n) for n in names)).apply(
+            lambda values: seen.update(zip(names, values, strict=True)))
+
+    return run(deploy), seen
+
+
+def test_component_on_its_own_domain() -> None:
+    mocks, seen = component_outputs(make_args(settings=with_domain()))
+    distribution = mocks.one(DISTRIBUTION)
+    assert distribution.inputs["aliases"] == [DOMAIN]
+    assert distribution.inputs["viewerCertificate"] == {
+        "acmCertificateArn": CERTIFICATE_ARN,
+        "sslSupportMethod": "sni-only",
+        "minimumProtocolVersion": "TLSv1.2_2021",
+    }
+    assert MINIMUM_PROTOCOL_VERSION == "TLSv1.2_2021"
+    # The page's address is the team's name; the distribution's own name is what that name's CNAME points at.
+    assert seen["url"] == f"https://{DOMAIN}"
+    assert seen["distribution_domain"] == distribution.outputs["domainName"]
+    assert seen["distribution_domain"].endswith(".cloudfront.net")
+    # Neither the certificate nor the DNS record is made here: DNS is often run outside this account.
+    assert not [r.type for r in mocks.resources if r.type.startswith(("aws:acm/", "aws:route53/"))]
+
+
+def test_component_without_a_domain_keeps_the_default_certificate() -> None:
+    mocks, seen = component_outputs(make_args())
+    distribution = mocks.one(DISTRIBUTION)
+    assert "aliases" not in distribution.inputs
+    assert distribution.inputs["viewerCertificate"] == {"cloudfrontDefaultCertificate": True}
+    assert seen["url"] == f"https://{distribution.outputs['domainName']}"
+
+
+def test_the_domain_changes_nothing_else_of_the_distribution() -> None:
+    plain = run(lambda: WebApp("web", make_args())).one(DISTRIBUTION).inputs
+    named = run(lambda: WebApp("web", make_args(settings=with_domain()))).one(DISTRIBUTION).inputs
+    assert set(named) - set(plain) == {"aliases"}
+    assert {k: v for k, v in named.items() if k not in ("aliases", "viewerCertificate")} == {
+        k: v for k, v in plain.items() if k != "viewerCertificate"}
+
+
+@pytest.mark.parametrize("web_app", [{"domain_name": None}, {"certificate_arn": None}])
+def test_args_refuse_a_domain_without_its_certificate_even_past_the_settings(web_app: dict[str, Any]) -> None:
+    # `model_copy(update=...)` skips validation: the component checks the pair again.
+    settings = with_domain()
+    settings = settings.model_copy(update={"web_app": settings.web_app.model_copy(update=web_app)})
+    with pytest.raises(ValueError, match="give both or neither"):
+        make_args(settings=settings)
+
+
 def test_price_class_comes_from_the_settings() -> None:
     settings = StackSettings.from_values({**DEV_SETTINGS.model_dump(by_alias=True),
                                           "webApp": {"enabled": True, "priceClass": "PriceClass_All"}})
@@ -475,6 +536,54 @@ def dev_config() -> dict[str, Any]:
     mocks = program("dev")
     [document] = [o for o in mocks.of_type(OBJECT) if o.inputs["key"] == CONFIG_KEY]
     return json.loads(document.inputs["content"])
+
+
+@pytest.mark.parametrize("stack", ["dev", "prod"])
+def test_the_program_serves_the_page_on_a_configured_domain(stack: str) -> None:
+    mocks = program_with_domain(stack)
+    d = mocks.one(DISTRIBUTION)
+    assert d.parent == COMPONENT
+    assert d.inputs["aliases"] == [DOMAIN]
+    assert d.inputs["viewerCertificate"] == {"acmCertificateArn": CERTIFICATE_ARN, "sslSupportMethod": "sni-only",
+                                             "minimumProtocolVersion": MINIMUM_PROTOCOL_VERSION}
+    assert not [r.type for r in mocks.resources if r.type.startswith(("aws:acm/", "aws:route53/"))]
+    # Everything else of the page is as without a domain (same resources, same config.json).
+    plain = program("dev")
+    assert sorted((r.type, r.name) for r in web_resources(mocks)) == sorted(
+        (r.type, r.name) for r in web_resources(plain))
+
+
+def exports(stack: str, monkeypatch: pytest.MonkeyPatch, **overrides: Any) -> tuple[RecordingMocks, dict[str, Any]]:
+    """The real program's stack outputs (`pulumi.export`), resolved."""
+    from aigw.plan import run_stack
+
+    exported: dict[str, Any] = {}
+    monkeypatch.setattr(pulumi, "export", lambda name, value: exported.__setitem__(name, value))
+
+    def resolve(values: list[Any]) -> None:
+        exported.update(zip(list(exported), values, strict=True))
+
+    mocks = run_stack(stack, overrides=overrides)
+    run(lambda: pulumi.Output.all(*exported.values()).apply(resolve))
+    return mocks, exported
+
+
+def test_the_program_exports_where_to_point_the_domain(monkeypatch: pytest.MonkeyPatch) -> None:
+    mocks, exported = exports("dev", monkeypatch, webApp=WEB_APP_WITH_DOMAIN)
+    domain_name = mocks.one(DISTRIBUTION).outputs["domainName"]
+    assert exported["web_url"] == f"https://{DOMAIN}"
+    assert exported["web_distribution_domain"] == domain_name and domain_name.endswith(".cloudfront.net")
+    assert {"web_distribution_id", "web_bucket", "http_endpoint", "dashboard_url"} <= set(exported)
+
+
+def test_the_program_without_a_domain_exports_the_distributions_address(monkeypatch: pytest.MonkeyPatch) -> None:
+    mocks, exported = exports("dev", monkeypatch)
+    domain_name = mocks.one(DISTRIBUTION).outputs["domainName"]
+    assert exported["web_url"] == f"https://{domain_name}"
+    assert exported["web_distribution_domain"] == domain_name
+    _, prod = exports("prod", monkeypatch)
+    assert not {"web_url", "web_distribution_id", "web_distribution_domain", "web_bucket"} & set(prod)
+    assert "web_client_id" in prod  # the Cognito app client: there with or without the page
 
 
 def test_prod_has_no_web_page() -> None:
