@@ -75,6 +75,13 @@ S3_SSE_ALGORITHMS = frozenset({"AES256", "aws:kms", "aws:kms:dsse"})
 # AWS-managed AWSXRayDaemonWriteAccess policy) and custom CloudWatch metrics. Scope PutMetricData with a
 # `cloudwatch:namespace` condition. Add an action here only with the same justification.
 HTTPS_VIEWER_POLICIES = frozenset({"redirect-to-https", "https-only"})
+# CloudFront security policies (ViewerCertificate.MinimumProtocolVersion) of TLS 1.2 or later with forward-secret
+# ciphers only: TLSv1.2_2019 dropped 2018's CBC-SHA ones, 2021 keeps only AEAD (GCM, ChaCha20), 2025 tightens
+# further and TLSv1.3_2025 is TLS 1.3 alone. SSLv3, TLSv1, TLSv1_2016, TLSv1.1_2016 and TLSv1.2_2018 are not.
+# tests/infra/test_aws_names.py sorts every value of botocore's enum into this set or the legacy one, so a policy
+# AWS adds later is a test failure to decide on, not silently refused or accepted.
+MODERN_TLS_POLICIES = frozenset({"TLSv1.2_2019", "TLSv1.2_2021", "TLSv1.2_2025", "TLSv1.3_2025"})
+SNI_ONLY = "sni-only"
 # S3 origin domains: the REST endpoint (`b.s3.amazonaws.com`, `b.s3.<region>.amazonaws.com`, legacy
 # `b.s3-<region>.amazonaws.com`, dual-stack) and the website endpoint (`b.s3-website-<region>...` or
 # `b.s3-website.<region>...`), which serves a *public* bucket over plain HTTP and cannot use origin access control.
@@ -424,6 +431,34 @@ def validate_cloudfront_s3_origin_access_control(args: ResourceValidationArgs,
                                             "would have to be public")
 
 
+def _set(value: Any) -> bool:
+    """A certificate reference that is given: a non-empty string, or not known yet (preview)."""
+    return value is _UNKNOWN or (isinstance(value, str) and value != "")
+
+
+def validate_cloudfront_modern_tls(args: ResourceValidationArgs, report_violation: ReportViolation) -> None:
+    """A distribution with its own certificate (ACM or IAM) must serve it with SNI and a modern security policy.
+
+    With the default ``*.cloudfront.net`` certificate CloudFront fixes the protocol itself (and ignores
+    minimumProtocolVersion), so there is nothing to choose and nothing to check. A certificate ARN that is not
+    known yet (preview: a certificate of the same program) still counts as one."""
+    if args.resource_type != CLOUDFRONT_DISTRIBUTION:
+        return
+    certificate = _get(args.props, "viewerCertificate")
+    if not (_set(_known(certificate, "acmCertificateArn")) or _set(_known(certificate, "iamCertificateId"))):
+        return
+    method = _get(certificate, "sslSupportMethod")
+    if method != SNI_ONLY:
+        _report(args, report_violation, f"viewerCertificate.sslSupportMethod must be {SNI_ONLY!r} with a custom "
+                                        f"certificate ('vip' and 'static-ip' are dedicated IPs for clients without "
+                                        f"SNI, billed monthly), got {method!r}")
+    version = _get(certificate, "minimumProtocolVersion")
+    if version not in MODERN_TLS_POLICIES:
+        shown = "unset (TLSv1)" if version is None else repr(version)  # the provider's default is TLSv1
+        _report(args, report_violation, f"viewerCertificate.minimumProtocolVersion must be TLSv1.2_2019 or newer, "
+                                        f"one of {sorted(MODERN_TLS_POLICIES)}, got {shown}")
+
+
 def _headers_policy_problems(policy: PolicyResource) -> list[str]:
     """What a response headers policy lacks of Content-Security-Policy and Strict-Transport-Security (each
     overriding the origin's) and X-Content-Type-Options: nosniff. A value not known yet (preview: the CSP is built
@@ -542,6 +577,11 @@ cloudfront_s3_origin_access_control = _resource_policy(
     "cloudfront-s3-origin-access-control",
     "CloudFront S3 origins must use an origin access control (no legacy OAI, no public website endpoint).",
     validate_cloudfront_s3_origin_access_control)
+cloudfront_modern_tls = _resource_policy(
+    "cloudfront-modern-tls",
+    "CloudFront distributions with a custom certificate must use SNI and a security policy of TLSv1.2_2019 or "
+    "newer (the default *.cloudfront.net certificate passes: CloudFront fixes its protocol).",
+    validate_cloudfront_modern_tls)
 cloudfront_security_headers = StackValidationPolicy(
     name="cloudfront-security-headers",
     description="Every CloudFront cache behavior (default and ordered) must use a response headers policy of this "
@@ -564,6 +604,7 @@ ALL_RULES: list[ResourceValidationPolicy | StackValidationPolicy] = [
     cognito_mfa,
     cloudfront_https_only,
     cloudfront_s3_origin_access_control,
+    cloudfront_modern_tls,
     cloudfront_security_headers,
 ]
 

@@ -11,7 +11,7 @@ from pulumi_policy import ResourceValidationPolicy, StackValidationPolicy
 
 from aigw.mocks import Recorded
 from policy.rules import ALL_RULES, from_recorded, resource_args, stack_args
-from tests.infra.test_program import STACKS, program
+from tests.infra.test_program import CERTIFICATE_ARN, STACKS, program, program_with_domain
 
 
 def violations(stack: str, resources: list[Recorded]) -> list[tuple[str, str, str]]:
@@ -171,3 +171,53 @@ def test_the_web_bucket_needs_its_block_and_encryption(type_: str, rule: str) ->
     resources = [r for r in program("dev").resources if not (r.type == type_ and r.name.startswith("web-"))]
     found = [(name, where) for name, where, _ in violations("dev", resources) if name == rule]
     assert found and all("web-bucket" in where for _, where in found)
+
+
+# --- The page on the team's own domain (`webApp.domainName` + `webApp.certificateArn`) ----------------------------
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_the_program_on_its_own_domain_passes_every_rule(stack: str) -> None:
+    resources = program_with_domain(stack).resources
+    [distribution] = [r for r in resources if r.type == DISTRIBUTION]
+    assert distribution.inputs["viewerCertificate"]["acmCertificateArn"] == CERTIFICATE_ARN  # a custom certificate
+    assert violations(stack, resources) == []
+
+
+def _viewer(**changes: Any) -> Any:
+    def change(inputs: dict[str, Any]) -> dict[str, Any]:
+        for key, value in changes.items():
+            if value is None:
+                inputs["viewerCertificate"].pop(key)
+            else:
+                inputs["viewerCertificate"][key] = value
+        return inputs
+
+    return change
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (_viewer(minimumProtocolVersion="TLSv1.2_2018"), "got 'TLSv1.2_2018'"),
+        (_viewer(minimumProtocolVersion="TLSv1"), "got 'TLSv1'"),
+        (_viewer(minimumProtocolVersion=None), "got unset (TLSv1)"),
+        (_viewer(sslSupportMethod="vip"), "sslSupportMethod must be 'sni-only'"),
+    ],
+    ids=["tls-1.2-2018", "tls-1.0", "protocol-unset", "dedicated-ip"],
+)
+def test_old_tls_on_the_own_domain_is_caught(change: Any, expected: str) -> None:
+    broken = mutate_nested(program_with_domain("dev").resources, DISTRIBUTION, change)
+    found = [(name, message) for name, _, message in violations("dev", broken)]
+    assert [name for name, _ in found] == ["cloudfront-modern-tls"], found  # that rule, and only it
+    assert expected in found[0][1]
+
+
+def test_the_default_certificate_is_not_judged_by_its_protocol_version() -> None:
+    # Without a domain CloudFront fixes the *.cloudfront.net certificate's protocol: nothing to choose or check.
+    resources = program("dev").resources
+    [distribution] = [r for r in resources if r.type == DISTRIBUTION]
+    assert distribution.inputs["viewerCertificate"] == {"cloudfrontDefaultCertificate": True}
+    broken = mutate_nested(resources, DISTRIBUTION, lambda i: {**i, "viewerCertificate": {
+        "cloudfrontDefaultCertificate": True, "minimumProtocolVersion": "TLSv1"}})
+    assert violations("dev", broken) == []
