@@ -36,9 +36,6 @@ CLOUDFRONT_CERTIFICATE_REGION = "us-east-1"
 ACM_CERTIFICATE_ARN = re.compile(
     r"arn:aws[-a-z]*:acm:(?P<region>[a-z]{2}(?:-[a-z]+)+-[0-9]):[0-9]{12}:certificate/[A-Za-z0-9-]+"
 )
-CLOUDFRONT_CERTIFICATE_ARN = re.compile(
-    rf"arn:aws[-a-z]*:acm:{re.escape(CLOUDFRONT_CERTIFICATE_REGION)}:[0-9]{{12}}:certificate/[A-Za-z0-9-]+"
-)
 
 
 class _Camel(BaseModel):
@@ -103,9 +100,11 @@ class WebAppSettings(_Camel):
     @field_validator("certificate_arn")
     @classmethod
     def _certificate_is_an_acm_arn_in_us_east_1(cls, value: str | None) -> str | None:
-        if value is None or CLOUDFRONT_CERTIFICATE_ARN.fullmatch(value):
+        if value is None:
             return value
         match = ACM_CERTIFICATE_ARN.fullmatch(value)
+        if match and match["region"] == CLOUDFRONT_CERTIFICATE_REGION:
+            return value
         if match:
             raise ValueError(
                 f"{value!r} is an ACM certificate in {match['region']}, but CloudFront only accepts certificates "
