@@ -19,6 +19,7 @@ import shutil
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -194,6 +195,37 @@ def open_page(browser: Any, gateway: DevGateway) -> Iterator[Any]:
         page.close()
 
 
+@pytest.fixture
+def signed_in(open_page: Any, users: Users) -> Any:
+    """`signed_in(tier="free", **context_options)`: a new tab, signed in as a fresh user of `tier`."""
+
+    def sign_in(tier: str = "free", **options: Any) -> Page:
+        email, _ = users.new(tier)
+        tab = open_page(**options)
+        tab.sign_in(email)
+        return tab
+
+    return sign_in
+
+
+@dataclass(frozen=True)
+class Tables:
+    """The gateway's DynamoDB tables as the runtime's adapters see them, to prepare answers and spend budgets."""
+
+    cache: AnswerCache
+    meter: Meter
+
+
+@pytest.fixture(scope="module")
+def tables(gateway: DevGateway) -> Tables:
+    info = gateway.info
+    dynamodb = boto3.client("dynamodb", region_name=info["region"], endpoint_url=info["cognito"]["endpoint"])
+    return Tables(
+        AnswerCache(info["tables"]["cache"], client=dynamodb, namespace=SETTINGS.cache_namespace),
+        Meter(info["tables"]["metering"], client=dynamodb),
+    )
+
+
 def tokens_left(page: Page, which: str) -> int:
     text = page.page.locator(f"#budget-{which}-text").inner_text()
     found = re.fullmatch(r"([\d,]+) tokens left", text)
@@ -251,10 +283,8 @@ def test_sign_in_send_and_watch_the_answer_stream_in(open_page: Any, users: User
     assert tokens_left(tab, "window") < window
 
 
-def test_text_from_the_conversation_is_never_markup(open_page: Any, users: Users) -> None:
-    email, _ = users.new("free")
-    tab = open_page()
-    tab.sign_in(email)
+def test_text_from_the_conversation_is_never_markup(signed_in: Any) -> None:
+    tab = signed_in()
     question = '<img src=x onerror="window.injected = 1"><b>bold?</b>'
     tab.send(question)
     tab.wait_settled()
@@ -312,10 +342,8 @@ def test_a_second_user_sees_none_of_the_first_users_conversations(open_page: Any
     assert tab.answers().count() == 1
 
 
-def test_over_the_limit_shows_a_live_countdown(open_page: Any, users: Users) -> None:
-    email, _ = users.new("tiny")
-    tab = open_page()
-    tab.sign_in(email)
+def test_over_the_limit_shows_a_live_countdown(signed_in: Any) -> None:
+    tab = signed_in("tiny")
     tab.send(LONG_QUESTION)
     tab.wait_settled()
     notice = tab.page.locator("#notice")
@@ -344,15 +372,10 @@ def test_over_the_limit_shows_a_live_countdown(open_page: Any, users: Users) -> 
     assert tab.page.locator("#send").is_disabled()
 
 
-def test_a_cached_answer_is_marked(open_page: Any, users: Users, gateway: DevGateway) -> None:
-    c = gateway.info["cognito"]
-    dynamodb = boto3.client("dynamodb", region_name=gateway.info["region"], endpoint_url=c["endpoint"])
-    cache = AnswerCache(gateway.info["tables"]["cache"], client=dynamodb, namespace=SETTINGS.cache_namespace)
+def test_a_cached_answer_is_marked(signed_in: Any, tables: Tables) -> None:
     prepared = "We are open nine to five, Monday to Friday."
-    cache.put("When are you open?", FREE_MODEL, prepared)
-    email, _ = users.new("free")
-    tab = open_page()
-    tab.sign_in(email)
+    tables.cache.put("When are you open?", FREE_MODEL, prepared)
+    tab = signed_in()
 
     tab.send("when are you OPEN?")
     answer = tab.wait_settled()
@@ -385,10 +408,8 @@ def test_the_model_picker_offers_the_tiers_models_and_the_answer_names_the_one_u
     assert tab.wait_settled().locator(".meta").inner_text() == PRO_MODEL
 
 
-def test_conversations_can_be_created_switched_renamed_and_deleted(open_page: Any, users: Users) -> None:
-    email, _ = users.new("free")
-    tab = open_page()
-    tab.sign_in(email)
+def test_conversations_can_be_created_switched_renamed_and_deleted(signed_in: Any) -> None:
+    tab = signed_in()
     page = tab.page
     tab.send("First topic")
     tab.wait_settled()
@@ -426,12 +447,8 @@ def test_conversations_can_be_created_switched_renamed_and_deleted(open_page: An
     assert page.locator("#messages .message.user .text").all_inner_texts() == ["First topic"]
 
 
-def test_stop_leaves_the_partial_answer_and_the_budget_still_updates(
-    open_page: Any, users: Users, gateway: DevGateway
-) -> None:
-    email, _ = users.new("free")
-    tab = open_page()
-    tab.sign_in(email)
+def test_stop_leaves_the_partial_answer_and_the_budget_still_updates(signed_in: Any) -> None:
+    tab = signed_in()
     tab.send(LONG_QUESTION + " Take your time.")
     stop = tab.page.get_by_role("button", name="Stop")
     stop.wait_for(state="visible")
@@ -479,7 +496,7 @@ def test_keyboard_only_sign_in_and_send(open_page: Any, users: Users, gateway: D
     expect(page.locator("#prompt")).to_be_focused()
 
 
-def test_dark_mode_follows_the_system(open_page: Any, users: Users) -> None:
+def test_dark_mode_follows_the_system(open_page: Any) -> None:
     light = open_page(color_scheme="light")
     dark = open_page(color_scheme="dark")
     colour = "getComputedStyle(document.body).backgroundColor"
@@ -488,11 +505,9 @@ def test_dark_mode_follows_the_system(open_page: Any, users: Users) -> None:
 
 
 def test_a_dropped_connection_is_reopened_and_subscriptions_come_back(
-    open_page: Any, users: Users, gateway: DevGateway
+    signed_in: Any, gateway: DevGateway
 ) -> None:
-    email, _ = users.new("free")
-    tab = open_page()
-    tab.sign_in(email)
+    tab = signed_in()
     tab.send("Before the drop")
     tab.wait_settled()
 
@@ -509,10 +524,8 @@ def test_a_dropped_connection_is_reopened_and_subscriptions_come_back(
     assert tab.problems == []
 
 
-def test_a_session_is_refreshed_before_its_tokens_expire(open_page: Any, users: Users) -> None:
-    email, _ = users.new("free")
-    tab = open_page()
-    tab.sign_in(email)
+def test_a_session_is_refreshed_before_its_tokens_expire(signed_in: Any) -> None:
+    tab = signed_in()
     page = tab.page
     before = page.evaluate("JSON.parse(sessionStorage.getItem('aigw.session'))")
     # Pretend the tokens expire in a minute (inside the refresh margin), then come back to the page.
@@ -540,11 +553,9 @@ def test_a_session_is_refreshed_before_its_tokens_expire(open_page: Any, users: 
     page.locator("#sign-in-view").wait_for(state="visible")
 
 
-def test_an_exhausted_month_shows_when_it_resets(open_page: Any, users: Users, gateway: DevGateway) -> None:
+def test_an_exhausted_month_shows_when_it_resets(open_page: Any, users: Users, tables: Tables) -> None:
     email, sub = users.new("free")
-    c = gateway.info["cognito"]
-    dynamodb = boto3.client("dynamodb", region_name=gateway.info["region"], endpoint_url=c["endpoint"])
-    meter = Meter(gateway.info["tables"]["metering"], client=dynamodb)
+    meter = tables.meter
     # This user's month allows 2,000 tokens, and 1,990 of them are already spent.
     limits = Limits(window_tokens=20_000, monthly_tokens=2_000)
     meter.set_override(sub, limits)
@@ -625,10 +636,8 @@ def test_no_accessibility_violations_axe_finds(open_page: Any, users: Users, sch
     assert found == {"sign-in": [], "chat": []}
 
 
-def test_a_phone_sized_screen_needs_no_sideways_scrolling(open_page: Any, users: Users) -> None:
-    email, _ = users.new("free")
-    tab = open_page(viewport={"width": 375, "height": 740}, is_mobile=True, has_touch=True)
-    tab.sign_in(email)
+def test_a_phone_sized_screen_needs_no_sideways_scrolling(signed_in: Any) -> None:
+    tab = signed_in(viewport={"width": 375, "height": 740}, is_mobile=True, has_touch=True)
     tab.send("A question with a long unbroken word: " + "x" * 120)
     tab.wait_settled()
     overflow = "document.scrollingElement.scrollWidth - document.documentElement.clientWidth"
@@ -707,11 +716,9 @@ def test_first_sign_in_new_password_then_authenticator_set_up_then_codes(
 
 
 def test_a_model_failure_mid_answer_keeps_the_text_and_says_what_happened(
-    open_page: Any, users: Users, gateway: DevGateway
+    signed_in: Any, gateway: DevGateway
 ) -> None:
-    email, _ = users.new("free")
-    tab = open_page()
-    tab.sign_in(email)
+    tab = signed_in()
     assert gateway.bedrock is not None
     gateway.bedrock.inject_fault("mid_stream", after_deltas=3)
     question = "Tell me something long"
@@ -783,21 +790,14 @@ def test_markdown_never_makes_markup_of_the_text(blank_page: Any, text: str) -> 
         assert rendered["text"].count(char) == text.count(char), char
 
 
-def test_a_markdown_answer_is_formatted_and_stays_safe(
-    open_page: Any, users: Users, gateway: DevGateway
-) -> None:
-    c = gateway.info["cognito"]
-    dynamodb = boto3.client("dynamodb", region_name=gateway.info["region"], endpoint_url=c["endpoint"])
-    cache = AnswerCache(gateway.info["tables"]["cache"], client=dynamodb, namespace=SETTINGS.cache_namespace)
+def test_a_markdown_answer_is_formatted_and_stays_safe(signed_in: Any, tables: Tables) -> None:
     prepared = (
         "## Setting up\n\nRun **two** commands, *in order*:\n\n1. `make dev`\n2. `make test`\n\n"
         "```sh\nmake dev  # <b>not bold</b>\n```\n\nSee [the docs](https://example.com/docs) - not "
         "[this](javascript:alert(1)) or <img src=x onerror=\"window.injected=1\">."
     )
-    cache.put("How do I start?", FREE_MODEL, prepared)
-    email, _ = users.new("free")
-    tab = open_page()
-    tab.sign_in(email)
+    tables.cache.put("How do I start?", FREE_MODEL, prepared)
+    tab = signed_in()
     tab.send("How do I start?")
     text = tab.wait_settled().locator(".text")
     assert text.locator("h4").inner_text() == "Setting up"
@@ -845,10 +845,8 @@ def test_the_page_over_tls_signs_in_and_streams(browser: Any, tmp_path: Path) ->
             cached.cache_clear()
 
 
-def test_the_module_gateway_still_answers_after_the_tls_one(open_page: Any, users: Users) -> None:
-    email, _ = users.new("free")
-    tab = open_page()
-    tab.sign_in(email)
+def test_the_module_gateway_still_answers_after_the_tls_one(signed_in: Any) -> None:
+    tab = signed_in()
     tab.send("Still here?")
     assert tab.wait_settled().locator(".text").inner_text() == expected_answer("Still here?")
 
