@@ -35,7 +35,13 @@ from aigw.local_cognito import JwtVerifier, LocalPool, identity_from_claims, pro
 from aigw.tls import ensure_local_ca
 from aigw.usage_sink import UsageSink
 from components.settings import PROJECT, StackSettings
-from components.web_app import connect_sources, content_security_policy, security_headers, web_client_config
+from components.web_app import (
+    connect_sources,
+    content_security_policy,
+    security_headers,
+    web_client_config,
+    web_files,
+)
 from runtime import cache as answer_cache
 from runtime import channels, metering
 
@@ -200,7 +206,7 @@ class DevGateway:
             port=self.ports.events,
             keepalive_s=self.keepalive_s,
             ssl_context=local_tls.server_ssl_context() if local_tls else None,
-            static_dir=WEB_DIR if WEB_DIR.is_dir() else None,
+            static_files=self.page_files if WEB_DIR.is_dir() else None,
             static_config=self.web_config,
             static_headers=self.web_headers,
         )
@@ -262,6 +268,11 @@ class DevGateway:
             client_id=cognito["client_id"],
             settings=self.settings,
         )
+
+    def page_files(self) -> dict[str, tuple[Path, str]]:
+        """The page's files exactly as the WebApp component uploads them (`components.web_app.web_files`): the
+        same names, the same content types, the same refusals. Listed per request, so new files show up."""
+        return {f.key: (f.path, f.content_type) for f in web_files(WEB_DIR)}
 
     def web_headers(self) -> dict[str, str]:
         """The deployed page's security headers (the same CSP, with local origins), so the page is tested under

@@ -481,12 +481,12 @@ class EventsServer:
         handler_workers: int = 8,
         serialize_handlers: bool = True,
         max_pending_frames: int = 10_000,
-        static_dir: Path | None = None,
+        static_files: Callable[[], Mapping[str, tuple[Path, str]]] | None = None,
         static_config: Callable[[], dict[str, Any]] | None = None,
         static_headers: Callable[[], Mapping[str, str]] | None = None,
     ) -> None:
         self.authenticator = authenticator
-        self.static_dir = static_dir.resolve() if static_dir is not None else None
+        self.static_files = static_files
         self.static_config = static_config
         self.static_headers = static_headers
         self.namespaces = {ns.name: ns for ns in namespaces}
@@ -523,9 +523,9 @@ class EventsServer:
         app.router.add_route("*", "/event", self._handle_method_not_allowed)
         if self.static_config is not None:
             app.router.add_route("GET", "/config.json", self._handle_static_config)
-        if self.static_dir is not None:
+        if self.static_files is not None:
             app.router.add_route("GET", "/", self._handle_static)
-            app.router.add_route("GET", "/{name}", self._handle_static)
+            app.router.add_route("GET", "/{name:.+}", self._handle_static)
         self._executor = ThreadPoolExecutor(self.handler_workers, thread_name_prefix="aigw-events-handler")
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
@@ -830,24 +830,17 @@ class EventsServer:
 
     # -- static web page (`aigw dev` serves web/) -------------------------------------------------------
 
-    _STATIC_TYPES = {
-        ".html": "text/html", ".js": "text/javascript", ".css": "text/css", ".json": "application/json",
-        ".svg": "image/svg+xml", ".png": "image/png", ".ico": "image/x-icon", ".txt": "text/plain",
-    }
-
     async def _handle_static(self, request: web.Request) -> web.StreamResponse:
-        assert self.static_dir is not None
+        assert self.static_files is not None
         name = request.match_info.get("name", "index.html")
-        # Only a regular file directly in static_dir, by exact listed name: no traversal, no dotfiles.
-        files = {p.name: p for p in self.static_dir.iterdir() if p.is_file() and not p.name.startswith(".")}
-        path = files.get(name)
-        content_type = self._STATIC_TYPES.get(Path(name).suffix.lower())
-        if path is None or content_type is None:
+        # Only the listed files, looked up by exact name: no path ever reaches the filesystem.
+        found = self.static_files().get(name)
+        if found is None:
             raise web.HTTPNotFound()
-        charset = "utf-8" if content_type.startswith("text/") or content_type.endswith(("json", "xml")) else None
+        path, content_type = found
         return web.Response(
-            body=path.read_bytes(), content_type=content_type, charset=charset,
-            headers={**self._static_headers(), "Cache-Control": "no-cache"},
+            body=path.read_bytes(),
+            headers={**self._static_headers(), "Content-Type": content_type, "Cache-Control": "no-cache"},
         )
 
     async def _handle_static_config(self, request: web.Request) -> web.Response:

@@ -18,7 +18,7 @@ import pytest
 
 from aigw.dev import DevGateway, Ports, running
 from components.settings import StackSettings
-from components.web_app import connect_sources, content_security_policy, security_headers
+from components.web_app import connect_sources, content_security_policy, security_headers, web_files
 
 ROOT = Path(__file__).resolve().parents[2]
 WEB = ROOT / "web"
@@ -98,6 +98,15 @@ def test_the_page_is_served_with_the_deployed_security_headers(gateway: DevGatew
     assert sorted(connect) == sorted(["'self'", f"http://{events.netloc}", f"ws://{events.netloc}",
                                       f"http://{moto.netloc}"])
     assert "'unsafe-inline'" not in csp and "'unsafe-eval'" not in csp
+
+
+def test_the_page_is_served_file_for_file_as_the_stack_uploads_it(gateway: DevGateway) -> None:
+    # One list of files and one content-type table for both: what the WebApp component uploads, aigw dev serves.
+    uploaded = web_files(WEB)
+    assert {f.key for f in uploaded} >= {"index.html", "app.js", "events.js", "cognito.js", "markdown.js"}
+    for file in uploaded:
+        status, content_type, body = get(f"{base(gateway)}/{file.key}")
+        assert (status, content_type, body) == (200, file.content_type, file.path.read_bytes()), file.key
 
 
 @pytest.mark.parametrize(("name", "kind"), [
