@@ -17,8 +17,10 @@ const state = {
   conversations: [], // [{id, title, updatedAt, messages: [{role, text, status, cached, model, error}]}]
   currentId: null,
   subscriptions: new Map(), // conversationId -> {unsubscribe}
-  pending: new Map(), // requestId -> {message, node, textNode, metaNode, timer}
+  // requestId -> {message, conversationId, stopped, node, textNode, metaNode, timer, frame}
+  pending: new Map(),
   countdown: null,
+  storageWarned: false, // the "storage is full" notice is shown once per page
   limits: { window: null, month: null },
 };
 
