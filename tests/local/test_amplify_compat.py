@@ -6,8 +6,9 @@ its access token, subscribes to the responses channel and sends a chat request t
 `start`, `delta`..., `end` both times: the worker's own publishes go to the HTTPS endpoint too, so this also
 proves the runtime trusts the local CA. Node trusts it through ``NODE_EXTRA_CA_CERTS``.
 
-npm installs ``aws-amplify@6`` and ``ws@8`` once per session into a temporary directory (registry access
-needed); without node/npm, or when the install fails, the Amplify test is skipped with the reason.
+`npm ci` installs exactly what ``tests/local/amplify/package-lock.json`` names (Amplify v6 and ws v8; Dependabot
+proposes upgrades) once per session into a temporary directory (registry access needed); without node/npm, or
+when the install fails, the Amplify test is skipped with the reason.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from aigw.dev import DevGateway, Ports, running
 from components.settings import StackSettings
 
 ROOT = Path(__file__).resolve().parents[2]
-NPM_PACKAGES = ("aws-amplify@^6", "ws@^8")
+NPM_PROJECT = Path(__file__).resolve().parent / "amplify"  # package.json + package-lock.json
 NPM_INSTALL_TIMEOUT_S = 600
 NODE_RUN_TIMEOUT_S = 30
 MIN_NODE_MAJOR = 18  # global fetch, which Amplify uses for HTTP
@@ -125,18 +126,19 @@ def _node_major(node: str) -> int:
 
 @pytest.fixture(scope="session")
 def amplify_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A directory with aws-amplify and ws installed (once per session) and the Amplify script."""
+    """A directory with the locked aws-amplify and ws installed (once per session) and the Amplify script."""
     node, npm = shutil.which("node"), shutil.which("npm")
     if node is None or npm is None:
         pytest.skip("the Amplify compatibility test needs node and npm on PATH")
     if _node_major(node) < MIN_NODE_MAJOR:
         pytest.skip(f"the Amplify compatibility test needs Node >= {MIN_NODE_MAJOR}")
     directory = tmp_path_factory.mktemp("amplify-js")
-    (directory / "package.json").write_text(json.dumps({"name": "aigw-amplify-compat", "private": True}))
+    for name in ("package.json", "package-lock.json"):
+        shutil.copyfile(NPM_PROJECT / name, directory / name)
     started = time.monotonic()
     try:
         subprocess.run(
-            [npm, "install", "--no-audit", "--no-fund", "--loglevel=error", *NPM_PACKAGES],
+            [npm, "ci", "--no-audit", "--no-fund", "--loglevel=error"],
             cwd=directory,
             capture_output=True,
             text=True,
@@ -145,10 +147,14 @@ def amplify_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
             env={**os.environ, "npm_config_update_notifier": "false"},
         )
     except subprocess.TimeoutExpired:
-        pytest.skip(f"npm install {' '.join(NPM_PACKAGES)} took over {NPM_INSTALL_TIMEOUT_S} s")
+        pytest.skip(f"npm ci took over {NPM_INSTALL_TIMEOUT_S} s")
     except subprocess.CalledProcessError as exc:
-        pytest.skip(f"npm install {' '.join(NPM_PACKAGES)} failed (registry unreachable?): {exc.stderr[-800:]}")
-    print(f"npm install {' '.join(NPM_PACKAGES)}: {time.monotonic() - started:.1f} s")
+        pytest.skip(f"npm ci failed (registry unreachable?): {exc.stderr[-800:]}")
+    print(f"npm ci (locked Amplify): {time.monotonic() - started:.1f} s")
+    locked = json.loads((NPM_PROJECT / "package-lock.json").read_text())["packages"]
+    for package in ("aws-amplify", "ws"):
+        installed = json.loads((directory / "node_modules" / package / "package.json").read_text())["version"]
+        assert installed == locked[f"node_modules/{package}"]["version"], f"{package} is not the locked release"
     (directory / "amplify_events.mjs").write_text(AMPLIFY_SCRIPT)
     return directory
 
