@@ -1,25 +1,37 @@
 # Two commands set everything up on a fresh machine: `make dev` (the local gateway) and `make test`.
+# What is installed is decided by uv.lock (`uv sync --frozen`), never by what the package index serves today.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+LATEST := .venv-latest
 
-.PHONY: test dev lint bench clean browser
+.PHONY: test dev lint typecheck bench clean browser upgrade lock test-latest
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-# Reinstall only when the dependency list changes.
-$(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev]'
+# uv itself, at the version uv.lock names and checked against the lock's hashes.
+$(BIN)/uv: uv.lock | $(BIN)/python
+	$(BIN)/python .ci/bootstrap-uv $(BIN)/python
+	touch $(BIN)/uv
+
+# Reinstall only when the dependency list or the lock changes. --frozen: the lock is used as it is, never
+# re-resolved; a pyproject.toml that no longer matches it fails here (run `make lock`).
+$(STAMP): pyproject.toml uv.lock | $(BIN)/uv
+	$(BIN)/uv lock --check -q
+	$(BIN)/uv sync --frozen -q
 	touch $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+# `make dev ARGS="--port 5000"` passes flags to `aigw dev`.
 dev: $(STAMP)
-	$(BIN)/aigw dev
+	$(BIN)/aigw dev $(ARGS)
 
 # Debian's Chromium for tests/browser (skipped, saying why, where it cannot be installed).
 browser:
@@ -29,11 +41,33 @@ browser:
 # gateways start once. `make test PYTEST_WORKERS=0` runs in one process.
 PYTEST_WORKERS ?= 2
 
-test: $(STAMP) lint browser
-	HYPOTHESIS_PROFILE=ci $(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile
+test: $(STAMP) lint typecheck browser
+	HYPOTHESIS_PROFILE=ci $(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+
+# Re-resolve the lock after editing pyproject.toml (adds/removes only what changed).
+lock: | $(BIN)/uv
+	$(BIN)/uv lock
+
+# Move every locked dependency to the newest release its range allows, then sync. Review the uv.lock diff
+# and run `make test` before committing it.
+upgrade: | $(BIN)/uv
+	$(BIN)/uv lock --upgrade
+	$(BIN)/uv sync --frozen -q
+	touch $(STAMP)
+
+# The suite against the newest releases the ranges allow, in a throwaway venv: sees ecosystem breakage
+# before users do. It never touches uv.lock or .venv; it may fail when an upstream release breaks us.
+test-latest: $(STAMP) browser
+	rm -rf $(LATEST)
+	$(BIN)/uv venv -q --python $(BIN)/python $(LATEST)
+	VIRTUAL_ENV=$(LATEST) $(BIN)/uv pip install -q --upgrade -e . --group dev
+	@echo "Newer than the lock (locked -> latest):"
+	@$(BIN)/python .ci/lock-drift $(LATEST)/bin/python
+	PATH=$(CURDIR)/$(LATEST)/bin:$$PATH HYPOTHESIS_PROFILE=ci $(LATEST)/bin/python -m pytest -n $(PYTEST_WORKERS) \
+		--dist loadfile -p no:cacheprovider $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.metering
 
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis .ruff_cache
+	rm -rf $(VENV) $(LATEST) .pytest_cache .hypothesis .ruff_cache .mypy_cache

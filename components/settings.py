@@ -19,6 +19,14 @@ from pydantic.alias_generators import to_camel
 
 from runtime.config import RuntimeConfig, TierSettings
 
+POWERTOOLS_LAYERS_FILE = Path(__file__).with_name("powertools_layers.yaml")
+
+
+def powertools_layer_releases() -> dict[int, str]:
+    """Managed Powertools layer version -> the PyPI release it holds (dated, sourced data in POWERTOOLS_LAYERS_FILE)."""
+    document = yaml.safe_load(POWERTOOLS_LAYERS_FILE.read_text())
+    return {int(row["layer"]): str(row["release"]) for row in document["layers"]}
+
 PROJECT = "ai-gateway"
 # A Bedrock model id (`provider.model...`), optionally behind a cross-region inference-profile prefix.
 MODEL_ID = re.compile(
@@ -166,7 +174,7 @@ class StackSettings(_Camel):
     max_total_chars: int = Field(default=120_000, gt=0)
     lease_seconds: int = Field(default=900, ge=60)
     functions: FunctionsSettings = FunctionsSettings()
-    powertools_layer_version: int = Field(default=18, ge=1)
+    powertools_layer_version: int = Field(default=34, ge=1)
     guardrail: GuardrailSettings = GuardrailSettings()
     analytics: AnalyticsSettings = AnalyticsSettings()
     web_app: WebAppSettings = WebAppSettings()
@@ -187,6 +195,18 @@ class StackSettings(_Camel):
                 if not MODEL_ID.match(model):
                     raise ValueError(f"tier {tier.name!r}: {model!r} is not a Bedrock model id (provider.model)")
         return tiers
+
+    @field_validator("powertools_layer_version")
+    @classmethod
+    def _layer_release_is_known(cls, version: int) -> int:
+        known = powertools_layer_releases()
+        if version not in known:
+            raise ValueError(
+                f"powertoolsLayerVersion {version} holds no Powertools release this project knows; use one of "
+                f"{sorted(known)} (newest {max(known)} = {known[max(known)]}) or add the layer's row, with its source, "
+                f"to {POWERTOOLS_LAYERS_FILE.name}"
+            )
+        return version
 
     @field_validator("log_retention_days")
     @classmethod
