@@ -16,7 +16,7 @@ from analytics.local import render_query, tier_limits_from_settings
 from components.analytics import Analytics, AnalyticsArgs
 from components.cache import AnswerCacheTable, AnswerCacheTableArgs
 from components.channel_handlers import ChannelHandlers, ChannelHandlersArgs
-from components.events_api import EventsApi, EventsApiArgs
+from components.events_api import EventsApi, EventsApiArgs, LogLevel
 from components.functions import Functions, FunctionsArgs, FunctionSettings, powertools_layer_arn, runtime_archive
 from components.guardrails import Guardrail, GuardrailArgs
 from components.identity import FederationProvider, Identity, IdentityArgs
@@ -26,7 +26,7 @@ from components.settings import PROJECT, FunctionSizing, StackSettings
 from components.web_app import WebApp, WebAppArgs
 
 # AppSync Events logs at these levels; the functions' WARNING has no AppSync twin, so it logs errors only.
-APPSYNC_LOG_LEVEL = {"DEBUG": "DEBUG", "INFO": "INFO", "WARNING": "ERROR", "ERROR": "ERROR"}
+APPSYNC_LOG_LEVEL: dict[str, LogLevel] = {"DEBUG": "DEBUG", "INFO": "INFO", "WARNING": "ERROR", "ERROR": "ERROR"}
 
 
 def sizing(f: FunctionSizing) -> FunctionSettings:

@@ -104,7 +104,7 @@ def _rows(relation: Mapping[Any, Any] | Iterable[Any]) -> list[tuple[Any, ...]]:
     return [tuple(row) for row in relation]
 
 
-def _relation_query(name: str, rows: list[tuple[Any, ...]]) -> exp.Expression:
+def _relation_query(name: str, rows: list[tuple[Any, ...]]) -> exp.Expr:
     columns = RELATIONS[name]
     for row in rows:
         if len(row) != len(columns):

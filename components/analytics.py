@@ -358,7 +358,10 @@ class Analytics(pulumi.ComponentResource):
                 ser_de_info=aws.glue.CatalogTableStorageDescriptorSerDeInfoArgs(
                     serialization_library=PARQUET_SERDE, parameters={"serialization.format": "1"}
                 ),
-                columns=[aws.glue.CatalogTableStorageDescriptorColumnArgs(**c) for c in glue_columns()],
+                columns=[
+                    aws.glue.CatalogTableStorageDescriptorColumnArgs(name=column["name"], type=column["type"])
+                    for column in glue_columns()
+                ],
             ),
             opts=child,
         )

@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 from urllib.parse import urlsplit
 
 from botocore.auth import SigV4Auth
@@ -237,7 +237,7 @@ class EventPublisher:
             if self._credentials is None:
                 raise NoCredentialsError()
         getter = getattr(self._credentials, "get_frozen_credentials", None)
-        return getter() if getter is not None else self._credentials
+        return cast(ReadOnlyCredentials, getter() if getter is not None else self._credentials)
 
     def _sign(self, body: bytes) -> dict[str, str]:
         request = AWSRequest(

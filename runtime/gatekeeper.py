@@ -84,9 +84,9 @@ class Gatekeeper:
                 answers.append({"id": event.get("id"), "error": f"{rejection.code}: {rejection.message}"})
             except Exception:
                 observability.logger.exception("gatekeeper failed", extra={"request_id": request_id})
-                rejection = Rejection("internal", "the gateway could not take this request; please retry")
-                self._reject(sub, tier, request_id, conversation_id, rejection)
-                answers.append({"id": event.get("id"), "error": f"{rejection.code}: {rejection.message}"})
+                failure = Rejection("internal", "the gateway could not take this request; please retry")
+                self._reject(sub, tier, request_id, conversation_id, failure)
+                answers.append({"id": event.get("id"), "error": f"{failure.code}: {failure.message}"})
         return answers
 
     # -- one event

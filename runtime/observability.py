@@ -379,8 +379,8 @@ def record_usage_metrics(record: UsageRecord, *, overshoot_tokens: int = 0, expi
             if not values:
                 continue
             metrics.add_dimension(name="model_id", value=model_dimension)
-            for name, value in extra_dimensions.items():
-                metrics.add_dimension(name=name, value=value)
+            for dimension, dimension_value in extra_dimensions.items():
+                metrics.add_dimension(name=dimension, value=dimension_value)
             for name, unit, value in values:
                 metrics.add_metric(name=name, unit=unit, value=value)
             metrics.flush_metrics()

@@ -377,8 +377,8 @@ def _refusal(
         return month_used(s, t) + need <= limits.monthly_tokens
 
     reason: RefusalReason = "window" if month_fits(state, now) else "monthly"
-    instants = {next_month_start(now)}
-    instants.update(t for b in state.buckets if (t := bucket_exit(b, limits)) > now)
+    instants: set[float] = {next_month_start(now)}
+    instants.update(exit_t for b in state.buckets if (exit_t := bucket_exit(b, limits)) > now)
     instants.update(e.lease_until for e in state.entries.values() if e.status == "live" and e.lease_until > now)
     for t in sorted(instants):
         at_t, _ = expire_leases(state, t)
