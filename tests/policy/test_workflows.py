@@ -33,8 +33,8 @@ def all_workflows() -> dict[str, dict[str, Any]]:
     return {p.name: load(p.name) for p in sorted(WORKFLOWS.glob("*.yml"))}
 
 
-def test_the_three_workflows_exist() -> None:
-    assert {"test.yml", "preview.yml", "deploy.yml"} <= set(all_workflows())
+def test_the_four_workflows_exist() -> None:
+    assert {"test.yml", "preview.yml", "deploy.yml", "latest.yml"} <= set(all_workflows())
 
 
 def test_triggers() -> None:
@@ -43,6 +43,7 @@ def test_triggers() -> None:
     assert set(load("preview.yml")["on"]) == {"pull_request"}
     assert set(load("deploy.yml")["on"]) == {"push"}
     assert load("deploy.yml")["on"]["push"]["branches"] == ["main"]
+    assert set(load("latest.yml")["on"]) == {"schedule", "workflow_dispatch"}
     for name, workflow in all_workflows().items():
         assert "pull_request_target" not in workflow["on"], name
         assert "workflow_run" not in workflow["on"], name
@@ -85,11 +86,14 @@ def test_preview_runs_the_policy_pack_for_both_stacks() -> None:
 
 def test_deploy_goes_dev_then_approved_prod() -> None:
     jobs = load("deploy.yml")["jobs"]
-    assert set(jobs) == {"dev", "prod"}
+    assert set(jobs) == {"test", "dev", "prod"}
+    assert jobs["dev"]["needs"] in ("test", ["test"])  # no `pulumi up` of a commit the suite has not passed
     assert jobs["prod"]["needs"] in ("dev", ["dev"])
+    assert any(s.get("run", "").strip() == "make test" for s in jobs["test"]["steps"])
+    assert not steps(jobs["test"], OIDC_ACTION) and "permissions" not in jobs["test"]
     assert jobs["prod"]["environment"] == "production"
-    for stack, job in jobs.items():
-        [pulumi] = steps(job, PULUMI_ACTION)
+    for stack in ("dev", "prod"):
+        [pulumi] = steps(jobs[stack], PULUMI_ACTION)
         assert pulumi["with"]["command"] == "up"
         assert pulumi["with"]["stack-name"] == f"${{{{ vars.PULUMI_ORG }}}}/ai-gateway/{stack}"
         assert pulumi["with"]["policyPacks"] == "policy"
@@ -126,3 +130,27 @@ def test_zizmor_finds_nothing_at_medium_or_higher() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     findings = json.loads(result.stdout or "[]")
     assert findings == [], json.dumps(findings, indent=2)
+
+
+def test_latest_runs_the_suite_weekly_against_the_newest_releases_and_reports_only_failure() -> None:
+    workflow = load("latest.yml")
+    [schedule] = workflow["on"]["schedule"]
+    _minute, _hour, day, month, weekday = schedule["cron"].split()
+    assert (day, month) == ("*", "*") and weekday.isdigit()  # once a week
+    jobs = workflow["jobs"]
+    assert any(s.get("run", "").strip() == "make test-latest" for s in jobs["test-latest"]["steps"])
+    assert "permissions" not in jobs["test-latest"]
+    report = jobs["report"]
+    assert report["needs"] == "test-latest" and report["if"] == "failure()"
+    assert report["permissions"] == {"issues": "write"}
+
+
+def test_dependabot_watches_every_lock() -> None:
+    config = yaml.safe_load((ROOT / ".github" / "dependabot.yml").read_text())
+    updates = {(u["package-ecosystem"], u["directory"]): u for u in config["updates"]}
+    assert set(updates) == {("uv", "/"), ("npm", "/tests/local/amplify"), ("github-actions", "/")}
+    assert (ROOT / "uv.lock").is_file()
+    assert (ROOT / "tests/local/amplify/package-lock.json").is_file()
+    # Powertools moves only with the managed layer the stacks deploy, never alone.
+    ignored = {rule["dependency-name"] for rule in updates[("uv", "/")]["ignore"]}
+    assert "aws-lambda-powertools" in ignored
