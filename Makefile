@@ -61,7 +61,7 @@ test-latest: $(STAMP) browser
 	rm -rf $(LATEST)
 	$(BIN)/uv venv -q --python $(BIN)/python $(LATEST)
 	VIRTUAL_ENV=$(LATEST) $(BIN)/uv pip install -q --upgrade -e . --group dev
-	@echo "Newer than the lock (locked -> latest):"
+	@echo "Differing from the lock (locked -> latest):"
 	@$(BIN)/python .ci/lock-drift $(LATEST)/bin/python
 	PATH=$(CURDIR)/$(LATEST)/bin:$$PATH HYPOTHESIS_PROFILE=ci $(LATEST)/bin/python -m pytest -n $(PYTEST_WORKERS) \
 		--dist loadfile -p no:cacheprovider $(PYTEST_ARGS)
