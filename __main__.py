@@ -16,7 +16,7 @@ from analytics.local import render_query, tier_limits_from_settings
 from components.analytics import Analytics, AnalyticsArgs
 from components.cache import AnswerCacheTable, AnswerCacheTableArgs
 from components.channel_handlers import ChannelHandlers, ChannelHandlersArgs
-from components.events_api import EventsApi, EventsApiArgs, LogLevel
+from components.events_api import EventsApi, EventsApiArgs
 from components.functions import Functions, FunctionsArgs, FunctionSettings, powertools_layer_arn, runtime_archive
 from components.guardrails import Guardrail, GuardrailArgs
 from components.identity import FederationProvider, Identity, IdentityArgs
@@ -24,9 +24,6 @@ from components.metering import MeteringTable, MeteringTableArgs
 from components.observability import Observability, ObservabilityArgs
 from components.settings import PROJECT, FunctionSizing, StackSettings
 from components.web_app import WebApp, WebAppArgs
-
-# AppSync Events logs at these levels; the functions' WARNING has no AppSync twin, so it logs errors only.
-APPSYNC_LOG_LEVEL: dict[str, LogLevel] = {"DEBUG": "DEBUG", "INFO": "INFO", "WARNING": "ERROR", "ERROR": "ERROR"}
 
 
 def sizing(f: FunctionSizing) -> FunctionSettings:
@@ -96,7 +93,7 @@ def main() -> dict[str, Any]:
             user_pool_id=identity.user_pool_id,
             region=settings.region,
             log_retention_days=settings.log_retention_days,
-            log_level=APPSYNC_LOG_LEVEL[settings.log_level],
+            log_level=settings.appsync_log_level,
             tags=tags,
         ),
     )
@@ -203,7 +200,7 @@ def main() -> dict[str, Any]:
                 buffer_mb=a.buffer_mb,
                 log_retention_days=settings.log_retention_days,
                 # Reserved in stacks that reserve the worker's concurrency (prod): the policy pack requires it there.
-                processor_reserved_concurrency=5 if settings.functions.worker.reserved_concurrency else None,
+                processor_reserved_concurrency=settings.analytics_processor_reserved_concurrency,
                 tags=tags,
             ),
         )

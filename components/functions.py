@@ -18,6 +18,7 @@ from typing import Any
 import pulumi
 import pulumi_aws as aws
 
+from components.settings import aws_partition
 from runtime.channels import RESPONSES_NAMESPACE
 from runtime.config import ENV
 
@@ -59,8 +60,8 @@ _ENV_KEY = re.compile(r"^[a-zA-Z][a-zA-Z0-9_]+$")  # Lambda's `Environment.Varia
 LOG_RETENTION_DAYS = frozenset(
     {1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922, 3288, 3653}
 )
-# Python level name (Powertools) -> Lambda advanced logging controls level.
-_LOG_LEVELS = {"DEBUG": "DEBUG", "INFO": "INFO", "WARNING": "WARN", "ERROR": "ERROR", "CRITICAL": "FATAL"}
+# The Python level names Powertools takes (`POWERTOOLS_LOG_LEVEL`); Lambda's WARN and FATAL are accepted as aliases.
+_LOG_LEVELS = frozenset({"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"})
 _LOG_LEVEL_ALIASES = {"WARN": "WARNING", "FATAL": "CRITICAL"}
 
 MIN_EVENT_AGE_S, MAX_EVENT_AGE_S = 60, 21_600  # FunctionEventInvokeConfig's accepted range
@@ -155,10 +156,20 @@ class FunctionsArgs:
         return _LOG_LEVEL_ALIASES.get(level, level)
 
 
+def lambda_application_log_level(python_log_level: str) -> str:
+    """Lambda's JSON `application_log_level` for a function whose Powertools logs at `python_log_level`.
+
+    Never above INFO: Lambda files a line without a recognised `level` (every EMF metric blob) or without an
+    RFC 3339 `timestamp` as INFO, so a WARN or ERROR filter here would drop the metrics and, with them, alarms and
+    dashboards. Powertools (`POWERTOOLS_LOG_LEVEL`) does the filtering; Lambda only passes DEBUG through for it.
+    """
+    return "DEBUG" if python_log_level == "DEBUG" else "INFO"
+
+
 def powertools_layer_arn(region: str, python_runtime: str, version: int) -> str:
     """AWS's public Powertools V3 layer for arm64: `...:AWSLambdaPowertoolsPythonV3-python313-arm64:<version>`."""
     layer = f"AWSLambdaPowertoolsPythonV3-{python_runtime.replace('.', '')}-arm64"
-    return f"arn:aws:lambda:{region}:{POWERTOOLS_LAYER_ACCOUNT}:layer:{layer}:{version}"
+    return f"arn:{aws_partition(region)}:lambda:{region}:{POWERTOOLS_LAYER_ACCOUNT}:layer:{layer}:{version}"
 
 
 def max_event_age_seconds(lease_seconds: int, worker_timeout_s: int) -> int:
@@ -412,7 +423,7 @@ class Functions(pulumi.ComponentResource):
             logging_config=aws.lambda_.FunctionLoggingConfigArgs(
                 log_format="JSON",
                 log_group=log_group.name,
-                application_log_level=_LOG_LEVELS[args.python_log_level],
+                application_log_level=lambda_application_log_level(args.python_log_level),
                 system_log_level="INFO",  # platform START/REPORT lines: duration and memory of each invoke
             ),
             tags=dict(args.tags),

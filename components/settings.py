@@ -27,7 +27,15 @@ def powertools_layer_releases() -> dict[int, str]:
     document = yaml.safe_load(POWERTOOLS_LAYERS_FILE.read_text())
     return {int(row["layer"]): str(row["release"]) for row in document["layers"]}
 
+def aws_partition(region: str) -> str:
+    """The ARN partition of `region` (`aws`, `aws-cn`, `aws-us-gov`, ...), from botocore's bundled endpoint data."""
+    import boto3
+
+    return boto3.session.Session().get_partition_for_region(region)
+
+
 PROJECT = "ai-gateway"
+ANALYTICS_PROCESSOR_RESERVED = 5
 # A Bedrock model id (`provider.model...`), optionally behind a cross-region inference-profile prefix.
 MODEL_ID = re.compile(
     r"^(?:(?P<geo>us|eu|apac|us-gov|global|jp|au|ca)\.)?[a-z0-9-]{1,63}\.[a-z0-9-]{1,63}(?:[.:][a-z0-9-]{1,63})*$"
@@ -233,6 +241,29 @@ class StackSettings(_Camel):
     # -- derived values
 
     @property
+    def analytics_processor_reserved_concurrency(self) -> int | None:
+        """The usage processor reserves a little only when the worker reserves (a stack that budgets concurrency)."""
+        reserving = self.analytics.enabled and self.functions.worker.reserved_concurrency
+        return ANALYTICS_PROCESSOR_RESERVED if reserving else None
+
+    @property
+    def reserved_concurrency_total(self) -> int:
+        """Executions the stack takes out of the account's pool; Lambda requires 100 to stay unreserved."""
+        sizes = (self.functions.gatekeeper, self.functions.worker, self.functions.subscribe)
+        return sum(f.reserved_concurrency or 0 for f in sizes) + (self.analytics_processor_reserved_concurrency or 0)
+
+    @property
+    def appsync_log_level(self) -> Literal["ERROR", "INFO", "DEBUG"]:
+        """The Event API's CloudWatch log level for this stack's `logLevel`.
+
+        AppSync's DEBUG and ALL write handler-level logs with the events' payloads, i.e. the users' messages:
+        only with `logPrompts` on. Otherwise DEBUG is capped at INFO. WARNING has no AppSync twin: errors only.
+        """
+        if self.log_level == "DEBUG":
+            return "DEBUG" if self.log_prompts else "INFO"
+        return "INFO" if self.log_level == "INFO" else "ERROR"
+
+    @property
     def model_ids(self) -> tuple[str, ...]:
         """Every model some tier allows, in first-seen order."""
         return tuple(dict.fromkeys(m for t in self.tiers for m in t.models))
@@ -244,14 +275,15 @@ class StackSettings(_Camel):
         foundation model in every region the profile may route to, hence `bedrock:*` for those.
         """
         arns: list[str] = []
+        partition = aws_partition(self.region)
         for model in self.model_ids:
             match = MODEL_ID.match(model)
             if match and match["geo"]:
                 base = model.split(".", 1)[1]
-                arns.append(f"arn:aws:bedrock:{self.region}:{account}:inference-profile/{model}")
-                arns.append(f"arn:aws:bedrock:*::foundation-model/{base}")
+                arns.append(f"arn:{partition}:bedrock:{self.region}:{account}:inference-profile/{model}")
+                arns.append(f"arn:{partition}:bedrock:*::foundation-model/{base}")
             else:
-                arns.append(f"arn:aws:bedrock:{self.region}::foundation-model/{model}")
+                arns.append(f"arn:{partition}:bedrock:{self.region}::foundation-model/{model}")
         return arns
 
     def runtime_config(

@@ -100,6 +100,14 @@ STACK_CONFIG = PolicyConfigSchema(properties={
     "stack": {"type": "string", "description": "Stack name to judge prod-ness by; defaults to the running stack."},
 })
 
+RESERVED_CONCURRENCY_CONFIG = PolicyConfigSchema(properties={
+    **STACK_CONFIG.properties,
+    "requireReservedConcurrency": {
+        "type": "boolean", "default": False,
+        "description": "Require every prod function to reserve concurrency (needs an account quota above 100 + total).",
+    },
+})
+
 _UNKNOWN = object()  # a value that is not known yet (preview); see `_known`
 
 
@@ -362,11 +370,21 @@ def validate_lambda_arm64(args: ResourceValidationArgs, report_violation: Report
 
 
 def validate_lambda_reserved_concurrency(args: ResourceValidationArgs, report_violation: ReportViolation) -> None:
+    """Prod: a reservation of 0 throttles every invoke; with `requireReservedConcurrency` every function reserves.
+
+    Unset is the default: Lambda keeps at least 100 executions unreserved, so an account at the new-account quota
+    (10) cannot reserve at all and `pulumi up` would fail there. `aigw doctor` checks a stack's total against the
+    account. Teams whose quota allows it turn the requirement on in the pack's config.
+    """
     if args.resource_type != LAMBDA_FUNCTION or not is_prod(args):
         return
     reserved = _get(args.props, "reservedConcurrentExecutions")
+    if reserved is None or (_is_number(reserved) and reserved < 0):  # -1 is the provider's "unreserved"
+        if (args.get_config() or {}).get("requireReservedConcurrency") is True:
+            _report(args, report_violation, f"prod functions need reservedConcurrentExecutions > 0, got {reserved!r}")
+        return
     if not (_is_number(reserved) and reserved > 0):
-        _report(args, report_violation, f"prod functions need reservedConcurrentExecutions > 0, got {reserved!r}")
+        _report(args, report_violation, f"reservedConcurrentExecutions {reserved!r} throttles every invocation")
 
 
 # --- Cognito ----------------------------------------------------------------------------------------------
@@ -564,8 +582,9 @@ iam_least_privilege = _resource_policy(
 lambda_arm64 = _resource_policy(
     "lambda-arm64", "Lambda functions must run on arm64 (Graviton).", validate_lambda_arm64)
 lambda_reserved_concurrency = _resource_policy(
-    "lambda-reserved-concurrency-prod", "Lambda functions in prod must reserve concurrency (> 0).",
-    validate_lambda_reserved_concurrency, config_schema=STACK_CONFIG)
+    "lambda-reserved-concurrency-prod",
+    "Lambda functions in prod never reserve 0; with requireReservedConcurrency they must reserve (> 0).",
+    validate_lambda_reserved_concurrency, config_schema=RESERVED_CONCURRENCY_CONFIG)
 cognito_mfa = _resource_policy(
     "cognito-mfa-prod", "Cognito user pools in prod must offer or require TOTP (software token) MFA.",
     validate_cognito_mfa, config_schema=STACK_CONFIG)

@@ -183,6 +183,9 @@ logger = Logger(
     stream=_CurrentStdout(),  # type: ignore[arg-type]
     json_serializer=_dumps,
     utc=True,
+    # Lambda's JSON log filtering needs an RFC 3339 timestamp; Powertools' default ("2025-01-31 12:00:00,123+0000")
+    # is not one, and Lambda would file every such line as INFO.
+    use_rfc3339=True,
 )
 
 # service="" (not None): no `service` dimension, even when POWERTOOLS_SERVICE_NAME is set.

@@ -215,11 +215,15 @@ def test_json_logging_into_explicit_log_groups_with_retention(mocks: RecordingMo
     assert len(groups) == 3
 
 
-def test_warning_maps_to_lambdas_warn(monkeypatch: pytest.MonkeyPatch) -> None:
-    mocks, _ = deploy(monkeypatch, log_level="warning")
+@pytest.mark.parametrize(("log_level", "lambda_level"), [("debug", "DEBUG"), ("warning", "INFO"), ("ERROR", "INFO")])
+def test_lambda_never_filters_above_info_powertools_does(
+    monkeypatch: pytest.MonkeyPatch, log_level: str, lambda_level: str
+) -> None:
+    # EMF blobs carry no level: Lambda files them as INFO, so a WARN filter would drop every metric.
+    mocks, _ = deploy(monkeypatch, log_level=log_level)
     for fn in mocks.of_type(FUNCTION):
-        assert fn.inputs["loggingConfig"]["applicationLogLevel"] == "WARN"
-        assert fn.inputs["environment"]["variables"]["POWERTOOLS_LOG_LEVEL"] == "WARNING"
+        assert fn.inputs["loggingConfig"]["applicationLogLevel"] == lambda_level
+        assert fn.inputs["environment"]["variables"]["POWERTOOLS_LOG_LEVEL"] == log_level.upper()
 
 
 # --- environment ----------------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ from parliament import analyze_policy_string
 
 from aigw.mocks import Recorded, RecordingMocks
 from aigw.plan import inventory, run_stack
-from components.settings import SettingsError, StackSettings
+from components.settings import SettingsError, StackSettings, stack_file_values
 from runtime import cache as answer_cache
 from runtime import channels
 from runtime.config import ENV
@@ -142,11 +142,21 @@ def test_dev_and_prod_differ_in_the_resources_too() -> None:
     assert pool["prod"]["mfaConfiguration"] == "ON" and pool["dev"]["mfaConfiguration"] == "OPTIONAL"
     alarms = {s: len(program(s).of_type("aws:cloudwatch/metricAlarm:MetricAlarm")) for s in STACKS}
     assert alarms["dev"] == 0 < alarms["prod"]
-    reserved = {
-        s: [f.inputs.get("reservedConcurrentExecutions") for f in program(s).of_type("aws:lambda/function:Function")]
-        for s in STACKS
-    }
-    assert all(r and r > 0 for r in reserved["prod"]) and not any(r and r > 0 for r in reserved["dev"])
+
+
+def reserved_total(mocks: RecordingMocks) -> int:
+    functions = mocks.of_type("aws:lambda/function:Function")
+    return sum(f.inputs.get("reservedConcurrentExecutions") or 0 for f in functions)
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_no_stack_reserves_concurrency_unless_configured_to(stack: str) -> None:
+    # A new account may have 10 executions and Lambda keeps 100 unreserved: any reservation fails `pulumi up` there.
+    assert reserved_total(program(stack)) == 0
+    functions = {"worker": {"memoryMb": 512, "timeoutS": 300, "reservedConcurrency": 40}}
+    reserving = run_stack(stack, overrides={"functions": functions})
+    settings = StackSettings.from_values({**stack_file_values(f"Pulumi.{stack}.yaml"), "functions": functions})
+    assert reserved_total(reserving) == settings.reserved_concurrency_total == 40 + 5  # + the usage processor
 
 
 @pytest.mark.parametrize(
@@ -176,3 +186,29 @@ def test_named_queries_carry_the_stacks_prices_and_tier_limits() -> None:
         assert model in cost and str(price.output_per_1k) in cost
     top = next(sql for name, sql in queries.items() if "top" in name)
     assert all(f"'{t.name}'" in top and str(t.monthly_tokens) in top for t in settings.tiers)
+
+
+def api_log_level(mocks: RecordingMocks) -> str:
+    [api] = mocks.of_type("aws:appsync/api:Api")
+    return str(api.inputs["eventConfig"]["logConfig"]["logLevel"])
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        ({"logLevel": "DEBUG"}, "INFO"),  # DEBUG would log the events' payloads: the users' messages
+        ({"logLevel": "DEBUG", "logPrompts": True}, "DEBUG"),
+        ({"logLevel": "INFO"}, "INFO"),
+        ({"logLevel": "WARNING"}, "ERROR"),
+        ({"logLevel": "ERROR", "logPrompts": True}, "ERROR"),
+    ],
+)
+def test_the_event_api_logs_payloads_only_when_prompts_may_be_logged(overrides: dict[str, Any], expected: str) -> None:
+    assert api_log_level(run_stack("dev", overrides=overrides)) == expected
+
+
+@pytest.mark.parametrize("log_level", ["DEBUG", "INFO", "WARNING", "ERROR"])
+def test_no_function_lets_lambda_filter_above_info(log_level: str) -> None:
+    mocks = run_stack("prod", overrides={"logLevel": log_level})
+    for function in mocks.of_type("aws:lambda/function:Function"):
+        assert function.inputs["loggingConfig"]["applicationLogLevel"] in ("DEBUG", "INFO"), function.name

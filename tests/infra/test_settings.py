@@ -38,8 +38,6 @@ def test_dev_and_prod_differ_where_they_should() -> None:
     assert prod.log_retention_days > dev.log_retention_days
     assert prod.alarms and not dev.alarms
     assert prod.guardrail.enabled and not dev.guardrail.enabled
-    assert all(f.reserved_concurrency for f in (prod.functions.gatekeeper, prod.functions.worker))
-    assert dev.functions.worker.reserved_concurrency is None
     assert {t.name for t in dev.tiers} != {t.name for t in prod.tiers} or dev.tiers != prod.tiers
     assert dev.web_app.enabled and not prod.web_app.enabled
     assert dev.web_app.price_class == "PriceClass_100"
@@ -196,7 +194,41 @@ def test_inference_profiles_grant_the_profile_and_its_foundation_model() -> None
     ]
 
 
+@pytest.mark.parametrize(("region", "partition"), [("us-gov-west-1", "aws-us-gov"), ("cn-north-1", "aws-cn")])
+def test_model_arns_are_in_the_regions_partition(region: str, partition: str) -> None:
+    values = valid()
+    values["region"] = region
+    values["tiers"][0]["models"] = ["amazon.nova-lite-v1:0", "us.anthropic.claude-3-5-haiku-20241022-v1:0"]
+    arns = StackSettings.from_values(values).model_arns("123456789012")
+    assert arns and all(arn.startswith(f"arn:{partition}:bedrock:") for arn in arns)
+
+
+def test_the_powertools_layer_is_in_the_regions_partition() -> None:
+    from components.functions import powertools_layer_arn
+
+    assert powertools_layer_arn("us-gov-west-1", "python3.13", 34).startswith("arn:aws-us-gov:lambda:us-gov-west-1:")
+    assert powertools_layer_arn("eu-west-1", "python3.13", 34).startswith("arn:aws:lambda:eu-west-1:")
+
+
 def test_stack_file_values_strip_the_project_prefix(tmp_path: Path) -> None:
     path = tmp_path / "Pulumi.x.yaml"
     path.write_text("config:\n  aws:region: eu-west-1\n  ai-gateway:logPrompts: true\n  other:key: 1\n")
     assert stack_file_values(path) == {"region": "eu-west-1", "logPrompts": True}
+
+
+def test_reserved_concurrency_total_counts_every_function_and_the_processor() -> None:
+    values = valid()
+    assert StackSettings.from_values(values).reserved_concurrency_total == 0
+    values["functions"] = {
+        "gatekeeper": {"memoryMb": 256, "timeoutS": 10, "reservedConcurrency": 10},
+        "worker": {"memoryMb": 512, "timeoutS": 300, "reservedConcurrency": 20},
+    }
+    assert StackSettings.from_values(values).reserved_concurrency_total == 10 + 20 + 5
+    values["analytics"] = {"enabled": False}
+    assert StackSettings.from_values(values).reserved_concurrency_total == 30
+
+
+def test_both_stacks_deploy_on_a_new_account_without_reserving() -> None:
+    # A new account's quota can be 10 executions, and Lambda keeps 100 unreserved: any reservation fails there.
+    for stack in ("dev", "prod"):
+        assert StackSettings.from_stack_file(ROOT / f"Pulumi.{stack}.yaml").reserved_concurrency_total == 0

@@ -52,7 +52,7 @@ def mutate(resources: list[Recorded], type_: str, **inputs: Any) -> list[Recorde
         ("aws:dynamodb/table:Table", {"deletionProtectionEnabled": False}, "dynamodb-deletion-protection-prod"),
         ("aws:dynamodb/table:Table", {"pointInTimeRecovery": {"enabled": False}}, "dynamodb-pitr-prod"),
         ("aws:lambda/function:Function", {"architectures": ["x86_64"]}, "lambda-arm64"),
-        ("aws:lambda/function:Function", {"reservedConcurrentExecutions": None}, "lambda-reserved-concurrency-prod"),
+        ("aws:lambda/function:Function", {"reservedConcurrentExecutions": 0}, "lambda-reserved-concurrency-prod"),
         ("aws:cognito/userPool:UserPool", {"mfaConfiguration": "OFF"}, "cognito-mfa-prod"),
         ("aws:cloudwatch/logGroup:LogGroup", {"retentionInDays": None}, "cloudwatch-log-retention"),
         ("aws:iam/rolePolicy:RolePolicy",

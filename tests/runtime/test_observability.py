@@ -7,6 +7,7 @@ import dataclasses
 import io
 import json
 import logging
+import re
 import typing
 import warnings
 from collections.abc import Callable, Iterator
@@ -257,6 +258,49 @@ def test_the_usage_line_survives_a_log_level_above_info(capsys: pytest.CaptureFi
     lines = parse_lines(capsys.readouterr().out)
     assert [line["message"] for line in lines] == ["usage"]
     assert lines[0]["level"] == "WARNING"
+
+
+# Lambda's JSON log-level filter as its developer guide documents it: a line keeps its `level` only when that is
+# a level Lambda knows and the line has an RFC 3339 `timestamp`; any other line (an EMF blob has neither) is INFO.
+LAMBDA_LEVEL_ORDER = ("TRACE", "DEBUG", "INFO", "WARN", "ERROR", "FATAL")
+RFC_3339 = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d+)?(?:Z|[+-]\d{2}:\d{2})")
+
+
+def lambda_level(line: dict[str, Any]) -> str:
+    level, timestamp = line.get("level"), line.get("timestamp")
+    if level in LAMBDA_LEVEL_ORDER and isinstance(timestamp, str) and RFC_3339.fullmatch(timestamp):
+        return str(level)
+    return "INFO"
+
+
+def lambda_keeps(line: dict[str, Any], application_log_level: str) -> bool:
+    return LAMBDA_LEVEL_ORDER.index(lambda_level(line)) >= LAMBDA_LEVEL_ORDER.index(application_log_level)
+
+
+def test_log_timestamps_are_rfc_3339(capsys: pytest.CaptureFixture[str]) -> None:
+    logger.error("boom")
+    (line,) = parse_lines(capsys.readouterr().out)
+    assert RFC_3339.fullmatch(line["timestamp"]), line["timestamp"]
+    assert lambda_level(line) == "ERROR"  # so Lambda files an error as an error, not as INFO
+
+
+@pytest.mark.parametrize("log_level", ["DEBUG", "INFO", "WARNING", "ERROR"])
+def test_lambda_keeps_every_metric_and_usage_record_at_every_log_level(
+    log_level: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from components.functions import lambda_application_log_level
+
+    previous = logger.log_level
+    logger.setLevel(log_level)
+    try:
+        obs.record_request(make_record(), overshoot_tokens=0)
+    finally:
+        logger.setLevel(previous)
+    lines = parse_lines(capsys.readouterr().out)
+    assert usage_lines(lines) and emf_blobs(lines)
+    application_log_level = lambda_application_log_level(log_level)
+    dropped = [line for line in lines if not lambda_keeps(line, application_log_level)]
+    assert dropped == []
 
 
 def test_a_lone_surrogate_does_not_lose_the_line(capsys: pytest.CaptureFixture[str]) -> None:
