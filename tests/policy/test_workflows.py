@@ -154,3 +154,19 @@ def test_dependabot_watches_every_lock() -> None:
     # Powertools moves only with the managed layer the stacks deploy, never alone.
     ignored = {rule["dependency-name"] for rule in updates[("uv", "/")]["ignore"]}
     assert "aws-lambda-powertools" in ignored
+
+
+def test_every_oidc_subject_the_workflows_produce_is_in_the_trust_policy_notes() -> None:
+    # A job naming an environment gets `environment:<name>` in its token's subject (not the branch): the deploy
+    # guide must name each subject a role has to trust, or the first `pulumi up` fails to assume the role.
+    guide = (ROOT / "docs" / "deploy.md").read_text()
+    subjects = {"repo:<owner>/<repo>:pull_request"}
+    for name in all_workflows():
+        for job in load(name)["jobs"].values():
+            if steps(job, OIDC_ACTION) and "environment" in job:
+                environment = job["environment"]
+                environment_name = environment["name"] if isinstance(environment, dict) else environment
+                subjects.add(f"repo:<owner>/<repo>:environment:{environment_name}")
+    assert "repo:<owner>/<repo>:environment:development" in subjects
+    missing = [subject for subject in sorted(subjects) if f"`{subject}`" not in guide]
+    assert missing == []
