@@ -190,11 +190,11 @@ def main() -> dict[str, Any]:
                 results_expiry_days=a.results_expiry_days,
                 bytes_scanned_cutoff=a.bytes_scanned_cutoff_mb * 1024 * 1024,
                 queries_dir=Path(__file__).parent / "analytics" / "queries",
-                # Saved with this stack's tier limits and model prices in place of the files' example rows.
+                # Saved with the stack's tier limits and the catalog's model prices in place of the example rows.
                 render_query=lambda stem, _text: render_query(
                     stem,
                     tier_limits=tier_limits_from_settings(settings),
-                    model_prices={m: (p.input_per_1k, p.output_per_1k) for m, p in settings.model_prices.items()},
+                    model_prices=settings.model_prices_per_1k(),
                 ),
                 buffer_seconds=a.buffer_seconds,
                 buffer_mb=a.buffer_mb,

@@ -175,7 +175,30 @@ def plan(
     for item in sorted(items, key=lambda i: (i.component, i.type, i.name)):
         settings = ", ".join(f"{k}={v}" for k, v in item.settings.items() if k != "name")
         table.add_row(item.component or "-", item.type.removeprefix("aws:"), item.name, settings)
-    Console().print(table)
+    console = Console()
+    console.print(table)
+    _print_models(console, StackSettings.from_stack_file(ROOT / f"Pulumi.{stack.value}.yaml"))
+
+
+def _print_models(console: Console, settings: Any) -> None:
+    """The stack's models: lifecycle (from the dated catalog), limits and prices; a warning per Legacy model."""
+    from aigw.plan import model_rows
+    from components.models import load_catalog
+
+    rows = model_rows(settings)
+    table = Table(title=f"models (catalog taken {load_catalog().taken}; USD per 1M tokens, {settings.region})")
+    for column, justify in (("model", "left"), ("name", "left"), ("tiers", "left"), ("lifecycle", "left"),
+                            ("context", "right"), ("max output", "right"), ("input", "right"), ("output", "right")):
+        table.add_column(column, justify=justify)  # type: ignore[arg-type]
+    for row in rows:
+        lifecycle = row.lifecycle if row.warning is None else f"[yellow]{row.lifecycle}[/yellow]"
+        price = [f"{usd:.4g}" if usd is not None else "-" for usd in (row.usd_per_1m_input, row.usd_per_1m_output)]
+        table.add_row(row.model, row.name, ", ".join(row.tiers), lifecycle, f"{row.context_window:,}",
+                      f"{row.max_output_tokens:,}", *price)
+    console.print(table)
+    for row in rows:
+        if row.warning:
+            typer.echo(f"warning: {row.warning}", err=True)
 
 
 
@@ -273,7 +296,7 @@ def analytics(
         settings = StackSettings.from_stack_file(stack_file)
     except (SettingsError, OSError) as err:
         _fail(f"{stack_file}: {err}", 2)
-    prices = {model: (p.input_per_1k, p.output_per_1k) for model, p in settings.model_prices.items()}
+    prices = settings.model_prices_per_1k()
     columns, rows = run_query(
         name, data, since=since_value, tier_limits=tier_limits_from_settings(settings), model_prices=prices
     )

@@ -217,6 +217,28 @@ def parse_prices(document: Any) -> dict[str, Price]:
     return prices
 
 
+def catalog_prices(region: str) -> dict[str, Price]:
+    """The Bedrock model lines (`bedrock.<model id>.input|output`, per 1M tokens) for every way of calling each
+    catalogued model from `region`: its bare id and each inference profile. The catalog is their one source."""
+    from components.models import display_name, load_catalog, price_of
+
+    prices: dict[str, Price] = {}
+    catalog = load_catalog()
+    for model in catalog.models:
+        ids = ([model.id] if model.in_region else []) + [f"{geo}.{model.id}" for geo in model.profiles]
+        for model_id in ids:
+            price = price_of(model_id, region, catalog)
+            if price is None:
+                continue
+            for kind, usd in (("input", price.input), ("output", price.output)):
+                prices[f"bedrock.{model_id}.{kind}"] = Price(
+                    id=f"bedrock.{model_id}.{kind}", service="bedrock", item=f"{display_name(model_id)} {kind} tokens",
+                    unit="1M tokens", usd=usd, per=1e6, region=region, source=price.source,
+                    confirmed=price.confirmed, note=f"from the model catalog, taken {catalog.taken}",
+                )
+    return prices
+
+
 def load_prices(path: str | Path = DEFAULT_PRICES) -> dict[str, Price]:
     """`cost/prices.yaml`: entries `{id, service, item, unit, usd, region, taken, source, confirmed, note?}`."""
     path = Path(path)
@@ -405,6 +427,7 @@ def estimate(mocks_or_inventory: RecordingMocks | Iterable[Any], settings: Any, 
         profile = make_profile(profile)
     stack = _stack_facts(_resources(mocks_or_inventory))
     p = profile
+    prices = {**catalog_prices(settings.region), **prices}  # a price file's own model lines override the catalog's
     out = _Lines(prices)
     models = tuple(settings.model_ids)
     priced = {pid.removeprefix("bedrock.").removesuffix(".input") for pid in prices

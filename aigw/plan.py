@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import runpy
 from dataclasses import dataclass
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -88,3 +89,40 @@ def inventory(mocks: RecordingMocks) -> list[Item]:
         keys = KEY_SETTINGS.get(r.type, ("name",))
         items.append(Item(r.type, r.name, top_component(r), {k: r.inputs[k] for k in keys if k in r.inputs}))
     return items
+
+
+@dataclass(frozen=True)
+class ModelRow:
+    """One model a stack's tiers allow, as `aigw plan` lists it: what it is and how long it will serve."""
+
+    model: str
+    name: str
+    tiers: tuple[str, ...]
+    lifecycle: str  # "Active", or "Legacy until <date>"
+    context_window: int
+    max_output_tokens: int
+    usd_per_1m_input: float | None
+    usd_per_1m_output: float | None
+    warning: str | None
+
+
+def model_rows(settings: Any, today: date | None = None) -> list[ModelRow]:
+    """The stack's models with their catalog lifecycle, limits and prices in the stack's region."""
+    from components.models import check_model, display_name, load_catalog, price_of
+
+    today = today or datetime.now(UTC).date()
+    catalog = load_catalog()
+    rows = []
+    for model in settings.model_ids:
+        entry = catalog.entry(model)
+        assert entry is not None  # settings validation refuses an uncatalogued model
+        price = price_of(model, settings.region, catalog)
+        rows.append(ModelRow(
+            model=model, name=display_name(model, catalog),
+            tiers=tuple(t.name for t in settings.tiers if model in t.models),
+            lifecycle="Active" if entry.lifecycle == "Active" else f"Legacy until {entry.eol}",
+            context_window=entry.context_window, max_output_tokens=entry.max_output_tokens,
+            usd_per_1m_input=price.input if price else None, usd_per_1m_output=price.output if price else None,
+            warning=check_model(model, today=today, catalog=catalog),
+        ))  # fmt: skip
+    return rows

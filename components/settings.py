@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -17,6 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
+from components.models import CATALOG_FILE, ModelProblem, check_model, display_name, load_catalog, price_of
 from runtime.config import RuntimeConfig, TierSettings
 
 POWERTOOLS_LAYERS_FILE = Path(__file__).with_name("powertools_layers.yaml")
@@ -149,13 +151,6 @@ class WebAppSettings(_Camel):
         return self
 
 
-class ModelPrice(_Camel):
-    """A model's on-demand price in USD per 1,000 tokens, for the analytics cost estimates."""
-
-    input_per_1k: float = Field(ge=0, alias="inputPer1k")
-    output_per_1k: float = Field(ge=0, alias="outputPer1k")
-
-
 class FederationProviderSettings(_Camel):
     name: str = Field(min_length=1, max_length=32)
     type: Literal["OIDC", "SAML", "Google", "Facebook", "LoginWithAmazon", "SignInWithApple"]
@@ -192,16 +187,36 @@ class StackSettings(_Camel):
     hosted_domain_prefix: str | None = Field(default=None, pattern=r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
     callback_urls: tuple[str, ...] = ()
     tags: dict[str, str] = {}
-    model_prices: dict[str, ModelPrice] = {}
-    """``{model id: price}`` for `aigw analytics` cost queries; a model without a price has no cost estimate."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_prices_in_the_stack(cls, values: Any) -> Any:
+        if isinstance(values, Mapping) and "modelPrices" in values:
+            raise _KeyedError(
+                "modelPrices",
+                f"model prices come from the model catalog ({CATALOG_FILE.name}) now, one source for cost and "
+                "analytics: remove modelPrices from the stack (pulumi config rm modelPrices)",
+            )
+        return values
 
     @field_validator("tiers")
     @classmethod
-    def _models_are_bedrock_ids(cls, tiers: tuple[TierSettings, ...]) -> tuple[TierSettings, ...]:
+    def _models_are_catalogued_and_alive(cls, tiers: tuple[TierSettings, ...]) -> tuple[TierSettings, ...]:
+        today = datetime.now(UTC).date()
         for tier in tiers:
             for model in tier.models:
                 if not MODEL_ID.match(model):
                     raise ValueError(f"tier {tier.name!r}: {model!r} is not a Bedrock model id (provider.model)")
+                try:
+                    check_model(model, today=today)
+                except ModelProblem as problem:
+                    raise ValueError(f"tier {tier.name!r}: {problem}") from None
+                entry = load_catalog().entry(model)
+                if entry is not None and tier.max_output_tokens > entry.max_output_tokens:
+                    raise ValueError(
+                        f"tier {tier.name!r}: maxOutputTokens {tier.max_output_tokens} exceeds {entry.name}'s "
+                        f"{entry.max_output_tokens}: Bedrock would refuse every request to {model!r}"
+                    )
         return tiers
 
     @field_validator("powertools_layer_version")
@@ -267,6 +282,20 @@ class StackSettings(_Camel):
     def model_ids(self) -> tuple[str, ...]:
         """Every model some tier allows, in first-seen order."""
         return tuple(dict.fromkeys(m for t in self.tiers for m in t.models))
+
+    def model_warnings(self, today: date | None = None) -> list[str]:
+        """What `aigw plan` warns about the stack's models: Legacy models before their end of life."""
+        today = today or datetime.now(UTC).date()
+        return [w for m in self.model_ids if (w := check_model(m, today=today)) is not None]
+
+    def model_prices_per_1k(self) -> dict[str, tuple[float, float]]:
+        """``{model id: (input, output)}`` USD per 1,000 tokens in this region, from the catalog, for analytics."""
+        prices = {m: price_of(m, self.region) for m in self.model_ids}
+        return {m: (p.input / 1000, p.output / 1000) for m, p in prices.items() if p is not None}
+
+    def model_names(self) -> dict[str, str]:
+        """``{model id: display name}`` for the web page's model picker."""
+        return {m: display_name(m) for m in self.model_ids}
 
     def model_arns(self, account: str) -> list[str]:
         """IAM resources for invoking the allowed models.

@@ -168,6 +168,7 @@ def web_client_config(
         "region": region,
         "cognito": {"endpoint": cognito_endpoint, "user_pool_id": user_pool_id, "client_id": client_id},
         "models": list(settings.model_ids),
+        "modelNames": settings.model_names(),
         "tiers": [
             {
                 "name": t.name,

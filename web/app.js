@@ -275,8 +275,15 @@ function tierLimits() {
   const models = tier ? tier.models : state.config.models || [];
   const picker = $("model");
   const named = tier && tier.defaultModel && models.length > 1; // with one model, "Default" is that model
-  picker.replaceChildren(new Option(named ? `Default (${tier.defaultModel})` : "Default", ""));
-  for (const m of models) picker.append(new Option(m, m));
+  // People's names from the model catalog (config.json `modelNames`); the id stays the value sent and the tooltip.
+  const names = state.config.modelNames || {};
+  const label = (id) => names[id] || id;
+  picker.replaceChildren(new Option(named ? `Default (${label(tier.defaultModel)})` : "Default", ""));
+  for (const m of models) {
+    const option = new Option(label(m), m);
+    option.title = m;
+    picker.append(option);
+  }
   const saved = localStorage.getItem("aigw.model") || "";
   picker.value = models.includes(saved) ? saved : "";
 }

@@ -34,6 +34,7 @@ from hypothesis import strategies as st
 from aigw.dev import DevGateway, Ports, running
 from aigw.emulators.bedrock import default_answer
 from aigw.local_cognito import add_user
+from components.models import display_name
 from components.settings import StackSettings
 from runtime.cache import AnswerCache
 from runtime.metering import Limits, Meter
@@ -61,7 +62,7 @@ CHROMIUM_ARGS = [
 ]
 PASSWORD = "Correct-Horse-9-Battery"
 FREE_MODEL = "amazon.nova-lite-v1:0"
-PRO_MODEL = "us.anthropic.claude-3-5-haiku-20241022-v1:0"
+PRO_MODEL = "us.anthropic.claude-haiku-5-5"
 SETTINGS = StackSettings.from_values(
     {
         "region": "us-east-1",
@@ -395,11 +396,15 @@ def test_the_model_picker_offers_the_tiers_models_and_the_answer_names_the_one_u
     tab = open_page()
     tab.sign_in(free)
     picker = tab.page.get_by_label("Model", exact=True)
-    assert picker.locator("option").all_inner_texts() == ["Default", FREE_MODEL]
+    # Options read as the catalog's names; their values are the model ids the request carries.
+    free_name, pro_name = display_name(FREE_MODEL), display_name(PRO_MODEL)
+    assert free_name != FREE_MODEL and pro_name != PRO_MODEL
+    assert picker.locator("option").all_inner_texts() == ["Default", free_name]
     tab.sign_out()
 
     tab.sign_in(pro)
-    assert picker.locator("option").all_inner_texts() == [f"Default ({PRO_MODEL})", FREE_MODEL, PRO_MODEL]
+    assert picker.locator("option").all_inner_texts() == [f"Default ({pro_name})", free_name, pro_name]
+    assert picker.locator("option").evaluate_all("os => os.map(o => o.value)") == ["", FREE_MODEL, PRO_MODEL]
     picker.select_option(FREE_MODEL)
     tab.send("Which model is this?")
     assert tab.wait_settled().locator(".meta").inner_text() == FREE_MODEL

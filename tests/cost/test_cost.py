@@ -30,7 +30,7 @@ from components.settings import StackSettings, stack_file_values
 FIXTURES = Path(__file__).parent / "fixtures"
 PRICES = load_prices(FIXTURES / "prices.yaml")
 GB, TB = 1024**3, 1024**4
-NOVA, HAIKU = "amazon.nova-lite-v1:0", "us.anthropic.claude-3-5-haiku-20241022-v1:0"
+NOVA, HAIKU = "amazon.nova-lite-v1:0", "us.anthropic.claude-haiku-5-5"
 
 
 def _key(overrides: dict[str, Any]) -> str:
@@ -200,12 +200,12 @@ def test_cli_json_schema() -> None:
 def test_a_priced_model_the_stack_does_not_allow_is_estimated_with_a_warning() -> None:
     mocks, settings = _stack("dev")
     values = dict(load_profile(FIXTURES / "hand.yaml").values)
-    values["model_mix"] = {NOVA: 0.5, "us.anthropic.claude-sonnet-4-20250514-v1:0": 0.5}
+    values["model_mix"] = {NOVA: 0.5, "us.anthropic.claude-sonnet-5-5": 0.5}
     prices = dict(PRICES)
     for side in ("input", "output"):
-        prices[f"bedrock.us.anthropic.claude-sonnet-4-20250514-v1:0.{side}"] = PRICES[f"bedrock.{HAIKU}.{side}"]
+        prices[f"bedrock.us.anthropic.claude-sonnet-5-5.{side}"] = PRICES[f"bedrock.{HAIKU}.{side}"]
     report = estimate(mocks, settings, make_profile(values, "x"), prices)
-    sonnet = [li for li in report.lines if li.item.startswith("us.anthropic.claude-sonnet-4")]
+    sonnet = [li for li in report.lines if li.item.startswith("us.anthropic.claude-sonnet-5-5")]
     assert len(sonnet) == 2 and all("NOT allowed" in li.note for li in sonnet)
 
 

@@ -22,8 +22,8 @@ from hypothesis import strategies as st
 
 from aigw.emulators.bedrock import BedrockEmulator, count_input_tokens, encode_event_message
 
-PROFILE_ARN = "arn:aws:bedrock:us-east-1:123456789012:inference-profile/us.anthropic.claude-3-5-haiku-20241022-v1:0"
-MODEL = "us.anthropic.claude-3-5-haiku-20241022-v1:0"
+PROFILE_ARN = "arn:aws:bedrock:us-east-1:123456789012:inference-profile/us.anthropic.claude-haiku-5-5"
+MODEL = "us.anthropic.claude-haiku-5-5"
 
 
 def _messages(text: str) -> list[dict[str, Any]]:

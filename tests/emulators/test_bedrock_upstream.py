@@ -19,7 +19,7 @@ from botocore.exceptions import ClientError, EventStreamError
 
 from aigw.emulators.bedrock import BedrockEmulator, openai_chat_request
 
-MODEL = "us.anthropic.claude-3-5-haiku-20241022-v1:0"
+MODEL = "us.anthropic.claude-haiku-5-5"
 GAP_S = 0.15  # between the fake's chunks: long enough to tell real streaming from buffering
 
 

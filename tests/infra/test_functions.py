@@ -35,7 +35,7 @@ API_ID = "abcdefghijklmnopqrstuvwxyz"
 ENDPOINT = f"https://{API_ID}.appsync-api.{REGION}.amazonaws.com/event"
 MODEL_ARNS = [
     f"arn:aws:bedrock:{REGION}::foundation-model/anthropic.claude-3-5-haiku-20241022-v1:0",
-    f"arn:aws:bedrock:{REGION}:{ACCOUNT}:inference-profile/us.anthropic.claude-3-5-haiku-20241022-v1:0",
+    f"arn:aws:bedrock:{REGION}:{ACCOUNT}:inference-profile/us.anthropic.claude-haiku-5-5",
 ]
 GUARDRAIL_ARN = f"arn:aws:bedrock:{REGION}:{ACCOUNT}:guardrail/gr0123456789"
 RESPONSES_ARN = f"arn:aws:appsync:{REGION}:{ACCOUNT}:apis/{API_ID}/channelNamespace/responses"
@@ -395,10 +395,22 @@ def tolerated(finding: Any, policy: dict[str, Any]) -> bool:
     for entry in finding.detail:
         formats.setdefault(entry["action"], []).append(entry["required_format"])
     allowed = grants(policy)
+    # Which formats it lists depends on the ARNs it was given (for some it drops `inference-profile/*`), so the
+    # resources are checked against Bedrock's own list for InvokeModel*.
     return all(
-        len(fmts) > 1 and all(any(is_arn_match("", f, r) for f in fmts) for r in allowed[action])
+        action.startswith("bedrock:InvokeModel") and len(fmts) > 1
+        and all(any(is_arn_match("", f, r) for f in BEDROCK_INVOKE_FORMATS) for r in allowed[action])
         for action, fmts in formats.items()
     )
+
+
+BEDROCK_INVOKE_FORMATS = (
+    "arn:*:bedrock:*::foundation-model/*",
+    "arn:*:bedrock:*:*:inference-profile/*",
+    "arn:*:bedrock:*:*:application-inference-profile/*",
+    "arn:*:bedrock:*:*:provisioned-model/*",
+    "arn:*:bedrock:*:*:imported-model/*",
+)
 
 
 def test_policies_pass_parliament(mocks: RecordingMocks) -> None:

@@ -17,10 +17,41 @@ def test_plan_json_lists_every_resource_by_component() -> None:
     assert {"identity (Identity)", "functions (Functions)", "events (EventsApi)", "guardrail (Guardrail)"} <= components
     functions = [i for i in items if i["type"] == "aws:lambda/function:Function"]
     assert {f["settings"]["architectures"][0] for f in functions} == {"arm64"}
-    assert all(f["settings"]["reservedConcurrentExecutions"] > 0 for f in functions)
+    # No reservations by default: a new account (10 executions, 100 kept unreserved) could not deploy them.
+    assert all(f["settings"].get("reservedConcurrentExecutions") is None for f in functions)
 
 
 def test_plan_table_for_dev_has_no_guardrail() -> None:
     result = CliRunner().invoke(app, ["plan", "--stack", "dev"])
     assert result.exit_code == 0, result.output
     assert "ai-gateway dev" in result.output and "Guardrail" not in result.output
+
+
+def test_plan_lists_each_model_with_its_lifecycle() -> None:
+    from components.models import load_catalog
+    from components.settings import StackSettings
+
+    result = CliRunner().invoke(app, ["plan", "--stack", "prod"], env={"COLUMNS": "250"})
+    assert result.exit_code == 0, result.output
+    assert "lifecycle" in result.output and "models (catalog taken" in result.output
+    for model in StackSettings.from_stack_file("Pulumi.prod.yaml").model_ids:
+        entry = load_catalog().entry(model)
+        assert entry is not None and model in result.output and entry.name in result.output
+
+
+def test_a_legacy_model_before_its_eol_is_a_warning_with_its_date() -> None:
+    from datetime import timedelta
+    from types import SimpleNamespace
+
+    from aigw.plan import model_rows
+    from components.models import load_catalog
+    from runtime.config import TierSettings
+
+    legacy = next(m for m in load_catalog().models if m.lifecycle == "Legacy")
+    assert legacy.eol is not None
+    model = legacy.id if legacy.in_region else f"{legacy.profiles[0]}.{legacy.id}"
+    tier = TierSettings(name="pro", precedence=1, window_tokens=10, monthly_tokens=100, models=(model,))
+    settings = SimpleNamespace(model_ids=(model,), tiers=(tier,), region="us-east-1")
+    [row] = model_rows(settings, today=legacy.eol - timedelta(days=30))
+    assert row.lifecycle == f"Legacy until {legacy.eol}" and row.tiers == ("pro",)
+    assert row.warning is not None and str(legacy.eol) in row.warning

@@ -182,8 +182,10 @@ def test_named_queries_carry_the_stacks_prices_and_tier_limits() -> None:
     queries = {q.inputs["name"]: q.inputs["query"] for q in mocks.of_type("aws:athena/namedQuery:NamedQuery")}
     settings = StackSettings.from_stack_file("Pulumi.dev.yaml")
     cost = next(sql for name, sql in queries.items() if "cost" in name and "model" in name)
-    for model, price in settings.model_prices.items():
-        assert model in cost and str(price.output_per_1k) in cost
+    prices = settings.model_prices_per_1k()  # from the model catalog
+    assert set(prices) == set(settings.model_ids)
+    for model, (_, output_per_1k) in prices.items():
+        assert model in cost and str(output_per_1k) in cost
     top = next(sql for name, sql in queries.items() if "top" in name)
     assert all(f"'{t.name}'" in top and str(t.monthly_tokens) in top for t in settings.tiers)
 

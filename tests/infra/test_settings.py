@@ -185,12 +185,12 @@ def test_the_runtime_configuration_is_derived_not_repeated() -> None:
 
 def test_inference_profiles_grant_the_profile_and_its_foundation_model() -> None:
     values = valid()
-    values["tiers"][0]["models"] = ["amazon.nova-lite-v1:0", "us.anthropic.claude-3-5-haiku-20241022-v1:0"]
+    values["tiers"][0]["models"] = ["amazon.nova-lite-v1:0", "us.anthropic.claude-haiku-5-5"]
     arns = StackSettings.from_values(values).model_arns("123456789012")
     assert arns == [
         "arn:aws:bedrock:us-east-1::foundation-model/amazon.nova-lite-v1:0",
-        "arn:aws:bedrock:us-east-1:123456789012:inference-profile/us.anthropic.claude-3-5-haiku-20241022-v1:0",
-        "arn:aws:bedrock:*::foundation-model/anthropic.claude-3-5-haiku-20241022-v1:0",
+        "arn:aws:bedrock:us-east-1:123456789012:inference-profile/us.anthropic.claude-haiku-5-5",
+        "arn:aws:bedrock:*::foundation-model/anthropic.claude-haiku-5-5",
     ]
 
 
@@ -198,7 +198,7 @@ def test_inference_profiles_grant_the_profile_and_its_foundation_model() -> None
 def test_model_arns_are_in_the_regions_partition(region: str, partition: str) -> None:
     values = valid()
     values["region"] = region
-    values["tiers"][0]["models"] = ["amazon.nova-lite-v1:0", "us.anthropic.claude-3-5-haiku-20241022-v1:0"]
+    values["tiers"][0]["models"] = ["amazon.nova-lite-v1:0", "us.anthropic.claude-haiku-5-5"]
     arns = StackSettings.from_values(values).model_arns("123456789012")
     assert arns and all(arn.startswith(f"arn:{partition}:bedrock:") for arn in arns)
 

@@ -67,13 +67,17 @@ def test_web_client_config_has_exactly_the_shape_the_page_reads() -> None:
         "realtime": REALTIME,
         "region": "us-east-1",
         "cognito": {"endpoint": COGNITO, "user_pool_id": "us-east-1_pool", "client_id": "client"},
-        "models": ["amazon.nova-lite-v1:0", "us.anthropic.claude-3-5-haiku-20241022-v1:0"],
+        "models": ["amazon.nova-lite-v1:0", "us.anthropic.claude-haiku-5-5"],
+        # People's names for them, from the model catalog.
+        "modelNames": {
+            "amazon.nova-lite-v1:0": "Amazon Nova Lite", "us.anthropic.claude-haiku-5-5": "Claude Haiku 5.5 (us)",
+        },
         "tiers": [
             {"name": "free", "precedence": 20, "windowTokens": 20000, "monthlyTokens": 500000,
              "models": ["amazon.nova-lite-v1:0"], "defaultModel": "amazon.nova-lite-v1:0"},
             {"name": "pro", "precedence": 10, "windowTokens": 100000, "monthlyTokens": 5000000,
-             "models": ["amazon.nova-lite-v1:0", "us.anthropic.claude-3-5-haiku-20241022-v1:0"],
-             "defaultModel": "us.anthropic.claude-3-5-haiku-20241022-v1:0"},
+             "models": ["amazon.nova-lite-v1:0", "us.anthropic.claude-haiku-5-5"],
+             "defaultModel": "us.anthropic.claude-haiku-5-5"},
         ],
         "defaultTier": "free",
     }
@@ -91,8 +95,8 @@ def test_every_config_key_the_page_reads_is_in_the_config() -> None:
 
 
 tier_names = st.text("abcdefghijklmnopqrstuvwxyz", min_size=1, max_size=8)
-models = st.sampled_from(["amazon.nova-lite-v1:0", "amazon.nova-pro-v1:0",
-                          "us.anthropic.claude-3-5-haiku-20241022-v1:0"])
+models = st.sampled_from(["amazon.nova-lite-v1:0", "us.amazon.nova-2-lite-v1:0", "us.anthropic.claude-haiku-5-5",
+                          "global.anthropic.claude-haiku-5-5"])
 
 
 @given(st.lists(st.tuples(tier_names, st.integers(1, 100), st.integers(1, 10**6), st.lists(models, min_size=1,

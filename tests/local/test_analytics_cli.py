@@ -17,12 +17,13 @@ from typer.testing import CliRunner
 from aigw.cli import app
 from aigw.usage_sink import LineTee, UsageSink
 from analytics.local import list_queries
+from components.models import price_of
 from runtime.observability import UsageRecord
 
 ROOT = Path(__file__).resolve().parents[2]
 STACK_FILE = ROOT / "Pulumi.dev.yaml"
 NOVA = "amazon.nova-lite-v1:0"
-HAIKU = "us.anthropic.claude-3-5-haiku-20241022-v1:0"
+HAIKU = "us.anthropic.claude-haiku-5-5"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
@@ -168,10 +169,12 @@ def test_cost_query_uses_the_stack_files_model_prices(data_dir: Path) -> None:
     result = aigw("cost_by_model", "--data", str(data_dir), "--stack-file", str(STACK_FILE), "--format", "json")
     assert result.exit_code == 0, result.output
     rows = {r["model_id"]: r for r in json.loads(result.stdout)}
-    # Pulumi.dev.yaml's example prices; the cached answer made no model call and is left out.
+    # The model catalog's us-east-1 prices (USD per 1M; the query rounds to 6 places); cached answers are left out.
+    nova, haiku = (price_of(model, "us-east-1") for model in (NOVA, HAIKU))
+    assert nova is not None and haiku is not None
     assert rows[NOVA]["requests"] == 2
-    assert rows[NOVA]["estimated_cost_usd"] == pytest.approx(3000 / 1000 * 0.00006 + 1500 / 1000 * 0.00024)
-    assert rows[HAIKU]["estimated_cost_usd"] == pytest.approx(100 / 1000 * 0.0008 + 50 / 1000 * 0.004)
+    assert rows[NOVA]["estimated_cost_usd"] == pytest.approx((3000 * nova.input + 1500 * nova.output) / 1e6, abs=1e-6)
+    assert rows[HAIKU]["estimated_cost_usd"] == pytest.approx((100 * haiku.input + 50 * haiku.output) / 1e6, abs=1e-6)
 
 
 def test_table_and_csv_formats(data_dir: Path) -> None:

@@ -20,7 +20,7 @@ from runtime.errors import (
     ModelThrottledError,
 )
 
-MODEL = "us.anthropic.claude-3-5-haiku-20241022-v1:0"
+MODEL = "us.anthropic.claude-haiku-5-5"
 QUESTION = "How should I cache model responses?"
 
 
