@@ -3,6 +3,12 @@
 Speaks the same protocol as AWS's clients (header subprotocol auth, connection_init, per-operation ids), so
 it works against `aigw dev` and a deployed stack alike. `ask()` sends one chat request and yields the events
 of its answer until `end` or `error`.
+
+A chat request travels as one AppSync event, the whole conversation so far included, and AppSync refuses an event
+over 240 KB with a bare `BadRequestException`. So `publish` refuses such a request itself, before sending, and
+tells it the way the gateway tells a refusal: the request in `failed` (`"invalid_request: message too long: ..."`)
+and a typed `error` event on the request's responses channel. A chat request the server still refuses outright
+is told the same way, in words for people instead of the server's exception text.
 """
 
 from __future__ import annotations
@@ -10,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import math
 import ssl
 import uuid
 from collections.abc import AsyncIterator
@@ -21,7 +28,30 @@ from urllib.parse import urlparse
 import aiohttp
 import boto3
 
+from runtime.appsync_publish import MAX_EVENT_BYTES
+
 SUBPROTOCOL = "aws-appsync-event-ws"
+
+# The web page says the same (web/app.js): the limit is per request, and the history travels in each request.
+TOO_LONG = (
+    "message too long: {size_kb} KB, the limit is {limit_kb} KB per request (the conversation so far is sent with "
+    "each message); shorten it or start a new conversation"
+)
+SENT_WITH_TOO_LONG = "not sent: it was published together with a request over the {limit_kb} KB limit"
+
+# A whole publish the server refused (`publish_error`), as the typed error a person is shown. By errorType.
+_PUBLISH_REFUSALS: dict[str, dict[str, Any]] = {
+    "BadRequestException": {
+        "code": "invalid_request",
+        "message": "the gateway refused the request as malformed or too large (at most 240 KB per request, "
+        "the conversation so far included)",
+    },
+    "UnauthorizedException": {
+        "code": "forbidden",
+        "message": "the gateway did not accept your sign-in for this request; sign in again",
+    },
+}
+_THROTTLED = {"LimitExceededError", "TooManyRequestsException", "ThrottlingException"}
 
 
 @dataclass(frozen=True)
@@ -63,6 +93,43 @@ def sign_in(endpoints: Endpoints, username: str, password: str) -> dict[str, str
     return result["AuthenticationResult"]
 
 
+def event_text(event: Any) -> str:
+    """An event as `publish` sends it: compact JSON in UTF-8, whose bytes AppSync's 240 KB limit counts."""
+    return json.dumps(event, separators=(",", ":"), ensure_ascii=False)
+
+
+def too_long_message(event_bytes: int) -> str | None:
+    """The `invalid_request` message for a chat request of `event_bytes` bytes, or None when it fits."""
+    if event_bytes <= MAX_EVENT_BYTES:
+        return None
+    return TOO_LONG.format(size_kb=math.ceil(event_bytes / 1024), limit_kb=MAX_EVENT_BYTES // 1024)
+
+
+def publish_refusal(frame: dict[str, Any]) -> dict[str, Any]:
+    """The typed error fields (`code`, `message`, maybe `retryAfterSeconds`) of a `publish_error` frame."""
+    errors = frame.get("errors") or [{}]
+    error_type = str(errors[0].get("errorType") or "UnknownError")
+    if error_type in _PUBLISH_REFUSALS:
+        return dict(_PUBLISH_REFUSALS[error_type])
+    if error_type in _THROTTLED:
+        return {"code": "rate_limited", "message": "too many requests right now", "retryAfterSeconds": 1}
+    return {"code": "internal", "message": f"the gateway could not take the request ({error_type}); try again"}
+
+
+def chat_request_id(event: Any) -> str | None:
+    """The `requestId` of a chat request (an event with `requestId` and `messages`), else None."""
+    if isinstance(event, dict) and isinstance(event.get("messages"), list) and isinstance(event.get("requestId"), str):
+        return event["requestId"]
+    return None
+
+
+def channel_matches(subscribed: str, channel: str) -> bool:
+    """Whether a subscription to `subscribed` (maybe ending in `/*`, strictly below) receives `channel`."""
+    if subscribed.endswith("/*"):
+        return channel.startswith(subscribed[:-1]) and len(channel) > len(subscribed) - 1
+    return subscribed == channel
+
+
 def token_sub(token: str) -> str:
     """The `sub` claim of a JWT (read, not verified: the server verifies)."""
     payload = token.split(".")[1]
@@ -85,6 +152,7 @@ class EventsClient:
     _session: aiohttp.ClientSession | None = None
     _ws: aiohttp.ClientWebSocketResponse | None = None
     _queues: dict[str, asyncio.Queue[dict[str, Any]]] = field(default_factory=dict)
+    _channels: dict[str, str] = field(default_factory=dict)  # subscription id -> channel
     _pending: dict[str, asyncio.Future[dict[str, Any]]] = field(default_factory=dict)
     _reader: asyncio.Task[None] | None = None
 
@@ -148,21 +216,53 @@ class EventsClient:
     async def _subscribe(self, channel: str) -> tuple[asyncio.Queue[dict[str, Any]], str]:
         sub_id = uuid.uuid4().hex
         self._queues[sub_id] = asyncio.Queue()
+        self._channels[sub_id] = channel
         await self._call({"type": "subscribe", "id": sub_id, "channel": channel, "authorization": self.auth})
         return self._queues[sub_id], sub_id
 
     async def unsubscribe(self, sub_id: str) -> None:
         self._queues.pop(sub_id, None)
+        self._channels.pop(sub_id, None)
         await self._call({"type": "unsubscribe", "id": sub_id})
 
     async def publish(self, channel: str, events: list[Any]) -> dict[str, Any]:
-        return await self._call({
-            "type": "publish",
-            "id": uuid.uuid4().hex,
-            "channel": channel,
-            "events": [json.dumps(e) for e in events],
-            "authorization": self.auth,
-        })
+        """Publish events; answers the `publish_success` frame, or raises `ProtocolError` on an error frame.
+
+        A batch of chat requests is refused here when one is over the event limit, and turned into a refusal
+        when the server answers it with `publish_error` (see the module docstring): in both cases the answer has
+        every request in `failed` and each request's typed `error` event is already in the subscriptions' queues.
+        """
+        texts = [event_text(e) for e in events]
+        chat_batch = bool(events) and all(chat_request_id(e) for e in events)
+        if chat_batch:
+            messages = [too_long_message(len(text.encode())) for text in texts]
+            if any(messages):
+                limit_kb = MAX_EVENT_BYTES // 1024
+                other = SENT_WITH_TOO_LONG.format(limit_kb=limit_kb)
+                return self._refused(events, [{"code": "invalid_request", "message": m or other} for m in messages])
+        message = {"type": "publish", "id": uuid.uuid4().hex, "channel": channel, "events": texts,
+                   "authorization": self.auth}
+        try:
+            return await self._call(message)
+        except ProtocolError as err:
+            if not chat_batch or err.frame.get("type") != "publish_error":
+                raise
+            return self._refused(events, [publish_refusal(err.frame)] * len(events))
+
+    def _refused(self, requests: list[dict[str, Any]], refusals: list[dict[str, Any]]) -> dict[str, Any]:
+        """Tell refused chat requests as the gateway does: `failed` entries, and typed `error` events."""
+        sub = token_sub(self.token)
+        failed = []
+        for index, (request, refusal) in enumerate(zip(requests, refusals, strict=True)):
+            conversation_id = request.get("conversationId")
+            failed.append({"identifier": str(uuid.uuid4()), "index": index, "errorCode": 400,
+                           "errorMessage": f"{refusal['code']}: {refusal['message']}"})
+            error = {"type": "error", "requestId": request["requestId"], "conversationId": conversation_id, **refusal}
+            responses = f"/responses/{sub}" + (f"/{conversation_id}" if isinstance(conversation_id, str) else "")
+            for sub_id, subscribed in self._channels.items():
+                if channel_matches(subscribed, responses) and sub_id in self._queues:
+                    self._queues[sub_id].put_nowait(error)
+        return {"type": "publish_success", "id": None, "successful": [], "failed": failed, "refused_by": "client"}
 
     async def ask(
         self, messages: list[dict[str, Any]], *, conversation_id: str, model_id: str | None = None,

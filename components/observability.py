@@ -150,6 +150,7 @@ def dashboard_widgets(args: ObservabilityArgs) -> list[dict[str, Any]]:
         # Also reported under `unknown`: leases found expired while the gatekeeper refused a request.
         ("Expired reservations", _per_model("ExpiredReservations", (*models, UNKNOWN_MODEL))),
         ("Reservation overshoot tokens", _per_model("ReservationOvershootTokens", models)),
+        ("Events AppSync refused (after one retry)", [[METRICS_NAMESPACE, "PublishFailures", {"stat": "Sum"}]]),
         ("Lambda errors", _per_function("Errors", functions, "Sum")),
         ("Lambda throttles", _per_function("Throttles", functions, "Sum")),
         ("Lambda duration (ms) p99", _per_function("Duration", functions, "p99")),
@@ -362,6 +363,11 @@ class Observability(pulumi.ComponentResource):
                 **any_of("AWS/SQS", "ApproximateNumberOfMessagesVisible",
                          {"QueueName": args.dead_letter_queue_name}, "Maximum"),
             )
+        alarm(
+            "publish-failures",
+            "AppSync refused answer events twice: users saw an answer cut short or an error instead of its end",
+            **any_of(METRICS_NAMESPACE, "PublishFailures", {}, "Sum"),
+        )
         alarm(
             "expired-reservations",
             "Token reservations expired before they were settled: workers are dying or running past their lease",

@@ -3,7 +3,8 @@
 ``EventPublisher`` sends ``POST /event`` requests signed with IAM SigV4 (service ``appsync``) over one reused
 keep-alive connection. ``Coalescer`` sits in front of it for one channel: it merges consecutive text deltas
 into one event and batches events (at most 5 per publish, AppSync's limit) so a streamed answer costs about
-one publish per flush interval instead of one per token.
+one publish per flush interval instead of one per token. ``publish_retrying_failed`` publishes again, once, the
+events AppSync answered in ``failed`` (a 200 answer: the others were delivered).
 
 Lambda code: imports only the standard library and botocore (boto3 lazily, for default credentials).
 """
@@ -42,6 +43,7 @@ __all__ = [
     "PublishError",
     "PublishResult",
     "PublishValidationError",
+    "publish_retrying_failed",
     "serialize_event",
     "validate_channel",
 ]
@@ -145,6 +147,46 @@ class PublishResult:
     def ok(self) -> bool:
         """True when no event was rejected."""
         return not self.failed
+
+    def failed_indexes(self, count: int) -> list[int]:
+        """Positions (in a publish of ``count`` events) of the rejected events, ascending; bad indexes skipped."""
+        return sorted({i for entry in self.failed if (i := _entry_index(entry)) is not None and 0 <= i < count})
+
+
+def _entry_index(entry: Any) -> int | None:
+    index = entry.get("index") if isinstance(entry, dict) else None
+    return index if type(index) is int else None
+
+
+def publish_retrying_failed(
+    send: Callable[[str, list[Any]], PublishResult], channel: str, events: list[Any]
+) -> PublishResult:
+    """Publish ``events``; publish the ones AppSync answered in ``failed`` again, once, and nothing else.
+
+    The answer's indexes refer to positions in ``events``; what is still in ``failed`` was refused twice (or
+    the retry could not be sent). Exceptions of the first publish propagate, as from ``send``.
+    """
+    first = send(channel, events)
+    refused = first.failed_indexes(len(events))
+    if not refused:
+        return first
+    try:
+        retry = send(channel, [events[i] for i in refused])
+    except PublishError as exc:
+        # The refusals stand; the caller reports them. One retry is the budget, whatever went wrong.
+        logger.warning("AppSync publish retry failed (%s); %d events stay undelivered", exc, len(refused))
+        return first
+
+    def original(entry: dict[str, Any]) -> dict[str, Any]:
+        index = _entry_index(entry)
+        return {**entry, "index": refused[index]} if index is not None and 0 <= index < len(refused) else entry
+
+    retried = set(refused)
+    return PublishResult(
+        successful=first.successful + [original(entry) for entry in retry.successful],
+        # Entries of the first answer that named no usable index could not be retried: they stay failed.
+        failed=[e for e in first.failed if _entry_index(e) not in retried] + [original(e) for e in retry.failed],
+    )
 
 
 class _CredentialsLike(Protocol):
@@ -373,7 +415,9 @@ class Coalescer:
     once, and after that everything pending is sent once the oldest pending event is ``flush_interval_s``
     old. No thread runs in the background, so a caller that may go quiet should call ``poll()``
     (``seconds_until_flush()`` tells when). If ``send`` raises, the batch stays pending and the exception
-    propagates; the next flush retries it. Not thread-safe.
+    propagates; the next flush retries it. If ``send`` returns a ``PublishResult`` with ``failed`` entries,
+    those events go to ``undelivered`` and are not sent again here (``send`` owns retrying, e.g. with
+    ``publish_retrying_failed``). Not thread-safe.
     """
 
     def __init__(
@@ -404,6 +448,7 @@ class Coalescer:
         self._closed = False
         self._first_text_at_once = first_text_at_once
         self.publish_count = 0
+        self.undelivered: list[Any] = []  # events AppSync refused, in publish order
 
     @property
     def pending(self) -> int:
@@ -483,9 +528,11 @@ class Coalescer:
 
     def _send_batch(self, count: int) -> None:
         batch = [self._materialize(item) for item in self._pending[:count]]
-        self._send(self.channel, batch)
+        result = self._send(self.channel, batch)
         del self._pending[:count]  # only once sent: a failed send leaves the batch pending
         self.publish_count += 1
+        if isinstance(result, PublishResult):
+            self.undelivered.extend(batch[i] for i in result.failed_indexes(len(batch)))
 
     def _materialize(self, item: _Pending) -> Any:
         if item.parts is None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import json
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aws_lambda_powertools.event_handler import AppSyncEventsResolver
 from aws_lambda_powertools.event_handler.events_appsync.exceptions import UnauthorizedException
@@ -19,6 +19,9 @@ from aws_lambda_powertools.event_handler.events_appsync.exceptions import Unauth
 from runtime import channels, observability, protocol
 from runtime.config import RuntimeConfig
 from runtime.errors import ChannelForbiddenError, InvalidInputError
+
+if TYPE_CHECKING:
+    from runtime.appsync_publish import PublishResult
 
 app = AppSyncEventsResolver()
 
@@ -43,8 +46,51 @@ def publisher() -> Any:
     return current
 
 
-def publish(channel: str, events: list[dict[str, Any]]) -> None:
-    publisher().publish(channel, events)
+def publish(channel: str, events: list[dict[str, Any]]) -> PublishResult:
+    """Publish with this thread's publisher. Events AppSync refuses (a 200 answer's `failed`) are published again,
+    once; those refused twice are logged and counted (`PublishFailures`), and stay in the answer's `failed`, with
+    their index in `events`, for the caller to act on."""
+    from runtime.appsync_publish import publish_retrying_failed
+
+    result = publish_retrying_failed(publisher().publish, channel, events)
+    if result.failed:
+        report_undelivered(channel, events, result, log_prompts=config().log_prompts)
+    return result
+
+
+def undelivered_fields(
+    channel: str, events: list[dict[str, Any]], result: PublishResult, *, log_prompts: bool
+) -> dict[str, Any]:
+    """The log fields of events AppSync refused twice. Never their text; AppSync's own messages only with
+    logPrompts (they could quote what was sent)."""
+    failed = sorted((entry for entry in result.failed if isinstance(entry, dict)), key=_failed_index)
+    lost = [events[i] if 0 <= (i := _failed_index(entry)) < len(events) else {} for entry in failed]
+    request_id = next((e["requestId"] for e in [*lost, *events] if isinstance(e, dict) and e.get("requestId")), None)
+    fields: dict[str, Any] = {
+        "channel": channel,
+        "request_id": request_id,
+        "failed_indexes": [entry.get("index") for entry in failed],
+        "failed_types": [event.get("type") if isinstance(event, dict) else None for event in lost],
+        "failed_codes": [entry.get("code", entry.get("errorCode")) for entry in failed],  # WebSocket: errorCode
+    }
+    if log_prompts is True:
+        fields["failed_messages"] = [entry.get("message", entry.get("errorMessage")) for entry in failed]
+    return fields
+
+
+def _failed_index(entry: dict[str, Any]) -> int:
+    index = entry.get("index")
+    return index if isinstance(index, int) and not isinstance(index, bool) else -1
+
+
+def report_undelivered(
+    channel: str, events: list[dict[str, Any]], result: PublishResult, *, log_prompts: bool
+) -> None:
+    observability.logger.error(
+        "AppSync refused events twice: not delivered",
+        extra=undelivered_fields(channel, events, result, log_prompts=log_prompts),
+    )
+    observability.record_publish_failures(len(result.failed))
 
 
 @functools.cache

@@ -54,13 +54,15 @@ CacheHits (1 when cache_hit)                                       Count        
 ReservationOvershootTokens, ExpiredReservations (when > 0)         Count         model_id
 Refusals (1 when refused)                                          Count         model_id, reason
 Errors (1 when error)                                              Count         model_id, code
+PublishFailures (events AppSync still refused after one retry)     Count         (none)
 =================================================================  ============  ===========================
 
 `record_usage_metrics` turns one record into these and flushes them itself (handlers use no decorator), one EMF
 blob per dimension set, so sets never mix; a blank ``model_id`` becomes the dimension value ``unknown``. It
 flushes, with the first blob, whatever else is pending in `metrics`, and leaves `metrics` empty even when metrics
 are disabled or a flush fails. `record_request` is the one call a handler makes at the end of a request:
-`emit_usage`, then `record_usage_metrics`.
+`emit_usage`, then `record_usage_metrics`. ``PublishFailures`` is not a request's: the publishing shell,
+`runtime.handlers.publish`, counts it with `record_publish_failures`, on a blob of its own.
 
 Lambda code: imports only the standard library and Powertools. Import creates the two objects and nothing else.
 """
@@ -85,6 +87,7 @@ from runtime.errors import InvalidInputError
 __all__ = [
     "METRICS_NAMESPACE",
     "OUTCOMES",
+    "PUBLISH_FAILURES_METRIC",
     "REFUSAL_REASONS",
     "SERVICE_NAME",
     "UNKNOWN_MODEL",
@@ -101,6 +104,7 @@ __all__ = [
     "logger",
     "metrics",
     "monotonic_ms",
+    "record_publish_failures",
     "record_request",
     "record_usage_metrics",
     "utc_timestamp",
@@ -108,6 +112,8 @@ __all__ = [
 
 SERVICE_NAME = "ai-gateway"
 METRICS_NAMESPACE = "AIGateway"
+# Events AppSync refused (a 200 answer's `failed`) and refused again on the one retry.
+PUBLISH_FAILURES_METRIC = "PublishFailures"
 # The model_id dimension value of a record whose model_id is blank (a request rejected before its model was known).
 UNKNOWN_MODEL = "unknown"
 
@@ -390,6 +396,18 @@ def record_usage_metrics(record: UsageRecord, *, overshoot_tokens: int = 0, expi
     finally:
         # flush_metrics keeps everything when metrics are disabled, and nothing may leak into the next request.
         metrics.clear_metrics()
+
+
+def record_publish_failures(count: int) -> None:
+    """Count events AppSync refused twice (``PublishFailures``, no dimensions) and flush them now, on their own."""
+    _non_negative_int("count", count)
+    if count == 0:
+        return
+    try:
+        metrics.add_metric(name=PUBLISH_FAILURES_METRIC, unit=MetricUnit.Count, value=count)
+        metrics.flush_metrics()
+    finally:
+        metrics.clear_metrics()  # flush keeps everything when metrics are disabled
 
 
 def record_request(record: UsageRecord, *, overshoot_tokens: int = 0, expired_reservations: int = 0) -> None:

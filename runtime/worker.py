@@ -5,6 +5,11 @@ Text is coalesced (at most 5 events per publish, a flush at least every `flush_i
 token by token. Whatever happens — throttling, a broken stream, a failed publish — the reservation is settled
 with what is known (Bedrock's reported usage, else a conservative count of what was streamed) and the user
 gets a typed `end` or `error` event. Internal exception text never reaches the user.
+
+`publish` answers with what AppSync refused (`runtime.handlers.publish` has already retried those once). Text
+that never arrived turns the `end` into an `error` (the client must not keep a gappy answer as complete), and a
+final event that never arrived is followed by one `error` publish, so the client is not left waiting. Neither
+changes what is charged: the model did generate it.
 """
 
 from __future__ import annotations
@@ -23,6 +28,13 @@ from runtime.errors import ModelError, ModelThrottledError
 from runtime.metering import Meter
 
 Publish = Callable[[str, list[dict[str, Any]]], Any]
+
+_TEXT_LOST = "part of the answer could not be delivered; please ask again"
+_END_LOST = "the end of the answer could not be delivered; please ask again"
+
+
+def _is_delta(event: Any) -> bool:
+    return isinstance(event, dict) and event.get("type") == "delta"
 
 
 @dataclass
@@ -78,6 +90,8 @@ class Worker:
             else:
                 self._stream_model(job, coalescer, outcome, started)
             self._send(coalescer.flush)  # the answer goes out before the bookkeeping
+            if not outcome.error_code and any(_is_delta(e) for e in coalescer.undelivered):
+                outcome.error_code, outcome.error_message = "internal", _TEXT_LOST
         finally:
             charged, overshoot = self._settle(job, outcome)
         window = max(0, job.window_remaining + job.reserved_tokens - charged)
@@ -102,6 +116,8 @@ class Worker:
             )
         self._send(coalescer.add, final)
         self._send(coalescer.close)
+        if coalescer.pending or any(e is final for e in coalescer.undelivered):
+            self._announce_lost_final(job, outcome, window=window, month=month)
         latency_ms = int((self.monotonic() - started) * 1000)
         observability.record_request(
             observability.UsageRecord(
@@ -182,6 +198,18 @@ class Worker:
             # The lease releases the reservation if this write never lands; the alarm on expired leases sees it.
             observability.logger.exception("settle failed", extra={"request_id": job.request_id})
             return job.reserved_tokens, 0
+
+    def _announce_lost_final(self, job: protocol.WorkerJob, outcome: _Outcome, *, window: int, month: int) -> None:
+        """The `end` (or `error`) never reached the client: one more publish, as a typed error. Settled already."""
+        observability.logger.error(
+            "final event not delivered; publishing an error event instead", extra={"request_id": job.request_id}
+        )
+        if not outcome.error_code:
+            outcome.error_code, outcome.error_message = "internal", _END_LOST
+        error = protocol.error_event(
+            job.request_id, job.conversation_id, outcome.error_code, outcome.error_message, window=window, month=month
+        )
+        self._send(self.publish, job.channel, [error])
 
     def _send(self, action: Callable[..., Any], *args: Any) -> None:
         try:

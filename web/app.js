@@ -8,6 +8,9 @@ import { renderMarkdown } from "./markdown.js";
 
 const $ = (id) => document.getElementById(id);
 const ANSWER_TIMEOUT_MS = 90_000;
+// AppSync refuses an event over 240 KB (runtime/appsync_publish.py MAX_EVENT_BYTES; a test keeps them equal). A chat
+// request is one event and carries the conversation so far, so the page measures it before sending.
+const MAX_EVENT_BYTES = 245760;
 
 const state = {
   config: null,
@@ -378,13 +381,31 @@ function historyFor(conversation) {
   return messages;
 }
 
+/** The chat request for `text` in `conversation` (null: a new one), as it will be published. */
+function chatRequest(conversation, text, model, requestId) {
+  const messages = [...(conversation ? historyFor(conversation) : []), { role: "user", content: [{ text }] }];
+  const request = { requestId, conversationId: conversation ? conversation.id : crypto.randomUUID(), messages };
+  if (model) request.modelId = model;
+  return request;
+}
+
+/** Why `text` cannot be sent in the current conversation (its request is over AppSync's limit), or null.
+ * The gateway's words (aigw/client.py says the same), measured as published: UTF-8 bytes of compact JSON. */
+function tooLong(text) {
+  const request = chatRequest(current(), text, $("model").value, crypto.randomUUID());
+  const size = new TextEncoder().encode(JSON.stringify(request)).length;
+  if (size <= MAX_EVENT_BYTES) return null;
+  return `message too long: ${Math.ceil(size / 1024)} KB, the limit is ${MAX_EVENT_BYTES / 1024} KB per request ` +
+    "(the conversation so far is sent with each message); shorten it or start a new conversation";
+}
+
 async function send(text) {
   clearNotice(); // the last problem is history once the user tries again (a countdown blocks sending anyway)
   const conversation = current() || newConversation();
   const model = $("model").value;
   localStorage.setItem("aigw.model", model);
-  const messages = [...historyFor(conversation), { role: "user", content: [{ text }] }];
   const requestId = crypto.randomUUID();
+  const request = chatRequest(conversation, text, model, requestId); // the history before this question
   const question = { role: "user", text, status: "done" };
   const answer = { role: "assistant", text: "", status: "streaming", cached: false, model: model || "" };
   if (conversation.messages.length === 0 && !conversation.renamed) conversation.title = text.slice(0, 60);
@@ -401,12 +422,25 @@ async function send(text) {
   }, ANSWER_TIMEOUT_MS);
   try {
     await ensureSubscribed(conversation.id);
-    const request = { requestId, conversationId: conversation.id, messages };
-    if (model) request.modelId = model;
     await state.events.publish(`/chat/${state.session.sub}/${conversation.id}`, [request]);
     // A refused request is answered with a typed `error` event on the responses channel.
   } catch (err) {
-    finish(requestId, "error", "Could not send: " + (err.message || "connection problem") + ".");
+    finish(requestId, "error", refusalText(err));
+  }
+}
+
+/** What a person is told when the publish itself fails: words, never the server's exception text. */
+function refusalText(err) {
+  switch (err.errorType) {
+    case undefined:
+      return "Could not send: " + (err.message || "connection problem") + "."; // ours: "connection closed"
+    case "BadRequestException":
+      return `Not sent: the gateway refused the request as malformed or too large (at most ${MAX_EVENT_BYTES / 1024} KB ` +
+        "per request, the conversation so far included).";
+    case "UnauthorizedException":
+      return "Not sent: your sign-in was not accepted. Sign in again.";
+    default:
+      return "Could not send. Try again.";
   }
 }
 
@@ -680,6 +714,11 @@ function wire() {
     if ($("send").disabled) return;
     const text = $("prompt").value.trim();
     if (!text) return;
+    const refusal = tooLong(text);
+    if (refusal) {
+      notice(`Not sent: ${refusal}.`); // the text stays in the box, to shorten
+      return;
+    }
     $("prompt").value = "";
     send(text);
     $("prompt").focus();

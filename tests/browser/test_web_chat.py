@@ -36,6 +36,7 @@ from aigw.emulators.bedrock import default_answer
 from aigw.local_cognito import add_user
 from components.models import display_name
 from components.settings import StackSettings
+from runtime.appsync_publish import MAX_EVENT_BYTES
 from runtime.cache import AnswerCache
 from runtime.metering import Limits, Meter
 
@@ -887,3 +888,25 @@ def test_full_browser_storage_keeps_the_newest_conversations_and_says_so(open_pa
     page.locator("#chat-view").wait_for(state="visible")
     kept = titles.all_inner_texts()
     assert kept[0] == "Newest topic" and "Oldest topic" not in kept
+
+
+def test_a_message_over_240_kb_is_refused_in_words_before_sending_and_stays_in_the_box(signed_in: Any) -> None:
+    tab = signed_in()
+    huge = "Please read all of this. " * (300 * 1024 // 25)  # about 300 KB, as if pasted
+    tab.send(huge)
+    notice = tab.page.locator("#notice")
+    notice.filter(has_text="message too long").wait_for()
+    assert re.search(r"Not sent: message too long: 30\d KB, the limit is 240 KB per request", notice.inner_text())
+    assert "BadRequestException" not in notice.inner_text()
+    # Nothing was sent or recorded, and the text is still there to shorten.
+    assert tab.answers().count() == 0
+    assert tab.page.get_by_label("Message", exact=True).input_value() == huge  # as typed
+    # The page carries on: a short message is answered.
+    tab.send("short one")
+    assert tab.wait_settled().locator(".text").inner_text().strip() == expected_answer("short one").strip()
+    assert tab.problems == []
+
+
+def test_the_page_measures_against_the_runtimes_event_limit() -> None:
+    found = re.search(r"const MAX_EVENT_BYTES = (\d+);", (ROOT / "web" / "app.js").read_text())
+    assert found and int(found.group(1)) == MAX_EVENT_BYTES

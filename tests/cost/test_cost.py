@@ -90,8 +90,8 @@ def test_hand_computed_profile_line_by_line_on_prod() -> None:
         # 3 models × (5 metrics + 2 refusal reasons + 3 error codes) + 4 error codes of model "unknown"
         ("CloudWatch", "custom metrics"): 34 * p["cloudwatch.custom_metric_month"],
         ("CloudWatch", "dashboards"): 1 * p["cloudwatch.dashboard_month"],
-        # 3 error-rate alarms reading 4 metrics each + 6 single-metric alarms
-        ("CloudWatch", "alarms (standard)"): 18 * p["cloudwatch.alarm_standard_month"],
+        # 3 error-rate alarms reading 4 metrics each + 7 single-metric alarms
+        ("CloudWatch", "alarms (standard)"): 19 * p["cloudwatch.alarm_standard_month"],
         # the expired-reservations Metrics Insights alarm: one metric per model id
         ("CloudWatch", "alarms (Metrics Insights)"): 3 * p["cloudwatch.metrics_insights_alarm_month"],
         ("Firehose", "ingestion"): requests * 5120 / GB * p["firehose.ingest_gb"],
@@ -126,7 +126,7 @@ def test_inventory_gives_the_same_report_but_for_metric_math_alarms() -> None:
     from_items = _by_key(estimate(inventory(mocks), settings, profile, PRICES))
     from_mocks = _by_key(estimate(mocks, settings, profile, PRICES))
     assert from_items.pop(("CloudWatch", "alarms (standard)")) == pytest.approx(
-        10 * PRICES["cloudwatch.alarm_standard_month"].usd)
+        11 * PRICES["cloudwatch.alarm_standard_month"].usd)
     for key in (("CloudWatch", "alarms (standard)"), ("CloudWatch", "alarms (Metrics Insights)"),
                 ("Bedrock", "guardrail PII text units")):
         from_mocks.pop(key)

@@ -112,6 +112,7 @@ def emitted_metrics() -> dict[str, frozenset[str]]:
     with contextlib.redirect_stdout(buffer):
         for record in records:
             observability.record_usage_metrics(record, overshoot_tokens=7, expired_reservations=1)
+        observability.record_publish_failures(2)
     found: dict[str, frozenset[str]] = {}
     for line in buffer.getvalue().splitlines():
         blob = json.loads(line)
@@ -120,7 +121,7 @@ def emitted_metrics() -> dict[str, frozenset[str]]:
             (dimensions,) = directive["Dimensions"]
             for metric in directive["Metrics"]:
                 found[metric["Name"]] = frozenset(dimensions)
-    assert {"InputTokens", "Refusals", "Errors", "CacheHits", "ExpiredReservations"} <= set(found)
+    assert {"InputTokens", "Refusals", "Errors", "CacheHits", "ExpiredReservations", "PublishFailures"} <= set(found)
     return found
 
 
@@ -361,6 +362,7 @@ def test_alarms_exist_only_when_enabled_and_notify_the_topic(stack: Any) -> None
         "gw-test-worker-throttles",
         "gw-test-subscribe-throttles",
         "gw-test-expired-reservations",
+        "gw-test-publish-failures",
     }
     assert names == expected | ({"gw-test-worker-dlq"} if case["ops"]["dead_letter_queue_name"] else set())
     for alarm in alarms:

@@ -7,6 +7,8 @@ nothing depends on the working directory.
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import re
 import shutil
 import subprocess
@@ -20,9 +22,9 @@ import pytest
 from rich.console import Console
 from typer.testing import CliRunner
 
-from aigw import admin
+from aigw import admin, client
 from aigw.cli import _show_error, app
-from aigw.client import EventsClient, sign_in
+from aigw.client import EventsClient, ProtocolError, sign_in
 from aigw.dev import Ports, running
 from aigw.emulators.bedrock import default_answer
 from components.settings import StackSettings
@@ -292,3 +294,105 @@ def test_every_admin_command_offers_the_target_options_and_shows_its_defaults(
     if command == ["limits", "set"]:
         assert "[default: the tier's]" in result.output  # not eaten as Rich markup
         assert "--cache-table" not in result.output  # only the names the command uses
+
+
+# -- requests over AppSync's 240 KB event limit
+
+LIMIT = 240 * 1024
+
+
+def fake_token(sub: str = "3f1c2a9e-0b7d-4d7e-9a51-2c8f6e1d4b00") -> str:
+    claims = base64.urlsafe_b64encode(json.dumps({"sub": sub}).encode()).decode().rstrip("=")
+    return f"e30.{claims}.sig"
+
+
+def chat_request(text: str, conversation_id: str = "conv-1") -> dict[str, Any]:
+    return {"requestId": "req-1", "conversationId": conversation_id,
+            "messages": [{"role": "user", "content": [{"text": text}]}]}
+
+
+def padded_to(size: int) -> dict[str, Any]:
+    """A chat request whose published event is exactly `size` bytes (two per "é": the limit is in bytes)."""
+    overhead = len(client.event_text(chat_request("")).encode())
+    request = chat_request("é" * ((size - overhead) // 2) + "x" * ((size - overhead) % 2))
+    assert len(client.event_text(request).encode()) == size
+    return request
+
+
+def test_the_client_measures_a_request_in_utf8_bytes_as_published() -> None:
+    assert client.too_long_message(len(client.event_text(padded_to(LIMIT)).encode())) is None
+    message = client.too_long_message(len(client.event_text(padded_to(LIMIT + 1)).encode()))
+    assert message is not None and message.startswith("message too long: 241 KB, the limit is 240 KB per request")
+    assert "conversation so far" in message and "start a new conversation" in message
+
+
+class FakeServer:
+    """Stands in for `EventsClient._call`: subscribes succeed; publishes answer `publish_error` (or succeed)."""
+
+    def __init__(self, error_type: str | None = "BadRequestException") -> None:
+        self.error_type = error_type
+        self.published: list[dict[str, Any]] = []
+
+    async def __call__(self, message: dict[str, Any]) -> dict[str, Any]:
+        if message["type"] != "publish":
+            return {"type": f"{message['type']}_success", "id": message["id"]}
+        self.published.append(message)
+        if self.error_type is None:
+            return {"type": "publish_success", "id": message["id"], "successful": [{"index": 0}], "failed": []}
+        frame = {"type": "publish_error", "id": message["id"],
+                 "errors": [{"errorType": self.error_type, "message": "raw server text: event 0 is 999 bytes"}]}
+        raise ProtocolError(frame)
+
+
+def local_client(server: FakeServer) -> EventsClient:
+    events = EventsClient(client.Endpoints("https://h/event", "wss://h/event/realtime", "us-east-1", None, "p", "c"),
+                          fake_token())
+    events._call = server  # type: ignore[method-assign]
+    return events
+
+
+def test_a_chat_request_over_the_limit_is_refused_before_sending_with_a_typed_error() -> None:
+    server = FakeServer(error_type=None)
+    events = local_client(server)
+    sub = "3f1c2a9e-0b7d-4d7e-9a51-2c8f6e1d4b00"
+
+    async def scenario() -> tuple[dict[str, Any], dict[str, Any]]:
+        queue = await events.subscribe(f"/responses/{sub}/*")
+        answer = await events.publish(f"/chat/{sub}/conv-1", [padded_to(LIMIT + 1)])
+        return answer, queue.get_nowait()
+
+    answer, told = asyncio.run(scenario())
+    assert server.published == []  # never sent
+    assert [f["index"] for f in answer["failed"]] == [0] and answer["successful"] == []
+    assert answer["failed"][0]["errorMessage"].startswith("invalid_request: message too long: 241 KB")
+    assert told["type"] == "error" and told["code"] == "invalid_request" and told["requestId"] == "req-1"
+    assert told["conversationId"] == "conv-1" and told["message"].startswith("message too long: 241 KB")
+
+
+def test_a_chat_request_the_server_refuses_is_told_in_words_not_the_raw_exception() -> None:
+    events = local_client(FakeServer("BadRequestException"))
+    sub = "3f1c2a9e-0b7d-4d7e-9a51-2c8f6e1d4b00"
+
+    async def scenario() -> tuple[dict[str, Any], dict[str, Any]]:
+        queue = await events.subscribe(f"/responses/{sub}/conv-1")
+        answer = await events.publish(f"/chat/{sub}/conv-1", [chat_request("hi")])
+        return answer, queue.get_nowait()
+
+    answer, told = asyncio.run(scenario())
+    assert answer["failed"][0]["errorMessage"].startswith("invalid_request: ")
+    assert told["code"] == "invalid_request" and "240 KB" in told["message"]
+    assert "raw server text" not in json.dumps([answer, told]) and "BadRequestException" not in told["message"]
+    # What is not a chat request still raises, frame and all, as before.
+    with pytest.raises(ProtocolError) as raised:
+        asyncio.run(events.publish(f"/chat/{sub}/conv-1", [{"pad": "x"}]))
+    assert raised.value.frame["errors"][0]["errorType"] == "BadRequestException"
+
+
+def test_chat_refuses_a_message_over_240_kb_in_words_and_the_session_carries_on(dev_json: Path) -> None:
+    huge = "Please read all of this. " * (300 * 1024 // 25)  # about 300 KB, as if pasted
+    result = aigw(dev_json, "chat", input=f"{huge}\nshort one\n/quit\n")
+    assert result.exit_code == 0, result.output[-2000:]
+    assert re.search(r"invalid_request: message too long: 30\d KB, the limit is 240 KB per request", result.stdout)
+    assert "publish_error" not in result.output and "BadRequestException" not in result.output
+    # The session did not end: the next message is answered, as a first one (the refused one is not history).
+    assert answer_to("short one") in result.stdout and result.stdout.count("remaining:") == 1

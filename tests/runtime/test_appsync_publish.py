@@ -8,8 +8,11 @@ import shutil
 import socket
 import ssl
 import subprocess
-from collections.abc import Iterator
-from typing import Any
+import threading
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from email.message import Message
+from typing import Any, cast
 
 import pytest
 from botocore.credentials import Credentials, ReadOnlyCredentials
@@ -23,7 +26,9 @@ from runtime.appsync_publish import (
     EventPublisher,
     PublishConnectionError,
     PublishError,
+    PublishResult,
     PublishValidationError,
+    publish_retrying_failed,
 )
 
 REGION = "us-east-1"
@@ -577,3 +582,109 @@ def test_the_first_text_goes_out_at_once_and_later_text_is_coalesced() -> None:
     co.add_delta("lo")
     co.add_delta(" world")
     assert len(send.publishes) == 1  # after the first text, the interval rules again
+
+
+# --------------------------------------------------------------------------------------------- partial failures
+
+
+class RejectingReceiver(AppSyncReceiver):
+    """An AppSync receiver that answers 200 with some events in ``failed``, as AppSync does for a partial failure.
+
+    ``reject(event)`` is asked about every event of every publish; a rejected event is answered in ``failed``
+    (``identifier``, ``index``, ``code``, ``message``) and not delivered. ``bodies`` holds every publish's events
+    as sent, first attempts and retries alike; ``received`` holds only what was delivered.
+    """
+
+    def __init__(self, reject: Callable[[Any], bool], credentials: Mapping[str, str] | None = None) -> None:
+        super().__init__(credentials or {"AKIDEXAMPLE": "secret"}, region=REGION)
+        self.reject = reject
+        self.bodies: list[list[Any]] = []
+        self._delivered: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+
+    @property
+    def received(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return list(self._delivered)
+
+    def _handle(self, method: str, path: str, headers: Message, body: bytes) -> tuple[int, dict[str, Any]]:
+        status, answer = super()._handle(method, path, headers, body)  # signature and limits, as AppSync
+        payload = json.loads(body)
+        events = [json.loads(text) for text in payload["events"]]
+        rejected = [index for index, event in enumerate(events) if self.reject(event)]
+        with self._lock:
+            self.bodies.append(events)
+            delivered = [event for index, event in enumerate(events) if index not in rejected]
+            if delivered:
+                self._delivered.append({"channel": payload["channel"], "events": delivered})
+        failed = [
+            {"identifier": str(uuid.uuid4()), "index": index, "code": 500, "message": "simulated AppSync failure"}
+            for index in rejected
+        ]
+        successful = [entry for entry in answer["successful"] if entry["index"] not in rejected]
+        return status, {"successful": successful, "failed": failed}
+
+
+def rejecting(kind: str, times: int) -> Callable[[Any], bool]:
+    """A ``reject`` rule for `RejectingReceiver`: the first ``times`` events of ``type`` ``kind`` are refused."""
+    left = [times]
+
+    def reject(event: Any) -> bool:
+        if isinstance(event, dict) and event.get("type") == kind and left[0] > 0:
+            left[0] -= 1
+            return True
+        return False
+
+    return reject
+
+
+def test_only_the_refused_events_are_published_again_once() -> None:
+    events = [{"type": "x", "n": 0}, {"type": "y", "n": 1}, {"type": "x", "n": 2}]
+    with RejectingReceiver(rejecting("x", 2)) as rcv, EventPublisher(rcv.endpoint_url, REGION, CREDS) as pub:
+        result = publish_retrying_failed(pub.publish, CHANNEL, events)
+    assert rcv.bodies == [events, [events[0], events[2]]]  # the retry carries the refused events only
+    assert result.ok and sorted(entry["index"] for entry in result.successful) == [0, 1, 2]
+    assert [e for r in rcv.received for e in r["events"]] == [events[1], events[0], events[2]]
+
+
+def test_events_refused_twice_are_reported_at_their_original_index_after_one_retry() -> None:
+    events = [{"type": "x", "n": 0}, {"type": "y", "n": 1}, {"type": "x", "n": 2}]
+    with RejectingReceiver(rejecting("x", 99)) as rcv, EventPublisher(rcv.endpoint_url, REGION, CREDS) as pub:
+        result = publish_retrying_failed(pub.publish, CHANNEL, events)
+        assert pub.publish_count == 2  # bounded: one retry, of the refused subset
+    assert rcv.bodies == [events, [events[0], events[2]]]
+    assert [entry["index"] for entry in result.failed] == [0, 2]
+    assert [entry["code"] for entry in result.failed] == [500, 500]
+    assert [entry["index"] for entry in result.successful] == [1]
+
+
+def test_a_retry_that_cannot_be_sent_leaves_the_first_refusals_standing() -> None:
+    answers: list[Any] = [PublishResult(successful=[{"index": 0}], failed=[{"index": 1, "code": 500}])]
+
+    def send(channel: str, events: list[Any]) -> PublishResult:
+        if not answers:
+            raise PublishConnectionError("gone")
+        return cast(PublishResult, answers.pop(0))
+
+    result = publish_retrying_failed(send, CHANNEL, [{"n": 0}, {"n": 1}])
+    assert [entry["index"] for entry in result.failed] == [1] and [e["index"] for e in result.successful] == [0]
+
+
+def test_coalescer_keeps_the_events_appsync_refused_as_undelivered() -> None:
+    clock, sent = FakeClock(), Recorder()
+
+    def send(channel: str, events: list[Any]) -> PublishResult:
+        sent(channel, events)
+        refused = [index for index, event in enumerate(events) if event.get("type") == "delta"]
+        return PublishResult(
+            successful=[{"index": i} for i in range(len(events)) if i not in refused],
+            failed=[{"index": i, "code": 500} for i in refused],
+        )
+
+    co = Coalescer("/r/u/c", send, clock=clock)
+    co.add({"type": "start"})
+    co.add_delta("lost")
+    co.add({"type": "end"})
+    co.close()
+    assert co.undelivered == [{"type": "delta", "text": "lost"}]
+    assert co.pending == 0 and len(sent.publishes) == 2  # refused events are not re-sent by the coalescer

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from aigw.emulators.appsync_receiver import AppSyncReceiver
 from aigw.emulators.bedrock import BedrockEmulator, default_answer
 from runtime import cache as cache_module
-from runtime import handlers, protocol
+from runtime import handlers, observability, protocol
 from runtime.appsync_publish import EventPublisher
 from runtime.bedrock import ModelClient
 from runtime.cache import AnswerCache
@@ -29,6 +29,7 @@ from runtime.config import RuntimeConfig
 from runtime.gatekeeper import Gatekeeper
 from runtime.metering import Limits, Meter, table_spec
 from runtime.worker import Worker
+from tests.runtime.test_appsync_publish import RejectingReceiver, rejecting
 from tests.support import Clock
 
 SUB = "3f1c2a9e-0b7d-4d7e-9a51-2c8f6e1d4b00"
@@ -360,3 +361,130 @@ def test_with_log_prompts_on_the_prompt_and_answer_are_logged(
     [prompt] = [line for line in lines if line.get("record_type") == "prompt"]
     text = "".join(e["text"] for e in gateway.events() if e["type"] == "delta")
     assert "Tell me about Lyon" in json.dumps(prompt) and text in json.dumps(prompt)
+
+
+# -- events AppSync refuses (200 with failed[]): retried once, then logged, counted and answered
+
+
+@pytest.fixture
+def emf_clean() -> Any:
+    observability.metrics.clear_metrics()
+    yield
+    observability.metrics.clear_metrics()
+
+
+def refusing_gateway(
+    dynamodb: Any, bedrock: BedrockEmulator, monkeypatch: pytest.MonkeyPatch, reject: Any
+) -> tuple[Gateway, RejectingReceiver]:
+    """A gateway whose AppSync refuses the events `reject` picks, publishing as in Lambda (`handlers.publish`)."""
+    receiver = RejectingReceiver(reject, {CREDS.access_key: CREDS.secret_key}).start()
+    gateway = Gateway(dynamodb, receiver, bedrock)
+    monkeypatch.setattr(handlers, "publisher", lambda: gateway.publisher)
+    monkeypatch.setattr(handlers, "config", lambda: gateway.config)
+    gateway.worker.publish = handlers.publish
+    return gateway, receiver
+
+
+def emitted(out: str) -> tuple[list[dict[str, Any]], list[float]]:
+    """The JSON lines of `out`, and every PublishFailures value its EMF blobs carry."""
+    lines = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    return lines, [value for line in lines if "_aws" in line for value in line.get("PublishFailures", [])]
+
+
+def counting_settles(monkeypatch: pytest.MonkeyPatch, meter: Meter) -> list[dict[str, Any]]:
+    calls: list[dict[str, Any]] = []
+    real = meter.settle
+
+    def settle(*args: Any, **kwargs: Any) -> Any:
+        calls.append(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(meter, "settle", settle)
+    return calls
+
+
+def test_handlers_publish_retries_only_the_refused_events_once_then_logs_and_counts_them(
+    dynamodb: Any, bedrock: BedrockEmulator, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+    emf_clean: None,
+) -> None:
+    _, receiver = refusing_gateway(dynamodb, bedrock, monkeypatch, rejecting("delta", 2))
+    channel = f"/responses/{SUB}/conv-1"
+    events = [{"type": "start", "requestId": "req-7"}, {"type": "delta", "requestId": "req-7", "text": "secret text"},
+              {"type": "end", "requestId": "req-7"}]
+    try:
+        result = handlers.publish(channel, events)
+    finally:
+        receiver.stop()
+    assert receiver.bodies == [events, [events[1]]]  # one retry, of the refused event alone
+    assert [entry["index"] for entry in result.failed] == [1]
+    lines, failures = emitted(capsys.readouterr().out)
+    assert failures == [1.0]
+    [logged] = [line for line in lines if line.get("failed_codes")]
+    assert logged["channel"] == channel and logged["request_id"] == "req-7" and logged["failed_codes"] == [500]
+    assert "secret text" not in json.dumps(lines) and "simulated" not in json.dumps(lines)  # logPrompts is off
+
+
+def test_a_refused_start_is_published_again_alone_and_the_answer_completes(
+    dynamodb: Any, bedrock: BedrockEmulator, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+    emf_clean: None,
+) -> None:
+    gateway, receiver = refusing_gateway(dynamodb, bedrock, monkeypatch, rejecting("start", 1))
+    try:
+        gateway.publish(ask())
+        gateway.run_jobs()
+    finally:
+        receiver.stop()
+    first, retry = receiver.bodies[0], receiver.bodies[1]
+    assert [e["type"] for e in first] == ["start", "delta"] and [e["type"] for e in retry] == ["start"]
+    events = gateway.events()
+    assert {e["type"] for e in events} == {"start", "delta", "end"} and events[-1]["type"] == "end"
+    _, failures = emitted(capsys.readouterr().out)
+    assert failures == []  # delivered on the retry: nothing to count
+
+
+def test_an_end_refused_twice_is_followed_by_a_typed_error_and_settled_once_with_bedrocks_usage(
+    dynamodb: Any, bedrock: BedrockEmulator, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+    emf_clean: None,
+) -> None:
+    gateway, receiver = refusing_gateway(dynamodb, bedrock, monkeypatch, rejecting("end", 2))
+    settles = counting_settles(monkeypatch, gateway.meter)
+    try:
+        gateway.publish(ask(requestId="req-end"))
+        gateway.run_jobs()
+    finally:
+        receiver.stop()
+    refused_ends = [e for body in receiver.bodies for e in body if e["type"] == "end"]
+    assert len(refused_ends) == 2  # the first attempt and one retry, no more
+    events = gateway.events()
+    assert "end" not in {e["type"] for e in events}
+    error = events[-1]
+    assert error["type"] == "error" and error["code"] == "internal" and error["requestId"] == "req-end"
+    assert error["remaining"] == refused_ends[0]["remaining"]
+    # The user is charged what Bedrock reported it generated, settled exactly once.
+    usage = refused_ends[0]["usage"]
+    assert len(settles) == 1 and settles[0] == {"input_tokens": usage["input"], "output_tokens": usage["output"]}
+    metered = gateway.meter.usage(SUB, gateway.config.tier("free").limits)
+    assert metered.reserved == 0 and metered.month_used == usage["input"] + usage["output"]
+    _, failures = emitted(capsys.readouterr().out)
+    assert failures == [1.0]
+
+
+def test_a_delta_refused_twice_ends_the_answer_with_an_error_not_an_end(
+    dynamodb: Any, bedrock: BedrockEmulator, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+    emf_clean: None,
+) -> None:
+    gateway, receiver = refusing_gateway(dynamodb, bedrock, monkeypatch, rejecting("delta", 2))
+    settles = counting_settles(monkeypatch, gateway.meter)
+    try:
+        gateway.publish(ask())
+        gateway.run_jobs()
+    finally:
+        receiver.stop()
+    events = gateway.events()
+    # Part of the text is missing: the client must not keep it as a complete answer (nor send it back as history).
+    assert events[-1]["type"] == "error" and events[-1]["code"] == "internal"
+    assert "end" not in {e["type"] for e in events}
+    assert len(settles) == 1 and settles[0]["output_tokens"] > 0  # the generation happened: it is charged
+    assert gateway.meter.usage(SUB, gateway.config.tier("free").limits).reserved == 0
+    _, failures = emitted(capsys.readouterr().out)
+    assert failures == [1.0]
