@@ -1,5 +1,6 @@
-"""The `aigw` command line: the local gateway (`aigw dev`), the offline plan (`aigw plan`), the terminal client
-(`aigw chat`) and the admin commands (`aigw users|limits|usage|cache`, logic in `aigw.admin`)."""
+"""The `aigw` command line: the local gateway (`aigw dev`), the offline plan (`aigw plan`), the account pre-flight
+(`aigw doctor`), the terminal client (`aigw chat`) and the admin commands (`aigw users|limits|usage|cache`, logic
+in `aigw.admin`)."""
 
 from __future__ import annotations
 
@@ -200,6 +201,48 @@ def _print_models(console: Console, settings: Any) -> None:
         if row.warning:
             typer.echo(f"warning: {row.warning}", err=True)
 
+
+
+@app.command()
+def doctor(
+    stack: Annotated[Stack, typer.Option("--stack", help="Which stack file to check the account for.")] = Stack.dev,
+    region: Annotated[str | None, typer.Option("--region", help="AWS region \\[default: the stack's].")] = None,
+    aws_profile: Annotated[
+        str | None, typer.Option("--aws-profile", help="Named AWS profile \\[default: the usual credential chain].")
+    ] = None,
+    expected_users: Annotated[
+        int, typer.Option("--expected-users", min=0, help="Users to onboard (Cognito's e-mail limit).")
+    ] = 50,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the checks as JSON.")] = False,
+) -> None:
+    """Pre-flight an AWS account for `pulumi up`: read-only calls with the real credentials.
+
+    Checks Lambda concurrency, each model's lifecycle, access and profile, AppSync Events, Cognito e-mail and the
+    permissions to deploy. Exit code 1 when a check fails; docs/doctor.md explains each fix.
+    """
+    from aigw import doctor as checks_module
+    from aigw.plan import ROOT
+    from components.settings import SettingsError, StackSettings, stack_file_values
+
+    try:
+        values = stack_file_values(ROOT / f"Pulumi.{stack.value}.yaml")
+        settings = StackSettings.from_values({**values, **({"region": region} if region else {})})
+    except SettingsError as err:
+        typer.echo(str(err), err=True)
+        raise typer.Exit(2) from None
+    client = checks_module.boto3_clients(settings.region, aws_profile)
+    checks = checks_module.run_checks(settings, client, expected_users=expected_users)
+    if as_json:
+        typer.echo(json.dumps([c.as_dict() for c in checks], indent=2))
+    else:
+        colour = {"pass": "green", "warn": "yellow", "fail": "red"}
+        table = Table(title=f"aigw doctor: stack {stack.value}, {settings.region}", show_lines=True)
+        for column in ("check", "status", "detail", "fix"):
+            table.add_column(column, overflow="fold")
+        for check in checks:
+            table.add_row(check.name, f"[{colour[check.status]}]{check.status}[/]", check.detail, check.fix or "-")
+        Console().print(table)
+    raise typer.Exit(checks_module.exit_code(checks))
 
 
 def _plan_cost(mocks: Any, settings: Any, stack: str, profile: str, prices: Path | None, as_json: bool) -> None:
