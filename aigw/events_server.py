@@ -92,6 +92,7 @@ from aigw.emulators.appsync_receiver import (
     published_events,
     sigv4_error,
 )
+from aigw.json_text import JsonTextError, parse_json
 from runtime.channels import COGNITO_AUTH, IAM_AUTH, Channel, parse_channel
 from runtime.errors import InvalidChannelError
 
@@ -332,16 +333,12 @@ def decode_header_subprotocol(value: str) -> dict[str, str]:
     data = value[len(HEADER_SUBPROTOCOL_PREFIX) :]
     try:
         raw = base64.urlsafe_b64decode(data.rstrip("=") + "=" * (-len(data.rstrip("=")) % 4))
-        auth = json.loads(raw)
-    except (binascii.Error, ValueError) as exc:
-        raise _bad_request(f"the header subprotocol is not base64url-encoded JSON: {exc}") from exc
+        auth = parse_json(raw, "the header subprotocol")
+    except (binascii.Error, ValueError):
+        raise _bad_request("the header subprotocol is not base64url-encoded JSON") from None
     if not isinstance(auth, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in auth.items()):
         raise _bad_request("the header subprotocol must encode a JSON object of string headers")
     return auth
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
 
 
 def parse_published_events(events: object) -> list[Any]:
@@ -698,7 +695,7 @@ class EventsServer:
             if _exception_named_unauthorized(exc):
                 raise _unauthorized(str(exc) or "subscription rejected", status=403) from exc
             logger.exception("events server: onSubscribe handler of %r failed", namespace.name)
-            raise OperationError(500, "InternalFailureException", f"the onSubscribe handler failed: {exc!r}") from exc
+            raise OperationError(500, "InternalFailureException", "the onSubscribe handler failed") from exc
         if isinstance(result, dict) and result.get("error"):
             raise _unauthorized(str(result["error"]), status=403)
 
@@ -768,7 +765,7 @@ class EventsServer:
             if _exception_named_unauthorized(exc):
                 raise _unauthorized(str(exc) or "publish rejected", status=403) from exc
             logger.exception("events server: onPublish handler of %r failed", namespace.name)
-            raise OperationError(500, "InternalFailureException", f"the onPublish handler failed: {exc!r}") from exc
+            raise OperationError(500, "InternalFailureException", "the onPublish handler failed") from exc
 
     @staticmethod
     def _handler_results(namespace: NamespaceConfig, ids: list[str], result: Any) -> dict[str, dict[str, Any]]:
@@ -898,9 +895,9 @@ class EventsServer:
             else:
                 identity = await self._authenticate(headers, [])
             try:
-                payload = json.loads(body)
-            except ValueError as exc:
-                raise _bad_request(f"request body is not valid JSON: {exc}") from exc
+                payload = parse_json(body, "the request body")
+            except JsonTextError as exc:
+                raise _bad_request(str(exc)) from None
             if not isinstance(payload, dict):
                 raise _bad_request("request body must be a JSON object")
             result = await self.publish(
@@ -986,9 +983,9 @@ class EventsServer:
     def _dispatch(self, connection: _Connection, data: str) -> None:
         """Handle one text frame: answer at once, or start its (serialised) operation."""
         try:
-            message = json.loads(data)
-        except ValueError as exc:
-            connection.send(self._error_frame("error", None, _bad_request(f"the message is not valid JSON: {exc}")))
+            message = parse_json(data, "the message")
+        except JsonTextError as exc:
+            connection.send(self._error_frame("error", None, _bad_request(str(exc))))
             return
         if not isinstance(message, dict):
             connection.send(self._error_frame("error", None, _bad_request("the message must be a JSON object")))

@@ -72,6 +72,8 @@ class Gatekeeper:
             payload = event.get("payload")
             request_id = protocol.safe_request_id(payload)
             conversation_id = protocol.safe_conversation_id(payload)
+            observability.bind_request(request_id, user_id=sub if isinstance(sub, str) else "")
+            job: protocol.WorkerJob | None = None
             try:
                 if denial is not None:
                     raise denial
@@ -85,7 +87,9 @@ class Gatekeeper:
             except Exception:
                 observability.logger.exception("gatekeeper failed", extra={"request_id": request_id})
                 failure = Rejection("internal", "the gateway could not take this request; please retry")
-                self._reject(sub, tier, request_id, conversation_id, failure)
+                if job is not None:  # admitted, then the hand-over failed: nothing will answer, so release now
+                    failure.window, failure.month = self._release(job)
+                self._reject(sub, tier, request_id, conversation_id, failure, job=job)
                 answers.append({"id": event.get("id"), "error": f"{failure.code}: {failure.message}"})
         return answers
 
@@ -147,9 +151,33 @@ class Gatekeeper:
             expired_reservations=decision.expired_reservations if decision else 0,
         )
 
+    def _release(self, job: protocol.WorkerJob) -> tuple[int | None, int | None]:
+        """Give an admitted job's reservation back (settled at 0 tokens); the remaining (window, month) after.
+
+        Should this write fail too, the lease still releases it (and the expired-reservations alarm sees it); the
+        remaining budget is then unknown. Should the invoke have been delivered after all (it reported failure,
+        yet the worker runs), the worker's settle finds the reservation settled and changes nothing: that rare
+        answer goes uncharged, rather than the common failure charging for nothing.
+        """
+        if job.reservation_id is None:
+            return job.window_remaining, job.month_remaining
+        try:
+            self.meter.settle(job.user_id, job.reservation_id, input_tokens=0, output_tokens=0)
+        except Exception:
+            observability.logger.exception("release failed", extra={"request_id": job.request_id})
+            return None, None
+        return job.window_remaining + job.reserved_tokens, job.month_remaining + job.reserved_tokens
+
     def _reject(
-        self, sub: Any, tier: TierSettings, request_id: str, conversation_id: str | None, rejection: Rejection
+        self,
+        sub: Any,
+        tier: TierSettings,
+        request_id: str,
+        conversation_id: str | None,
+        rejection: Rejection,
+        job: protocol.WorkerJob | None = None,
     ) -> None:
+        """Record and tell a refusal or failure; `job` when it happened after admission (its reservation named)."""
         outcome = "refused" if rejection.refusal_reason else "error"
         observability.record_request(
             observability.UsageRecord(
@@ -158,13 +186,13 @@ class Gatekeeper:
                 user_id=sub if isinstance(sub, str) else "",
                 tier=tier.name,
                 conversation_id=conversation_id,
-                model_id="",
+                model_id=job.model_id if job else "",
                 outcome=outcome,
                 refusal_reason=rejection.refusal_reason,
                 error_code=None if rejection.refusal_reason else rejection.code,
                 input_tokens=0,
                 output_tokens=0,
-                reserved_tokens=0,
+                reserved_tokens=job.reserved_tokens if job else 0,
                 ttft_ms=None,
                 latency_ms=None,
                 cache_hit=False,

@@ -157,5 +157,5 @@ def gatekeeper_handler(event: dict[str, Any], context: Any) -> Any:
 
 def worker_handler(event: dict[str, Any] | str, context: Any) -> None:
     job = protocol.WorkerJob.model_validate(json.loads(event) if isinstance(event, str) else event)
-    observability.logger.set_correlation_id(job.request_id)
+    observability.bind_request(job.request_id, user_id=job.user_id)
     worker().handle(job)

@@ -200,11 +200,13 @@ metrics = Metrics(namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE") or ME
 
 def bind_request(request_id: str, **keys: Any) -> None:
     """Start a request's log context: forget the previous request's keys, make ``request_id`` the correlation id
-    of every following line, and append ``keys`` (e.g. ``user_id``) to them."""
-    logger.clear_state()
-    logger.set_correlation_id(request_id)
-    if keys:
-        logger.append_keys(**keys)
+    of every following line, and append ``keys`` (e.g. ``user_id``) to them.
+
+    The keys are Powertools' thread-safe (context-local) ones, not ``set_correlation_id``'s process-global ones:
+    in Lambda a process serves one request at a time either way, but `aigw dev` runs handlers on threads, where
+    global keys let one request's lines carry another's correlation id."""
+    logger.thread_safe_clear_keys()
+    logger.thread_safe_append_keys(correlation_id=request_id, **keys)
 
 
 def log_prompt(request_id: str, messages: Any, answer: str | None, enabled: bool) -> None:

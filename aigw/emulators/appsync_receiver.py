@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import logging
 import ssl
 import threading
@@ -32,6 +31,7 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import ReadOnlyCredentials
 
 from aigw.emulators._http import BackgroundHTTPServer, ErrorAnswer, KeepAliveHandler
+from aigw.json_text import JsonTextError, parse_json
 from runtime.channels import parse_channel
 from runtime.errors import InvalidChannelError
 
@@ -164,10 +164,6 @@ def _bad_request(message: str) -> _Rejection:
     return _Rejection(400, "BadRequestException", message)
 
 
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
-
-
 class InvalidEvents(ValueError):
     """A publish's ``events`` break AppSync's limits (1-5 JSON strings of at most 240 KB each)."""
 
@@ -181,22 +177,25 @@ def published_events(events: object) -> list[Any]:
     for index, event in enumerate(events):
         if not isinstance(event, str):
             raise InvalidEvents(f"event {index} must be a string containing JSON, not {type(event).__name__}")
-        size = len(event.encode("utf-8"))
+        try:
+            size = len(event.encode("utf-8"))
+        except UnicodeEncodeError:  # a lone surrogate, from a "\ud800" escape in the body: not text
+            raise InvalidEvents(f"event {index} is not UTF-8 text (it holds a lone surrogate)") from None
         if size > MAX_EVENT_BYTES:
             raise InvalidEvents(f"event {index} is {size} bytes, over the {MAX_EVENT_BYTES}-byte limit")
         try:
-            parsed.append(json.loads(event, parse_constant=_reject_constant))
-        except ValueError as exc:
-            raise InvalidEvents(f"event {index} is not valid JSON: {exc}") from exc
+            parsed.append(parse_json(event, f"event {index}"))
+        except JsonTextError as exc:
+            raise InvalidEvents(str(exc)) from None
     return parsed
 
 
 def _parse_publish(body: bytes) -> tuple[str, list[Any]]:
     """The channel and parsed events of a publish body, validated as AppSync does."""
     try:
-        payload = json.loads(body)
-    except ValueError as exc:
-        raise _bad_request(f"request body is not valid JSON: {exc}") from exc
+        payload = parse_json(body, "the request body")
+    except JsonTextError as exc:
+        raise _bad_request(str(exc)) from None
     if not isinstance(payload, dict):
         raise _bad_request("request body must be a JSON object")
     channel = payload.get("channel")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import re
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
@@ -740,5 +741,68 @@ def test_stopping_the_server_closes_connections() -> None:
         await asyncio.to_thread(thread.stop)
         message = await alice.ws.receive(timeout=TIMEOUT)
         assert message.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
+
+    with_session(scenario)
+
+
+# --------------------------------------------------------------------------------------------- hostile input
+
+# What Python and its json module say, which must never reach a client (it helps only an attacker).
+LEAKS = re.compile(
+    r"codec|Traceback|RecursionError|maximum recursion|Exceeds the limit|sys\.set_int_max_str_digits|Expecting"
+    r"|\(char \d+\)|Error\(|Exception\(|handler bug|surrogates not allowed|\bline \d+ column"
+)
+DEEP = "[" * 100_000 + "]" * 100_000
+HUGE_INT = "1" * 5_000
+
+
+def _publish_body(events_json: str) -> bytes:
+    return ('{"channel": "/open/x", "events": ' + events_json + "}").encode()
+
+
+@pytest.mark.parametrize(("body", "says"), [
+    (b"\xff\xfe{", "not UTF-8"),
+    (b'{"channel": "/open/x", "events": ["1"], "x": "\xe9"}', "not UTF-8"),
+    (DEEP.encode(), "too deeply"),
+    (_publish_body("[" + HUGE_INT + "]"), "digits"),
+    (b"{not json", "line 1, column 2"),
+    (_publish_body(json.dumps([DEEP])), "too deeply"),
+    (_publish_body(json.dumps([HUGE_INT])), "digits"),
+    (_publish_body(json.dumps(["[1, 2"])), "not valid JSON"),
+    (_publish_body(json.dumps(["Infinity"])), "Infinity is not a JSON value"),
+    (_publish_body('["\\ud800"]'), "not"),
+])  # fmt: skip
+def test_hostile_http_publishes_get_a_typed_400_in_our_words(server: EventsServer, body: bytes, says: str) -> None:
+    async def scenario(session: aiohttp.ClientSession) -> tuple[int, dict[str, Any]]:
+        headers = {k: v for k, v in signed_headers(server.http_url, body).items() if k.lower() != "host"}
+        async with session.post(server.http_url, data=body, headers=headers) as response:
+            return response.status, await response.json()
+
+    status, answer = with_session(scenario)
+    [error] = answer["errors"]
+    assert status == 400 and error["errorType"] == "BadRequestException", answer
+    assert says in error["message"] and not LEAKS.search(error["message"]), error["message"]
+
+
+@pytest.mark.parametrize(("text", "says"), [
+    (DEEP, "too deeply"),
+    ('{"type": "publish", "id": "p", "n": ' + HUGE_INT + "}", "digits"),
+    ('{"type": "subscribe", "id": ', "not valid JSON"),
+    (json.dumps({"type": "publish", "id": "p", "channel": "/open/x", "events": [DEEP]}), "too deeply"),
+    (json.dumps({"type": "publish", "id": "p", "channel": "/open/x", "events": [HUGE_INT]}), "digits"),
+    (json.dumps({"type": "subscribe", "id": "s", "channel": "/boom/alice"}), "handler failed"),
+])  # fmt: skip
+def test_hostile_websocket_messages_get_a_typed_error_and_the_connection_lives(
+    server: EventsServer, text: str, says: str
+) -> None:
+    async def scenario(session: aiohttp.ClientSession) -> None:
+        alice = await Client.connect(server, session)
+        await alice.ws.send_str(text)
+        frame = await alice.recv()
+        assert frame["type"].endswith("error"), frame
+        [error] = frame["errors"]
+        assert says in error["message"] and not LEAKS.search(json.dumps(frame)), frame
+        # The connection keeps serving.
+        assert (await alice.subscribe("ok", "/open/fine"))["type"] == "subscribe_success"
 
     with_session(scenario)

@@ -8,6 +8,7 @@ import io
 import json
 import logging
 import re
+import threading
 import typing
 import warnings
 from collections.abc import Callable, Iterator
@@ -310,6 +311,28 @@ def test_a_lone_surrogate_does_not_lose_the_line(capsys: pytest.CaptureFixture[s
     (line,) = usage_lines(parse_lines(captured_out.out))
     assert line["usage"] == dataclasses.asdict(record)
     assert "Logging error" not in captured_out.err
+
+
+def test_requests_on_threads_keep_their_own_correlation_id(capsys: pytest.CaptureFixture[str]) -> None:
+    # `aigw dev` runs handlers on threads: each request's lines must carry its own id, however they interleave.
+    rounds, names = 50, ("req-a", "req-b", "req-c")
+    barrier = threading.Barrier(len(names))
+
+    def serve(request_id: str) -> None:
+        obs.bind_request(request_id, user_id=f"user-of-{request_id}")
+        for n in range(rounds):
+            barrier.wait()  # every thread has bound its request before any logs this round
+            logger.info("step", extra={"request_id": request_id, "n": n})
+
+    threads = [threading.Thread(target=serve, args=(name,)) for name in names]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    lines = [line for line in parse_lines(capsys.readouterr().out) if line.get("message") == "step"]
+    assert len(lines) == rounds * len(names)
+    assert all(line["correlation_id"] == line["request_id"] for line in lines)
+    assert all(line["user_id"] == f"user-of-{line['request_id']}" for line in lines)
 
 
 def test_bind_request_forgets_the_previous_request(capsys: pytest.CaptureFixture[str]) -> None:

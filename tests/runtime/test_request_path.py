@@ -488,3 +488,44 @@ def test_a_delta_refused_twice_ends_the_answer_with_an_error_not_an_end(
     assert gateway.meter.usage(SUB, gateway.config.tier("free").limits).reserved == 0
     _, failures = emitted(capsys.readouterr().out)
     assert failures == [1.0]
+
+
+# -- a hand-over to the worker that fails after admission
+
+
+def test_a_failed_worker_invoke_releases_the_reservation_and_the_record_names_it(
+    gateway: Gateway, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def invoke(job: protocol.WorkerJob) -> None:
+        raise ConnectionError("Lambda Invoke: connection reset")
+
+    monkeypatch.setattr(gateway.gatekeeper, "invoke_worker", invoke)
+    limits = gateway.config.tier("free").limits
+    for attempt in range(8):  # the client retries, as told; 8 × 512 granted would exceed the 4,000 window
+        [answer] = gateway.publish(ask(requestId=f"req-{attempt}"))
+        assert answer["error"].startswith("internal: ")
+        usage = gateway.meter.usage(SUB, limits)
+        assert usage.reserved == 0 and usage.window_used == 0 and usage.month_used == 0
+    error = gateway.events()[-1]
+    assert error["type"] == "error" and error["code"] == "internal"
+    assert error["remaining"] == {"window": 4_000, "month": 50_000}  # what is really left, after the release
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    records = [line["usage"] for line in lines if line.get("record_type") == "usage"]
+    assert len(records) == 8 and all(r["outcome"] == "error" and r["error_code"] == "internal" for r in records)
+    assert all(r["reserved_tokens"] > 0 and r["model_id"] == MODEL for r in records)
+    # After all that, a request with a working hand-over is admitted at once.
+    monkeypatch.undo()
+    [answer] = gateway.publish(ask(requestId="req-ok"))
+    assert answer["payload"]["status"] == "accepted"
+
+
+def test_a_release_that_fails_too_still_answers_and_leaves_the_lease_to_release(
+    gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(gateway.gatekeeper, "invoke_worker", lambda job: (_ for _ in ()).throw(OSError("gone")))
+    monkeypatch.setattr(gateway.meter, "settle", lambda *a, **k: (_ for _ in ()).throw(OSError("dynamodb gone")))
+    [answer] = gateway.publish(ask(requestId="req-x"))
+    assert answer["error"].startswith("internal: ")
+    error = gateway.events()[-1]
+    assert error["code"] == "internal" and "remaining" not in error  # unknown, so not claimed
+    assert gateway.meter.usage(SUB, gateway.config.tier("free").limits).reserved > 0  # until the lease expires
