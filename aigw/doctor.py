@@ -72,6 +72,14 @@ def _error(err: Exception) -> tuple[str, str]:
 # ------------------------------------------------------------------------------------------- pure checks
 
 
+def _not_read(name: str, err: Exception, permission: str, missing: str, missing_fix: str) -> Check:
+    """A read that failed: the thing does not exist (fail, `missing`), or could not be read (warn)."""
+    code, message = _error(err)
+    if code in ("ResourceNotFoundException", "ValidationException"):
+        return Check(name, "fail", f"{missing} ({code}: {message})", missing_fix)
+    return Check(name, "warn", f"could not read it ({code}: {message})", f"grant {permission} to check")
+
+
 def check_identity(caller: Mapping[str, Any] | Exception) -> Check:
     if isinstance(caller, Exception):
         code, message = _error(caller)
@@ -113,12 +121,8 @@ def check_lifecycle(model_id: str, answer: Mapping[str, Any] | Exception, *, now
     base, _ = split_profile(model_id)
     name = f"model {model_id}: lifecycle"
     if isinstance(answer, Exception):
-        code, message = _error(answer)
-        if code in ("ResourceNotFoundException", "ValidationException"):
-            return Check(name, "fail", f"{base} is not offered in this region ({code}: {message})",
+        return _not_read(name, answer, "bedrock:GetFoundationModel", f"{base} is not offered in this region",
                          "pick a model the region offers (aws bedrock list-foundation-models) or change aws:region")
-        return Check(name, "warn", f"could not read {base} ({code}: {message})",
-                     "grant bedrock:GetFoundationModel to check")
     lifecycle = answer.get("modelDetails", {}).get("modelLifecycle", {})
     status = lifecycle.get("status")
     if status == "LEGACY":
@@ -169,11 +173,9 @@ def check_access(model_id: str, answer: Mapping[str, Any] | Exception) -> Check:
 def check_profile(profile_id: str, answer: Mapping[str, Any] | Exception) -> Check:
     name = f"model {profile_id}: inference profile"
     if isinstance(answer, Exception):
-        code, message = _error(answer)
-        if code in ("ResourceNotFoundException", "ValidationException"):
-            return Check(name, "fail", f"no inference profile {profile_id} in this region ({code}: {message})",
-                         "use a profile the region offers (aws bedrock list-inference-profiles) or the bare model id")
-        return Check(name, "warn", f"could not read it ({code}: {message})", "grant bedrock:GetInferenceProfile")
+        return _not_read(name, answer, "bedrock:GetInferenceProfile", f"no inference profile {profile_id} in this "
+                         "region", "use a profile the region offers (aws bedrock list-inference-profiles) or the "
+                         "bare model id")
     status = answer.get("status")
     if status != "ACTIVE":
         return Check(name, "fail", f"{profile_id} is {status}", "use an ACTIVE inference profile")
