@@ -5,6 +5,10 @@ input, look up the answer cache, admit through the Meter, then hand the admitted
 (asynchronous invoke) and answer the event as accepted. A refused or invalid event is answered with an
 `error` *and* a typed `error` event on the user's `responses` channel, so a UI subscribed there sees why in
 the same stream. Nothing of a refused or invalid request reaches the model or the meter.
+
+`requestId` is the client's idempotency key, per user: the meter remembers it with the reservation (in the
+same conditional write, so no extra round trip), and a publish of a requestId it still remembers is answered
+`accepted` again without invoking the worker or reserving anything.
 """
 
 from __future__ import annotations
@@ -35,6 +39,10 @@ class Rejection(Exception):  # not frozen: raising sets __traceback__
     month: int | None = None
     refusal_reason: str | None = None
     expired_reservations: int = 0
+
+
+class _AlreadyAccepted(Exception):
+    """The requestId was admitted before and the meter still remembers it."""
 
 
 class Gatekeeper:
@@ -81,6 +89,11 @@ class Gatekeeper:
                 job = self._admit(sub, tier, channel, payload, request_id)
                 self.invoke_worker(job)
                 answers.append({"id": event.get("id"), "payload": {"requestId": request_id, "status": "accepted"}})
+            except _AlreadyAccepted:
+                # A retry of a request already admitted (e.g. after a timeout): same answer, no second model
+                # call, no second charge. Its answer streams (or streamed) on the responses channel.
+                observability.logger.info("duplicate request: already accepted", extra={"request_id": request_id})
+                answers.append({"id": event.get("id"), "payload": {"requestId": request_id, "status": "accepted"}})
             except Rejection as rejection:
                 self._reject(sub, tier, request_id, conversation_id, rejection)
                 answers.append({"id": event.get("id"), "error": f"{rejection.code}: {rejection.message}"})
@@ -123,7 +136,11 @@ class Gatekeeper:
 
         decision = None
         if max_output > 0:
-            decision = self.meter.admit(sub, tier.limits, input_tokens=input_estimate, max_output_tokens=max_output)
+            decision = self.meter.admit(
+                sub, tier.limits, input_tokens=input_estimate, max_output_tokens=max_output, request_key=request_id
+            )
+            if decision.duplicate_of is not None:
+                raise _AlreadyAccepted()
             if not decision.admitted:
                 raise _refusal(decision)
         if decision is None:

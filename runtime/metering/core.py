@@ -92,6 +92,7 @@ class Entry:
     lease_until: float
     keep_until: float
     status: Status
+    request_key: str | None = None  # the client's requestId: a second admit with it is a duplicate
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +122,8 @@ class Decision:
     month_remaining: int
     limits: Limits
     expired_reservations: int = 0  # leases found expired while deciding (for the ExpiredReservations metric)
+    # Set when the request key was already admitted: nothing reserved, and this is the earlier reservation.
+    duplicate_of: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -276,8 +279,14 @@ def admit(
     *,
     lease_seconds: float = DEFAULT_LEASE_SECONDS,
     grace_seconds: float = DEFAULT_LEASE_SECONDS,
+    request_key: str | None = None,
 ) -> tuple[Decision, MeterState | None]:
-    """Reserve `input + granted_output` if at least the minimum output fits; otherwise refuse (no new state)."""
+    """Reserve `input + granted_output` if at least the minimum output fits; otherwise refuse (no new state).
+
+    `request_key` (the client's requestId) makes admission idempotent for as long as the entry is remembered
+    (its lease, and once settled until its bucket's end plus a lease): a key already held answers a decision
+    with `duplicate_of` set, reserves nothing and writes nothing.
+    """
     check_token_count("input_tokens", input_tokens)
     check_token_count("max_output_tokens", max_output_tokens, positive=True)
     limits = effective_limits(state, tier_limits)
@@ -287,6 +296,23 @@ def admit(
     granted = min(max_output_tokens, window_left - input_tokens, month_left - input_tokens)
 
     held = held_entries(state, now)
+    if request_key is not None:
+        earlier = next((rid for rid, e in held.items() if e.request_key == request_key), None)
+        if earlier is not None:
+            decision = Decision(
+                admitted=False,
+                reservation_id=None,
+                granted_output_tokens=0,
+                reserved_tokens=0,
+                reason=None,
+                retry_after_s=None,
+                window_remaining=max(0, window_left),
+                month_remaining=max(0, month_left),
+                limits=limits,
+                expired_reservations=n_expired,
+                duplicate_of=earlier,
+            )
+            return decision, None
     if granted < _min_output(limits, max_output_tokens) or len(held) >= MAX_ENTRIES:
         if granted < _min_output(limits, max_output_tokens):
             reason, retry = _refusal(state, limits, input_tokens, max_output_tokens, now)
@@ -322,6 +348,7 @@ def admit(
         lease_until=lease_until,
         keep_until=lease_until + grace_seconds,
         status="live",
+        request_key=request_key,
     )
     buckets, months = dict(state.buckets), dict(state.months)
     buckets[bucket] = buckets.get(bucket, 0) + reserved

@@ -96,6 +96,7 @@ def _entry_to_item(e: Entry) -> dict[str, Any]:
             "lu": _n(e.lease_until),
             "ku": _n(e.keep_until),
             "st": {"S": e.status},
+            **({"rq": {"S": e.request_key}} if e.request_key is not None else {}),
         }
     }
 
@@ -111,6 +112,7 @@ def _entry_from_item(attr: dict[str, Any]) -> Entry:
         lease_until=float(_num(m["lu"])),
         keep_until=float(_num(m["ku"])),
         status=m["st"]["S"],
+        request_key=m["rq"]["S"] if "rq" in m else None,
     )
 
 
@@ -195,8 +197,13 @@ class Meter:
 
     # -- writes
 
-    def admit(self, user_id: str, limits: Limits, input_tokens: int, max_output_tokens: int) -> Decision:
-        """Reserve `input_tokens` plus as much output as fits (at most `max_output_tokens`), or refuse."""
+    def admit(
+        self, user_id: str, limits: Limits, input_tokens: int, max_output_tokens: int, request_key: str | None = None
+    ) -> Decision:
+        """Reserve `input_tokens` plus as much output as fits (at most `max_output_tokens`), or refuse.
+
+        With `request_key`, a key this user's item still remembers is answered as a duplicate (`duplicate_of`),
+        in the same read and no write: idempotency costs no extra round trip."""
         _check_limits(limits)
         key = _user_key(user_id)
         core.check_token_count("input_tokens", input_tokens)
@@ -212,6 +219,7 @@ class Meter:
                 lambda: secrets.token_hex(8),
                 lease_seconds=self.lease_seconds,
                 grace_seconds=self.lease_seconds,
+                request_key=request_key,
             )
 
         # A conflict whose current item already holds our reservation means our write landed but its answer

@@ -295,3 +295,40 @@ def test_the_number_of_remembered_admissions_is_bounded() -> None:
     later = now + refused.retry_after_s
     assert core.admit(state, limits, 1, 1, later, lambda: "fffffffe")[0].admitted
     assert not core.admit(state, limits, 1, 1, later - 0.05, lambda: "fffffffd")[0].admitted
+
+
+@given(limits=limits_strategy, start=start_strategy, ops=ops_strategy, settled=st.booleans(),
+       later=st.floats(0, LEASE - 1, allow_nan=False))
+def test_a_request_key_admitted_once_is_a_duplicate_while_remembered_and_reserves_nothing(
+    limits: Limits, start: float, ops: list, settled: bool, later: float
+) -> None:
+    h = CoreHarness(limits, start)
+    h.run(ops)
+    first, state = core.admit(h.state, limits, 10, 50, h.now, lambda: "aaaaaaaa", lease_seconds=LEASE,
+                              request_key="req-1")
+    assume(first.admitted and state is not None)
+    if settled:
+        _, state = core.settle(state, first.reservation_id, 10, 20, h.now)
+        assert state is not None
+    again, unchanged = core.admit(state, limits, 10, 50, h.now + later, lambda: "bbbbbbbb", lease_seconds=LEASE,
+                                  request_key="req-1")
+    assert again.duplicate_of == first.reservation_id and not again.admitted and unchanged is None
+    assert again.reserved_tokens == 0 and again.reservation_id is None
+    # Another key is decided on its merits, as if the duplicate had never been asked.
+    other, _ = core.admit(state, limits, 10, 50, h.now + later, lambda: "cccccccc", lease_seconds=LEASE,
+                          request_key="req-2")
+    plain, _ = core.admit(state, limits, 10, 50, h.now + later, lambda: "cccccccc", lease_seconds=LEASE)
+    assert other.duplicate_of is None and other.admitted == plain.admitted
+
+
+def test_a_request_key_is_forgotten_with_its_entry() -> None:
+    limits = Limits(window_tokens=10_000, monthly_tokens=100_000)
+    first, state = core.admit(MeterState(), limits, 10, 50, MID_MONTH, lambda: "aaaaaaaa", lease_seconds=LEASE,
+                              request_key="req-1")
+    assert state is not None
+    _, state = core.settle(state, first.reservation_id, 10, 20, MID_MONTH)
+    assert state is not None
+    forgotten = max(e.keep_until for e in state.entries.values())
+    again, new_state = core.admit(state, limits, 10, 50, forgotten, lambda: "bbbbbbbb", lease_seconds=LEASE,
+                                  request_key="req-1")
+    assert again.admitted and again.duplicate_of is None and new_state is not None

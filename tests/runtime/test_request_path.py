@@ -529,3 +529,39 @@ def test_a_release_that_fails_too_still_answers_and_leaves_the_lease_to_release(
     error = gateway.events()[-1]
     assert error["code"] == "internal" and "remaining" not in error  # unknown, so not claimed
     assert gateway.meter.usage(SUB, gateway.config.tier("free").limits).reserved > 0  # until the lease expires
+
+
+# -- requestId as the idempotency key
+
+
+def test_a_retried_request_id_is_accepted_again_without_a_second_model_call_or_charge(gateway: Gateway) -> None:
+    request = ask(requestId="req-twice", conversationId="conv-1")
+    [first] = gateway.publish(request)
+
+    def metering_item() -> Any:
+        return gateway.dynamodb.scan(TableName=gateway.config.metering_table)["Items"]
+
+    before = metering_item()
+    gateway.calls.clear()
+    [again] = gateway.publish(request)  # e.g. the client's retry after its publish timed out
+    assert first == again == {"id": "e1", "payload": {"requestId": "req-twice", "status": "accepted"}}
+    assert len(gateway.jobs) == 1  # one worker invoke
+    assert metering_item() == before and gateway.calls["PutItem"] == 0  # the duplicate wrote nothing
+    gateway.run_jobs()
+    end = gateway.events()[-1]
+    assert end["type"] == "end" and len(gateway.bedrock.requests) == 1
+    usage = gateway.meter.usage(SUB, gateway.config.tier("free").limits)
+    assert usage.month_used == end["usage"]["input"] + end["usage"]["output"]  # charged once
+    # Answered and settled, it is still remembered: a late retry is not a new request either.
+    [late] = gateway.publish(request)
+    assert late["payload"]["status"] == "accepted" and gateway.jobs == []
+    assert gateway.meter.usage(SUB, gateway.config.tier("free").limits).month_used == usage.month_used
+    # A new requestId is a new request.
+    [fresh] = gateway.publish(ask(requestId="req-new", conversationId="conv-1"))
+    assert fresh["payload"]["status"] == "accepted" and len(gateway.jobs) == 1
+
+
+def test_the_same_request_id_from_another_user_is_theirs(gateway: Gateway) -> None:
+    gateway.publish(ask(requestId="req-shared"))
+    gateway.publish(ask(requestId="req-shared"), sub=OTHER, channel=f"/chat/{OTHER}")
+    assert [job.user_id for job in gateway.jobs] == [SUB, OTHER]
