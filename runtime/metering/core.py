@@ -296,30 +296,10 @@ def admit(
     granted = min(max_output_tokens, window_left - input_tokens, month_left - input_tokens)
 
     held = held_entries(state, now)
-    if request_key is not None:
-        earlier = next((rid for rid, e in held.items() if e.request_key == request_key), None)
-        if earlier is not None:
-            decision = Decision(
-                admitted=False,
-                reservation_id=None,
-                granted_output_tokens=0,
-                reserved_tokens=0,
-                reason=None,
-                retry_after_s=None,
-                window_remaining=max(0, window_left),
-                month_remaining=max(0, month_left),
-                limits=limits,
-                expired_reservations=n_expired,
-                duplicate_of=earlier,
-            )
-            return decision, None
-    if granted < _min_output(limits, max_output_tokens) or len(held) >= MAX_ENTRIES:
-        if granted < _min_output(limits, max_output_tokens):
-            reason, retry = _refusal(state, limits, input_tokens, max_output_tokens, now)
-        else:
-            # Too many admissions still remembered: the item would outgrow DynamoDB's 400 KB. Retry when the
-            # oldest is forgotten (tiny requests from one user, many per second, are the only way here).
-            reason, retry = "window", _delay_until(now, min(_forgotten_at(e) for e in held.values()))
+
+    def not_admitted(
+        reason: RefusalReason | None, retry: float | None, duplicate_of: str | None = None
+    ) -> tuple[Decision, None]:
         decision = Decision(
             admitted=False,
             reservation_id=None,
@@ -331,8 +311,20 @@ def admit(
             month_remaining=max(0, month_left),
             limits=limits,
             expired_reservations=n_expired,
+            duplicate_of=duplicate_of,
         )
         return decision, None
+
+    if request_key is not None:
+        earlier = next((rid for rid, e in held.items() if e.request_key == request_key), None)
+        if earlier is not None:
+            return not_admitted(None, None, duplicate_of=earlier)
+    if granted < _min_output(limits, max_output_tokens):
+        return not_admitted(*_refusal(state, limits, input_tokens, max_output_tokens, now))
+    if len(held) >= MAX_ENTRIES:
+        # Too many admissions still remembered: the item would outgrow DynamoDB's 400 KB. Retry when the
+        # oldest is forgotten (tiny requests from one user, many per second, are the only way here).
+        return not_admitted("window", _delay_until(now, min(_forgotten_at(e) for e in held.values())))
 
     reserved = input_tokens + granted
     bucket, month = bucket_of(now), month_key(now)
