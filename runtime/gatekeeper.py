@@ -124,7 +124,12 @@ class Gatekeeper:
         conversation_id = _conversation(channel, request)
         model_id = request.model_id or tier.model
         if model_id not in tier.models:
-            raise Rejection("model_not_allowed", f"model {model_id!r} is not available on the {tier.name} tier")
+            offered = ", ".join(tier.models)
+            raise Rejection(
+                "model_not_allowed",
+                f"model {model_id!r} is not available on the {tier.name} tier; it offers {offered} "
+                f"(leave modelId out for {tier.model})",
+            )
 
         messages = request.converse_messages()
         input_estimate = protocol.estimate_input_tokens(messages)

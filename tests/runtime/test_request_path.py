@@ -166,6 +166,7 @@ def test_deltas_are_coalesced_into_few_publishes_of_at_most_five_events(gateway:
 def test_tier_comes_from_the_strongest_group_and_models_are_allow_listed(gateway: Gateway) -> None:
     [denied] = gateway.publish(ask(modelId=BIG_MODEL))
     assert denied["error"].startswith("model_not_allowed")
+    assert denied["error"].endswith(f"the free tier; it offers {MODEL} (leave modelId out for {MODEL})")
     [accepted] = gateway.publish(ask(modelId=BIG_MODEL), groups=["free", "pro"])
     assert "payload" in accepted
     assert gateway.jobs[-1].tier == "pro" and gateway.jobs[-1].model_id == BIG_MODEL
