@@ -41,8 +41,18 @@ class Rejection(Exception):  # not frozen: raising sets __traceback__
     expired_reservations: int = 0
 
 
+@dataclass
 class _AlreadyAccepted(Exception):
-    """The requestId was admitted before and the meter still remembers it."""
+    """The requestId was admitted before and the meter still remembers it; `answered` once it was settled."""
+
+    answered: bool
+    conversation_id: str | None
+    window: int
+    month: int
+
+
+# Until answers can be replayed, a retry of an answered request is told so: accepted, yet nothing else would come.
+ALREADY_ANSWERED = "this requestId was already answered; to ask again, send the request with a new requestId"
 
 
 class Gatekeeper:
@@ -89,11 +99,16 @@ class Gatekeeper:
                 job = self._admit(sub, tier, channel, payload, request_id)
                 self.invoke_worker(job)
                 answers.append({"id": event.get("id"), "payload": {"requestId": request_id, "status": "accepted"}})
-            except _AlreadyAccepted:
+            except _AlreadyAccepted as duplicate:
                 # A retry of a request already admitted (e.g. after a timeout): same answer, no second model
                 # call, no second charge. Its answer streams (or streamed) on the responses channel.
                 observability.logger.info("duplicate request: already accepted", extra={"request_id": request_id})
                 answers.append({"id": event.get("id"), "payload": {"requestId": request_id, "status": "accepted"}})
+                if duplicate.answered:
+                    assert isinstance(sub, str)
+                    self._tell(sub, request_id, duplicate.conversation_id, protocol.error_event(
+                        request_id, duplicate.conversation_id, "invalid_request", ALREADY_ANSWERED,
+                        window=duplicate.window, month=duplicate.month))  # fmt: skip
             except Rejection as rejection:
                 self._reject(sub, tier, request_id, conversation_id, rejection)
                 answers.append({"id": event.get("id"), "error": f"{rejection.code}: {rejection.message}"})
@@ -145,7 +160,9 @@ class Gatekeeper:
                 sub, tier.limits, input_tokens=input_estimate, max_output_tokens=max_output, request_key=request_id
             )
             if decision.duplicate_of is not None:
-                raise _AlreadyAccepted()
+                raise _AlreadyAccepted(
+                    decision.duplicate_answered, conversation_id, decision.window_remaining, decision.month_remaining
+                )
             if not decision.admitted:
                 raise _refusal(decision)
         if decision is None:
@@ -184,7 +201,7 @@ class Gatekeeper:
         if job.reservation_id is None:
             return job.window_remaining, job.month_remaining
         try:
-            self.meter.settle(job.user_id, job.reservation_id, input_tokens=0, output_tokens=0)
+            self.meter.release(job.user_id, job.reservation_id)  # and its requestId: a retry is a new request
         except Exception:
             observability.logger.exception("release failed", extra={"request_id": job.request_id})
             return None, None
@@ -234,10 +251,14 @@ class Gatekeeper:
             window=rejection.window,
             month=rejection.month,
         )
+        self._tell(sub, request_id, conversation_id, event)
+
+    def _tell(self, sub: str, request_id: str, conversation_id: str | None, event: dict[str, Any]) -> None:
+        """Publish `event` on the caller's responses channel; a failure is logged, never raised."""
         try:
             self.publish(channels.responses_channel(sub, conversation_id), [event])
         except Exception:
-            # The event's own error answer still tells the client; a failed courtesy publish must not.
+            # The event's own answer still tells the client; a failed courtesy publish must not.
             observability.logger.exception("could not publish the error event", extra={"request_id": request_id})
 
 

@@ -122,8 +122,10 @@ class Decision:
     month_remaining: int
     limits: Limits
     expired_reservations: int = 0  # leases found expired while deciding (for the ExpiredReservations metric)
-    # Set when the request key was already admitted: nothing reserved, and this is the earlier reservation.
+    # Set when the request key was already admitted: nothing reserved, and this is the earlier reservation;
+    # `duplicate_answered` when that one is settled (answered), not still in flight.
     duplicate_of: str | None = None
+    duplicate_answered: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -298,7 +300,7 @@ def admit(
     held = held_entries(state, now)
 
     def not_admitted(
-        reason: RefusalReason | None, retry: float | None, duplicate_of: str | None = None
+        reason: RefusalReason | None, retry: float | None, duplicate_of: str | None = None, answered: bool = False
     ) -> tuple[Decision, None]:
         decision = Decision(
             admitted=False,
@@ -312,13 +314,16 @@ def admit(
             limits=limits,
             expired_reservations=n_expired,
             duplicate_of=duplicate_of,
+            duplicate_answered=answered,
         )
         return decision, None
 
     if request_key is not None:
-        earlier = next((rid for rid, e in held.items() if e.request_key == request_key), None)
+        # Only a request in flight or answered is a duplicate: one whose lease expired was never answered.
+        earlier = next((rid for rid, e in held.items() if e.request_key == request_key and e.status != "expired"),
+                       None)  # fmt: skip
         if earlier is not None:
-            return not_admitted(None, None, duplicate_of=earlier)
+            return not_admitted(None, None, duplicate_of=earlier, answered=held[earlier].status == "settled")
     if granted < _min_output(limits, max_output_tokens):
         return not_admitted(*_refusal(state, limits, input_tokens, max_output_tokens, now))
     if len(held) >= MAX_ENTRIES:
@@ -451,8 +456,11 @@ def settle(
     now: float,
     *,
     lease_seconds: float = DEFAULT_LEASE_SECONDS,
+    forget_request_key: bool = False,
 ) -> tuple[Settlement, MeterState | None]:
-    """Replace a reservation's charge with the actual usage. Returns no new state when nothing changes."""
+    """Replace a reservation's charge with the actual usage. Returns no new state when nothing changes.
+
+    `forget_request_key`: the request was never answered (a release), so its key may be admitted again."""
     ref = parse_reservation_id(reservation_id)
     check_token_count("input_tokens", input_tokens)
     check_token_count("output_tokens", output_tokens)
@@ -491,7 +499,11 @@ def settle(
     buckets[entry.bucket] = buckets.get(entry.bucket, 0) + delta
     months[entry.month] = months.get(entry.month, 0) + delta
     entries[reservation_id] = replace(
-        entry, charged=change.charged, status="settled", keep_until=settled_keep_until(ref, lease_seconds)
+        entry,
+        charged=change.charged,
+        status="settled",
+        keep_until=settled_keep_until(ref, lease_seconds),
+        request_key=None if forget_request_key else entry.request_key,
     )
     new_state = replace(
         state,

@@ -229,7 +229,15 @@ class Meter:
             key, self._read(key), decide, lambda d, item: _holds(item, d.reservation_id), f"admit for {user_id!r}"
         )
 
-    def settle(self, user_id: str, reservation_id: str, input_tokens: int, output_tokens: int) -> Settlement:
+    def release(self, user_id: str, reservation_id: str) -> Settlement:
+        """Give back a reservation whose request will never be answered (settled at 0 tokens), forgetting its
+        request key so a retry with the same requestId is admitted as new. One write, as `settle`."""
+        return self.settle(user_id, reservation_id, 0, 0, _forget_request_key=True)
+
+    def settle(
+        self, user_id: str, reservation_id: str, input_tokens: int, output_tokens: int, *,
+        _forget_request_key: bool = False,
+    ) -> Settlement:
         """Replace a reservation with the actual usage. Idempotent; late and unknown ids still record usage."""
         key = _user_key(user_id)
         ref = core.parse_reservation_id(reservation_id)
@@ -246,6 +254,7 @@ class Meter:
                     "SET wb.#b = if_not_exists(wb.#b, :zero) + :delta, mo.#m = if_not_exists(mo.#m, :zero) + :delta,"
                     " rs.#r.ch = :charged, rs.#r.st = :settled, rs.#r.ku = :keep,"
                     " os = if_not_exists(os, :zero) + :over, v = v + :one"
+                    + (" REMOVE rs.#r.rq" if _forget_request_key else "")
                 ),
                 ConditionExpression="rs.#r.st = :live AND rs.#r.lu > :now",
                 ExpressionAttributeNames={"#b": str(ref.bucket), "#m": ref.month, "#r": reservation_id},
@@ -270,7 +279,8 @@ class Meter:
             key,
             item,
             lambda state, now: core.settle(
-                state, reservation_id, input_tokens, output_tokens, now, lease_seconds=self.lease_seconds
+                state, reservation_id, input_tokens, output_tokens, now, lease_seconds=self.lease_seconds,
+                forget_request_key=_forget_request_key,
             ),
             lambda _settlement, _item: False,
             f"settle for {user_id!r}",

@@ -332,3 +332,30 @@ def test_a_request_key_is_forgotten_with_its_entry() -> None:
     again, new_state = core.admit(state, limits, 10, 50, forgotten, lambda: "bbbbbbbb", lease_seconds=LEASE,
                                   request_key="req-1")
     assert again.admitted and again.duplicate_of is None and new_state is not None
+
+
+def test_a_request_key_whose_lease_expired_unanswered_or_was_released_is_admitted_again() -> None:
+    limits = Limits(window_tokens=10_000, monthly_tokens=100_000)
+    first, state = core.admit(MeterState(), limits, 10, 50, MID_MONTH, lambda: "aaaaaaaa", lease_seconds=LEASE,
+                              request_key="req-1")
+    assert state is not None
+    # The worker died: once the lease is over, the request was never answered, so it may run.
+    expired, _ = core.admit(state, limits, 10, 50, MID_MONTH + LEASE, lambda: "bbbbbbbb", lease_seconds=LEASE,
+                            request_key="req-1")
+    assert expired.admitted and expired.duplicate_of is None
+    # Released (the hand-over failed): the key is forgotten at once.
+    _, released = core.settle(state, first.reservation_id, 0, 0, MID_MONTH, lease_seconds=LEASE,
+                              forget_request_key=True)
+    assert released is not None
+    again, _ = core.admit(released, limits, 10, 50, MID_MONTH + 1, lambda: "cccccccc", lease_seconds=LEASE,
+                          request_key="req-1")
+    assert again.admitted and again.duplicate_of is None
+    # Settled normally, it is an answered duplicate.
+    _, settled = core.settle(state, first.reservation_id, 10, 20, MID_MONTH, lease_seconds=LEASE)
+    assert settled is not None
+    dup, _ = core.admit(settled, limits, 10, 50, MID_MONTH + 1, lambda: "dddddddd", lease_seconds=LEASE,
+                        request_key="req-1")
+    assert dup.duplicate_of == first.reservation_id and dup.duplicate_answered
+    live, _ = core.admit(state, limits, 10, 50, MID_MONTH + 1, lambda: "eeeeeeee", lease_seconds=LEASE,
+                         request_key="req-1")
+    assert live.duplicate_of == first.reservation_id and not live.duplicate_answered

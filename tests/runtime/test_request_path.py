@@ -566,3 +566,37 @@ def test_the_same_request_id_from_another_user_is_theirs(gateway: Gateway) -> No
     gateway.publish(ask(requestId="req-shared"))
     gateway.publish(ask(requestId="req-shared"), sub=OTHER, channel=f"/chat/{OTHER}")
     assert [job.user_id for job in gateway.jobs] == [SUB, OTHER]
+
+
+def test_a_retry_with_the_same_request_id_after_a_failed_invoke_is_a_new_request(
+    gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The client was told "internal: please retry": retrying the same publish must work, not be a duplicate.
+    monkeypatch.setattr(gateway.gatekeeper, "invoke_worker", lambda job: (_ for _ in ()).throw(OSError("gone")))
+    [failed] = gateway.publish(ask(requestId="req-retry"))
+    assert failed["error"].startswith("internal: ")
+    monkeypatch.undo()
+    [retried] = gateway.publish(ask(requestId="req-retry"))
+    assert retried["payload"]["status"] == "accepted" and [job.request_id for job in gateway.jobs] == ["req-retry"]
+    gateway.run_jobs()
+    assert gateway.events()[-1]["type"] == "end"
+
+
+def test_a_duplicate_of_an_answered_request_is_told_so_on_its_channel_not_left_waiting(gateway: Gateway) -> None:
+    request = ask(requestId="req-done", conversationId="conv-1")
+    gateway.publish(request)
+    gateway.run_jobs()
+    [again] = gateway.publish(request)
+    assert again["payload"]["status"] == "accepted" and gateway.jobs == []
+    told = gateway.events()[-1]
+    assert told["type"] == "error" and told["code"] == "invalid_request" and told["requestId"] == "req-done"
+    assert "new requestId" in told["message"] and told["conversationId"] == "conv-1"
+    assert told["remaining"]["window"] < 4_000  # the real budget, after the one charge
+
+
+def test_a_duplicate_of_a_request_in_flight_publishes_nothing(gateway: Gateway) -> None:
+    request = ask(requestId="req-flying")
+    gateway.publish(request)
+    before = len(gateway.events())
+    [again] = gateway.publish(request)
+    assert again["payload"]["status"] == "accepted" and len(gateway.events()) == before and len(gateway.jobs) == 1
