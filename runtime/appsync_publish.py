@@ -43,6 +43,7 @@ __all__ = [
     "PublishError",
     "PublishResult",
     "PublishValidationError",
+    "failed_entry_index",
     "publish_retrying_failed",
     "serialize_event",
     "validate_channel",
@@ -150,10 +151,11 @@ class PublishResult:
 
     def failed_indexes(self, count: int) -> list[int]:
         """Positions (in a publish of ``count`` events) of the rejected events, ascending; bad indexes skipped."""
-        return sorted({i for entry in self.failed if (i := _entry_index(entry)) is not None and 0 <= i < count})
+        return sorted({i for entry in self.failed if (i := failed_entry_index(entry)) is not None and 0 <= i < count})
 
 
-def _entry_index(entry: Any) -> int | None:
+def failed_entry_index(entry: Any) -> int | None:
+    """The ``index`` of a ``successful``/``failed`` answer entry, or None when it names no integer."""
     index = entry.get("index") if isinstance(entry, dict) else None
     return index if type(index) is int else None
 
@@ -178,14 +180,14 @@ def publish_retrying_failed(
         return first
 
     def original(entry: dict[str, Any]) -> dict[str, Any]:
-        index = _entry_index(entry)
+        index = failed_entry_index(entry)
         return {**entry, "index": refused[index]} if index is not None and 0 <= index < len(refused) else entry
 
     retried = set(refused)
     return PublishResult(
         successful=first.successful + [original(entry) for entry in retry.successful],
         # Entries of the first answer that named no usable index could not be retried: they stay failed.
-        failed=[e for e in first.failed if _entry_index(e) not in retried] + [original(e) for e in retry.failed],
+        failed=[e for e in first.failed if failed_entry_index(e) not in retried] + [original(e) for e in retry.failed],
     )
 
 

@@ -63,8 +63,14 @@ def undelivered_fields(
 ) -> dict[str, Any]:
     """The log fields of events AppSync refused twice. Never their text; AppSync's own messages only with
     logPrompts (they could quote what was sent)."""
-    failed = sorted((entry for entry in result.failed if isinstance(entry, dict)), key=_failed_index)
-    lost = [events[i] if 0 <= (i := _failed_index(entry)) < len(events) else {} for entry in failed]
+    from runtime.appsync_publish import failed_entry_index
+
+    def index(entry: dict[str, Any]) -> int:
+        found = failed_entry_index(entry)
+        return found if found is not None and 0 <= found < len(events) else -1
+
+    failed = sorted((entry for entry in result.failed if isinstance(entry, dict)), key=index)
+    lost = [events[i] if (i := index(entry)) >= 0 else {} for entry in failed]
     request_id = next((e["requestId"] for e in [*lost, *events] if isinstance(e, dict) and e.get("requestId")), None)
     fields: dict[str, Any] = {
         "channel": channel,
@@ -76,11 +82,6 @@ def undelivered_fields(
     if log_prompts is True:
         fields["failed_messages"] = [entry.get("message", entry.get("errorMessage")) for entry in failed]
     return fields
-
-
-def _failed_index(entry: dict[str, Any]) -> int:
-    index = entry.get("index")
-    return index if isinstance(index, int) and not isinstance(index, bool) else -1
 
 
 def report_undelivered(
