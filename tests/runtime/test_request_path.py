@@ -404,6 +404,20 @@ def counting_settles(monkeypatch: pytest.MonkeyPatch, meter: Meter) -> list[dict
     return calls
 
 
+def answered_through_refusals(
+    dynamodb: Any, bedrock: BedrockEmulator, monkeypatch: pytest.MonkeyPatch, reject: Any, request: dict[str, Any]
+) -> tuple[Gateway, RejectingReceiver, list[dict[str, Any]]]:
+    """`request` published and answered through a `refusing_gateway`; also every `settle` the worker made."""
+    gateway, receiver = refusing_gateway(dynamodb, bedrock, monkeypatch, reject)
+    settles = counting_settles(monkeypatch, gateway.meter)
+    try:
+        gateway.publish(request)
+        gateway.run_jobs()
+    finally:
+        receiver.stop()
+    return gateway, receiver, settles
+
+
 def test_handlers_publish_retries_only_the_refused_events_once_then_logs_and_counts_them(
     dynamodb: Any, bedrock: BedrockEmulator, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
     emf_clean: None,
@@ -429,12 +443,7 @@ def test_a_refused_start_is_published_again_alone_and_the_answer_completes(
     dynamodb: Any, bedrock: BedrockEmulator, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
     emf_clean: None,
 ) -> None:
-    gateway, receiver = refusing_gateway(dynamodb, bedrock, monkeypatch, rejecting("start", 1))
-    try:
-        gateway.publish(ask())
-        gateway.run_jobs()
-    finally:
-        receiver.stop()
+    gateway, receiver, _ = answered_through_refusals(dynamodb, bedrock, monkeypatch, rejecting("start", 1), ask())
     first, retry = receiver.bodies[0], receiver.bodies[1]
     assert [e["type"] for e in first] == ["start", "delta"] and [e["type"] for e in retry] == ["start"]
     events = gateway.events()
@@ -447,13 +456,9 @@ def test_an_end_refused_twice_is_followed_by_a_typed_error_and_settled_once_with
     dynamodb: Any, bedrock: BedrockEmulator, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
     emf_clean: None,
 ) -> None:
-    gateway, receiver = refusing_gateway(dynamodb, bedrock, monkeypatch, rejecting("end", 2))
-    settles = counting_settles(monkeypatch, gateway.meter)
-    try:
-        gateway.publish(ask(requestId="req-end"))
-        gateway.run_jobs()
-    finally:
-        receiver.stop()
+    gateway, receiver, settles = answered_through_refusals(
+        dynamodb, bedrock, monkeypatch, rejecting("end", 2), ask(requestId="req-end")
+    )
     refused_ends = [e for body in receiver.bodies for e in body if e["type"] == "end"]
     assert len(refused_ends) == 2  # the first attempt and one retry, no more
     events = gateway.events()
@@ -474,13 +479,7 @@ def test_a_delta_refused_twice_ends_the_answer_with_an_error_not_an_end(
     dynamodb: Any, bedrock: BedrockEmulator, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
     emf_clean: None,
 ) -> None:
-    gateway, receiver = refusing_gateway(dynamodb, bedrock, monkeypatch, rejecting("delta", 2))
-    settles = counting_settles(monkeypatch, gateway.meter)
-    try:
-        gateway.publish(ask())
-        gateway.run_jobs()
-    finally:
-        receiver.stop()
+    gateway, _, settles = answered_through_refusals(dynamodb, bedrock, monkeypatch, rejecting("delta", 2), ask())
     events = gateway.events()
     # Part of the text is missing: the client must not keep it as a complete answer (nor send it back as history).
     assert events[-1]["type"] == "error" and events[-1]["code"] == "internal"
