@@ -23,6 +23,7 @@ from components.identity import FederationProvider, Identity, IdentityArgs
 from components.metering import MeteringTable, MeteringTableArgs
 from components.observability import Observability, ObservabilityArgs
 from components.settings import PROJECT, FunctionSizing, StackSettings
+from components.streams import StreamsTable, StreamsTableArgs
 from components.web_app import WebApp, WebAppArgs
 
 
@@ -70,6 +71,15 @@ def main() -> dict[str, Any]:
             tags=tags,
         ),
     )
+    journal = StreamsTable(
+        "streams",
+        StreamsTableArgs(
+            name=f"{prefix}-streams",
+            point_in_time_recovery=settings.point_in_time_recovery,
+            deletion_protection=settings.deletion_protection,
+            tags=tags,
+        ),
+    )
     guardrail = (
         Guardrail(
             "guardrail",
@@ -101,11 +111,12 @@ def main() -> dict[str, Any]:
     worker_name = f"{prefix}-worker"
 
     def runtime_env(values: list[Any]) -> dict[str, str]:
-        metering_name, cache_name, endpoint, guardrail_id, guardrail_version = values
+        metering_name, cache_name, streams_name, endpoint, guardrail_id, guardrail_version = values
         config = settings.runtime_config(
             stack=stack,
             metering_table=metering_name,
             cache_table=cache_name,
+            streams_table=streams_name,
             http_endpoint=endpoint,
             worker_function_name=worker_name,
         )
@@ -116,6 +127,7 @@ def main() -> dict[str, Any]:
     env = pulumi.Output.all(
         metering.table_name,
         cache.table_name,
+        journal.table_name,
         api.http_endpoint,
         guardrail.guardrail_id if guardrail else None,
         guardrail.version if guardrail else None,
@@ -129,6 +141,7 @@ def main() -> dict[str, Any]:
             runtime_env=env,
             metering_table_arn=metering.table_arn,
             cache_table_arn=cache.table_arn,
+            streams_table_arn=journal.table_arn,
             api_id=api.api_id,
             model_arns=account.apply(settings.model_arns),
             powertools_layer_version=settings.powertools_layer_version,
@@ -232,6 +245,7 @@ def main() -> dict[str, Any]:
         "issuer": identity.issuer,
         "metering_table": metering.table_name,
         "cache_table": cache.table_name,
+        "streams_table": journal.table_name,
         "gatekeeper_function": functions.gatekeeper_name,
         "worker_function": functions.worker_name,
         "subscribe_function": functions.subscribe_name,

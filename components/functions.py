@@ -105,6 +105,7 @@ class FunctionsArgs:
     runtime_env: pulumi.Input[Mapping[str, str]]
     metering_table_arn: pulumi.Input[str]
     cache_table_arn: pulumi.Input[str]
+    streams_table_arn: pulumi.Input[str]  # the answer journal (runtime/streams.py)
     api_id: pulumi.Input[str]  # the AppSync Events API whose `responses` namespace the functions publish to
     model_arns: pulumi.Input[Sequence[str]]
     powertools_layer_version: int
@@ -292,6 +293,8 @@ class Functions(pulumi.ComponentResource):
             [
                 _allow("Metering", ["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem"],
                        [args.metering_table_arn]),
+                # append: one conditional UpdateItem per journal write, which also reads the cancel flag.
+                _allow("Journal", ["dynamodb:UpdateItem"], [args.streams_table_arn]),
                 _allow("InvokeModels", ["bedrock:InvokeModelWithResponseStream"],
                        pulumi.Output.from_input(args.model_arns).apply(_check_model_arns)),
                 *([_allow("ApplyGuardrail", ["bedrock:ApplyGuardrail"], [args.guardrail_arn])]
@@ -305,8 +308,12 @@ class Functions(pulumi.ComponentResource):
             args.gatekeeper,
             worker.name,  # same value as worker_function_name; the Output orders the worker first
             [
-                # admit/usage: a consistent read, then a conditional put (runtime/metering/dynamodb.py).
-                _allow("Metering", ["dynamodb:GetItem", "dynamodb:PutItem"], [args.metering_table_arn]),
+                # admit/usage: a consistent read, then a conditional put; release after a failed hand-over:
+                # an update (runtime/metering/dynamodb.py).
+                _allow("Metering", ["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem"],
+                       [args.metering_table_arn]),
+                # resume reads the journal; cancel sets its flag (runtime/streams.py).
+                _allow("Journal", ["dynamodb:GetItem", "dynamodb:UpdateItem"], [args.streams_table_arn]),
                 # lookup: one conditional UpdateItem counting the hit (runtime/cache.py); admin ops run elsewhere.
                 _allow("Cache", ["dynamodb:UpdateItem"], [args.cache_table_arn]),
                 _allow("InvokeWorker", ["lambda:InvokeFunction"], [worker.arn]),

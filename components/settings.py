@@ -316,12 +316,20 @@ class StackSettings(_Camel):
         return arns
 
     def runtime_config(
-        self, *, stack: str, metering_table: str, cache_table: str, http_endpoint: str, worker_function_name: str
+        self,
+        *,
+        stack: str,
+        metering_table: str,
+        cache_table: str,
+        streams_table: str,
+        http_endpoint: str,
+        worker_function_name: str,
     ) -> RuntimeConfig:
         """The Lambda functions' configuration for this stack (rendered with `RuntimeConfig.to_env()`)."""
         return RuntimeConfig(
             metering_table=metering_table,
             cache_table=cache_table,
+            streams_table=streams_table,
             appsync_http_endpoint=http_endpoint,
             worker_function_name=worker_function_name,
             tiers=self.tiers,

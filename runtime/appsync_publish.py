@@ -366,9 +366,7 @@ class EventPublisher:
             self.close()
             raise PublishConnectionError(f"publish to {self.http_endpoint} failed: {exc!r}") from exc
 
-    def _roundtrip(
-        self, conn: http.client.HTTPConnection, body: bytes, headers: dict[str, str]
-    ) -> tuple[int, bytes]:
+    def _roundtrip(self, conn: http.client.HTTPConnection, body: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
         conn.request("POST", self._path, body=body, headers=headers)
         response = conn.getresponse()
         data = response.read()  # read fully, or the connection cannot be reused
@@ -390,9 +388,7 @@ class EventPublisher:
             raise PublishError(status, errors)
         if not isinstance(parsed, dict):
             raise PublishError(status, [], f"AppSync answered HTTP {status} with a non-JSON-object body")
-        return PublishResult(
-            successful=list(parsed.get("successful") or []), failed=list(parsed.get("failed") or [])
-        )
+        return PublishResult(successful=list(parsed.get("successful") or []), failed=list(parsed.get("failed") or []))
 
 
 # --------------------------------------------------------------------------------------------- coalescer
@@ -406,6 +402,7 @@ class _Pending:
     event: Any = None
     parts: list[str] | None = None  # delta text pieces; joined once, at send time
     chars: int = 0
+    sent: Any = None  # the event as first sent: a retry resends it unchanged (same text, same seq)
 
 
 class Coalescer:
@@ -415,7 +412,8 @@ class Coalescer:
     (at most ``max_delta_chars`` characters each); ``add`` appends an event as-is. A publish carries at most
     5 events. The flush decision runs on every call, with time from ``clock``: the first text is sent at
     once, and after that everything pending is sent once the oldest pending event is ``flush_interval_s``
-    old. No thread runs in the background, so a caller that may go quiet should call ``poll()``
+    old. With ``sequence`` each event sent gets ``seq`` (0, 1, 2 ... in send order), fixed at its first send. No
+    thread runs in the background, so a caller that may go quiet should call ``poll()``
     (``seconds_until_flush()`` tells when). If ``send`` raises, the batch stays pending and the exception
     propagates; the next flush retries it. If ``send`` returns a ``PublishResult`` with ``failed`` entries,
     those events go to ``undelivered`` and are not sent again here (``send`` owns retrying, e.g. with
@@ -432,6 +430,7 @@ class Coalescer:
         max_delta_chars: int = DEFAULT_MAX_DELTA_CHARS,
         clock: Callable[[], float] = time.monotonic,
         first_text_at_once: bool = True,
+        sequence: bool = False,
     ) -> None:
         common = dict(common_fields or {})
         if {"type", "text"} & common.keys():
@@ -450,6 +449,8 @@ class Coalescer:
         self._closed = False
         self._first_text_at_once = first_text_at_once
         self.publish_count = 0
+        self._sequence = sequence
+        self.next_seq = 0  # the seq the next event sent gets (with ``sequence``)
         self.undelivered: list[Any] = []  # events AppSync refused, in publish order
 
     @property
@@ -463,7 +464,7 @@ class Coalescer:
         now = self._clock()
         while text:
             last = self._pending[-1] if self._pending else None
-            if last is None or last.parts is None or last.chars >= self.max_delta_chars:
+            if last is None or last.parts is None or last.sent is not None or last.chars >= self.max_delta_chars:
                 parts: list[str] = []
                 last = _Pending(created_at=now, parts=parts)
                 self._pending.append(last)
@@ -519,9 +520,7 @@ class Coalescer:
     def _flush_if_due(self, now: float) -> bool:
         # The first text goes out at once (with whatever preceded it): time to first token is what users feel.
         first_text = (
-            self._first_text_at_once
-            and self.publish_count == 0
-            and any(p.parts is not None for p in self._pending)
+            self._first_text_at_once and self.publish_count == 0 and any(p.parts is not None for p in self._pending)
         )
         if self._pending and (first_text or now - self._pending[0].created_at >= self.flush_interval_s):
             self.flush()
@@ -537,6 +536,9 @@ class Coalescer:
             self.undelivered.extend(batch[i] for i in result.failed_indexes(len(batch)))
 
     def _materialize(self, item: _Pending) -> Any:
-        if item.parts is None:
-            return item.event
-        return {"type": "delta", "text": "".join(item.parts), **self._common}
+        if item.sent is None:
+            event = item.event if item.parts is None else {"type": "delta", "text": "".join(item.parts), **self._common}
+            if self._sequence and isinstance(event, dict):
+                event, self.next_seq = {**event, "seq": self.next_seq}, self.next_seq + 1
+            item.sent = event
+        return item.sent

@@ -28,7 +28,7 @@ import math
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any
 
@@ -233,7 +233,7 @@ class ModelClient:
         system: str | None = None,
         guardrail: GuardrailSettings | None = None,
         temperature: float | None = None,
-    ) -> Iterator[ModelEvent]:
+    ) -> Generator[ModelEvent, None, None]:
         """Validate now, then return an iterator of TextDelta / StreamStop / StreamUsage.
 
         Arguments are checked eagerly (``InvalidModelRequestError`` before any request); the request is sent
@@ -265,7 +265,7 @@ class ModelClient:
         self.attempts = 0
         return self._run(request)
 
-    def _run(self, request: dict[str, Any]) -> Iterator[ModelEvent]:
+    def _run(self, request: dict[str, Any]) -> Generator[ModelEvent, None, None]:
         retry = 0
         while True:
             yielded = False

@@ -21,6 +21,7 @@ from runtime.metering import Limits
 ENV = {
     "metering_table": "AIGW_METERING_TABLE",
     "cache_table": "AIGW_CACHE_TABLE",
+    "streams_table": "AIGW_STREAMS_TABLE",
     "appsync_http_endpoint": "AIGW_APPSYNC_HTTP_ENDPOINT",  # https://<host>/event
     "worker_function_name": "AIGW_WORKER_FUNCTION",
     "tiers": "AIGW_TIERS",  # JSON list of tiers, see TierSettings
@@ -78,6 +79,7 @@ class RuntimeConfig(BaseModel):
 
     metering_table: str = Field(min_length=3)
     cache_table: str = Field(min_length=3)
+    streams_table: str | None = Field(default=None, min_length=3)  # the answer journal; None: no resume or cancel
     appsync_http_endpoint: str = Field(pattern=r"^https?://[^/]+/event$")
     worker_function_name: str = Field(min_length=1)
     tiers: tuple[TierSettings, ...] = Field(min_length=1)

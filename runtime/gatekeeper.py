@@ -8,7 +8,11 @@ the same stream. Nothing of a refused or invalid request reaches the model or th
 
 `requestId` is the client's idempotency key, per user: the meter remembers it with the reservation (in the
 same conditional write, so no extra round trip), and a publish of a requestId it still remembers is answered
-`accepted` again without invoking the worker or reserving anything.
+`accepted` again without invoking the worker or reserving anything (an answered one is replayed from the journal).
+
+Actions (`{"action": "resume" | "cancel", "requestId"}`) act on the answer journal (`runtime.streams`): a resume
+republishes the journaled events the client lacks on the request's responses channel (and a `stream_gap` error
+when some can never come); a cancel sets the flag the worker sees at its next journal write.
 """
 
 from __future__ import annotations
@@ -18,7 +22,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from runtime import channels, observability, protocol
+from runtime import channels, observability, protocol, streams
+from runtime.appsync_publish import MAX_EVENTS_PER_PUBLISH
 from runtime.cache import AnswerCache
 from runtime.config import RuntimeConfig, TierSettings
 from runtime.errors import ChannelForbiddenError, InvalidInputError, InvalidRequestError
@@ -51,8 +56,9 @@ class _AlreadyAccepted(Exception):
     month: int
 
 
-# Until answers can be replayed, a retry of an answered request is told so: accepted, yet nothing else would come.
+# A retry of an answered request whose journal is gone is told so: accepted, yet nothing else would come.
 ALREADY_ANSWERED = "this requestId was already answered; to ask again, send the request with a new requestId"
+STREAM_GAP = "part of this answer can no longer be delivered; ask again to get a whole answer"
 
 
 class Gatekeeper:
@@ -64,8 +70,10 @@ class Gatekeeper:
         invoke_worker: InvokeWorker,
         publish: Publish,
         clock: Callable[[], float] = time.time,
+        journal: streams.Journal | None = None,
     ) -> None:
         self.config = config
+        self.journal = journal
         self.meter = meter
         self.cache = cache
         self.invoke_worker = invoke_worker
@@ -96,6 +104,9 @@ class Gatekeeper:
                 if denial is not None:
                     raise denial
                 assert channel is not None and isinstance(sub, str)
+                if protocol.is_action(payload):
+                    answers.append({"id": event.get("id"), "payload": self._act(sub, channel, payload)})
+                    continue
                 job = self._admit(sub, tier, channel, payload, request_id)
                 self.invoke_worker(job)
                 answers.append({"id": event.get("id"), "payload": {"requestId": request_id, "status": "accepted"}})
@@ -106,9 +117,11 @@ class Gatekeeper:
                 answers.append({"id": event.get("id"), "payload": {"requestId": request_id, "status": "accepted"}})
                 if duplicate.answered:
                     assert isinstance(sub, str)
-                    self._tell(sub, request_id, duplicate.conversation_id, protocol.error_event(
-                        request_id, duplicate.conversation_id, "invalid_request", ALREADY_ANSWERED,
-                        window=duplicate.window, month=duplicate.month))  # fmt: skip
+                    replayed = self._replay(sub, request_id, duplicate.conversation_id, after_seq=-1, tell_gap=False)
+                    if not replayed:
+                        self._tell(sub, request_id, duplicate.conversation_id, protocol.error_event(
+                            request_id, duplicate.conversation_id, "invalid_request", ALREADY_ANSWERED,
+                            window=duplicate.window, month=duplicate.month, seq=0))  # fmt: skip
             except Rejection as rejection:
                 self._reject(sub, tier, request_id, conversation_id, rejection)
                 answers.append({"id": event.get("id"), "error": f"{rejection.code}: {rejection.message}"})
@@ -120,6 +133,42 @@ class Gatekeeper:
                 self._reject(sub, tier, request_id, conversation_id, failure, job=job)
                 answers.append({"id": event.get("id"), "error": f"{failure.code}: {failure.message}"})
         return answers
+
+    # -- actions on a request's answer
+
+    def _act(self, sub: str, channel: channels.Channel, payload: Any) -> dict[str, Any]:
+        try:
+            action = protocol.parse_action(payload)
+        except InvalidRequestError as err:
+            raise Rejection("invalid_request", str(err)) from None
+        if self.journal is None:
+            raise Rejection("invalid_request", f"{action.action} is not available on this gateway")
+        conversation_id = channels.conversation_id_of(channel)
+        if action.action == "cancel":
+            asked = self.journal.request_cancel(sub, action.request_id)
+            observability.logger.info("cancel requested", extra={"request_id": action.request_id, "running": asked})
+            return {"requestId": action.request_id, "status": "cancelling" if asked else "finished"}
+        self._replay(sub, action.request_id, conversation_id, after_seq=action.after_seq, tell_gap=True)
+        return {"requestId": action.request_id, "status": "resumed"}
+
+    def _replay(
+        self, sub: str, request_id: str, conversation_id: str | None, *, after_seq: int, tell_gap: bool
+    ) -> bool:
+        """Publish the journaled events after `after_seq`; False when there is no journal to replay from."""
+        state = self.journal.read(sub, request_id) if self.journal else None
+        if state is None and not tell_gap:
+            return False
+        plan = streams.resume_plan(state, after_seq, self.clock())
+        if state is not None and state.events:
+            conversation_id = state.events[0].get("conversationId", conversation_id)
+        target = (state.channel if state else None) or channels.responses_channel(sub, conversation_id)
+        for start in range(0, len(plan.events), MAX_EVENTS_PER_PUBLISH):
+            self.publish(target, plan.events[start : start + MAX_EVENTS_PER_PUBLISH])
+        if plan.gap:
+            lost_from = len(state.events) if state else 0
+            gap = protocol.error_event(request_id, conversation_id, "stream_gap", STREAM_GAP, seq=lost_from)
+            self._send_to(target, request_id, gap)
+        return True
 
     # -- one event
 
@@ -250,13 +299,17 @@ class Gatekeeper:
             retry_after_s=rejection.retry_after_s,
             window=rejection.window,
             month=rejection.month,
+            seq=0,  # a refused request's whole stream is this one event
         )
         self._tell(sub, request_id, conversation_id, event)
 
     def _tell(self, sub: str, request_id: str, conversation_id: str | None, event: dict[str, Any]) -> None:
         """Publish `event` on the caller's responses channel; a failure is logged, never raised."""
+        self._send_to(channels.responses_channel(sub, conversation_id), request_id, event)
+
+    def _send_to(self, channel: str, request_id: str, event: dict[str, Any]) -> None:
         try:
-            self.publish(channels.responses_channel(sub, conversation_id), [event])
+            self.publish(channel, [event])
         except Exception:
             # The event's own answer still tells the client; a failed courtesy publish must not.
             observability.logger.exception("could not publish the error event", extra={"request_id": request_id})

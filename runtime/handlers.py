@@ -84,9 +84,7 @@ def undelivered_fields(
     return fields
 
 
-def report_undelivered(
-    channel: str, events: list[dict[str, Any]], result: PublishResult, *, log_prompts: bool
-) -> None:
+def report_undelivered(channel: str, events: list[dict[str, Any]], result: PublishResult, *, log_prompts: bool) -> None:
     observability.logger.error(
         "AppSync refused events twice: not delivered",
         extra=undelivered_fields(channel, events, result, log_prompts=log_prompts),
@@ -117,7 +115,16 @@ def gatekeeper() -> Any:
         AnswerCache(cfg.cache_table, client=dynamodb, namespace=cfg.cache_namespace),
         invoke_worker,
         publish,
+        journal=journal(dynamodb),
     )
+
+
+def journal(dynamodb: Any) -> Any:
+    """The answer journal (resume and cancel), when the stack has a streams table."""
+    from runtime.streams import Journal
+
+    cfg = config()
+    return Journal(cfg.streams_table, dynamodb) if cfg.streams_table else None
 
 
 @functools.cache
@@ -131,7 +138,7 @@ def worker() -> Any:
     cfg = config()
     dynamodb = boto3.client("dynamodb", region_name=cfg.region)
     meter = Meter(cfg.metering_table, client=dynamodb, lease_seconds=cfg.lease_seconds)
-    return Worker(cfg, meter, ModelClient(), publish)
+    return Worker(cfg, meter, ModelClient(), publish, journal=journal(dynamodb))
 
 
 @app.on_subscribe("/*")

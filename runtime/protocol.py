@@ -6,10 +6,16 @@ Request (published on `/chat/<sub>[/<conversationId>]`)::
      "messages": [{"role": "user" | "assistant", "content": [{"text": str}, ...]}, ...]}
 
 Unknown fields are refused; the conversation must start and end with a user message (Bedrock's rule).
+Actions on an admitted request, published on the same channel::
 
-Events (published on `/responses/<sub>[/<conversationId>]`), all with `type`, `requestId`, `conversationId`:
-`start` {model, grantedTokens, cached}, `delta` {text}, `end` {stopReason, usage {input, output},
-remaining {window, month}, cached}, `error` {code, message, retryAfterSeconds?, remaining?}.
+    {"action": "resume", "requestId": str, "afterSeq"?: int}   # every event with seq > afterSeq (default -1)
+    {"action": "cancel", "requestId": str}                      # stop generating; `end` says "cancelled"
+
+Events (published on `/responses/<sub>[/<conversationId>]`), all with `type`, `requestId`, `conversationId` and
+`seq` (0, 1, 2 ... per request, in order): `start` {model, grantedTokens, cached}, `delta` {text, firstSeq?},
+`end` {stopReason ("end_turn", "max_tokens", "cancelled", ...), usage {input, output}, remaining {window, month},
+cached}, `error` {code, message, retryAfterSeconds?, remaining?}. A replayed delta may merge several: it then
+covers `firstSeq` .. `seq`. An `error` with code `stream_gap` says the events from its `seq` on are lost.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ ErrorCode = Literal[
     "quota_exhausted",
     "model_throttled",
     "model_error",
+    "stream_gap",
     "internal",
 ]
 _ID = r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,48}[A-Za-z0-9])?$"  # usable as a channel segment
@@ -66,6 +73,37 @@ class ChatRequest(_Strict):
         return [{"role": m.role, "content": [{"text": b.text} for b in m.content]} for m in self.messages]
 
 
+class StreamAction(_Strict):
+    """A client's action on one of its requests: replay what it missed, or stop the answer."""
+
+    action: Literal["resume", "cancel"]
+    request_id: str = Field(alias="requestId", pattern=_ID)
+    after_seq: int = Field(default=-1, alias="afterSeq", ge=-1, le=1_000_000)
+
+    @model_validator(mode="after")
+    def _after_seq_only_to_resume(self) -> StreamAction:
+        if self.action == "cancel" and "after_seq" in self.model_fields_set:
+            raise ValueError("afterSeq goes with resume, not cancel")
+        return self
+
+
+def is_action(payload: Any) -> bool:
+    return isinstance(payload, dict) and "action" in payload
+
+
+def parse_action(payload: Any) -> StreamAction:
+    try:
+        return StreamAction.model_validate(payload)
+    except ValidationError as err:
+        raise InvalidRequestError(_first_error(err)) from None
+
+
+def _first_error(err: ValidationError) -> str:
+    first = err.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or "request"
+    return f"{where}: {first['msg']}"
+
+
 def parse_request(payload: Any, *, max_messages: int, max_message_chars: int, max_total_chars: int) -> ChatRequest:
     """Validate a published payload against the schema and the stack's size caps."""
     if not isinstance(payload, dict):
@@ -73,9 +111,7 @@ def parse_request(payload: Any, *, max_messages: int, max_message_chars: int, ma
     try:
         request = ChatRequest.model_validate(payload)
     except ValidationError as err:
-        first = err.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "request"
-        raise InvalidRequestError(f"{where}: {first['msg']}") from None
+        raise InvalidRequestError(_first_error(err)) from None
     if len(request.messages) > max_messages:
         raise InvalidRequestError(f"at most {max_messages} messages per request")
     total = 0
@@ -179,8 +215,11 @@ def error_event(
     retry_after_s: float | None = None,
     window: int | None = None,
     month: int | None = None,
+    seq: int | None = None,
 ) -> dict[str, Any]:
     event = {**_base("error", request_id, conversation_id), "code": code, "message": message}
+    if seq is not None:
+        event["seq"] = seq
     if retry_after_s is not None:
         event["retryAfterSeconds"] = math.ceil(retry_after_s * 1000) / 1000
     if window is not None and month is not None:

@@ -6,14 +6,20 @@ token by token. Whatever happens — throttling, a broken stream, a failed publi
 with what is known (Bedrock's reported usage, else a conservative count of what was streamed) and the user
 gets a typed `end` or `error` event. Internal exception text never reaches the user.
 
+Every event sent gets `seq` and is journaled (`runtime.streams`) at most once a second and at the end; the journal
+write is also where the worker learns that the client cancelled (it then closes the model stream and ends with
+`stopReason: "cancelled"`, charging what was generated).
+
 `publish` answers with what AppSync refused (`runtime.handlers.publish` has already retried those once). Text
-that never arrived turns the `end` into an `error` (the client must not keep a gappy answer as complete), and a
-final event that never arrived is followed by one `error` publish, so the client is not left waiting. Neither
-changes what is charged: the model did generate it.
+that never arrived and is not in the journal either turns the `end` into an `error` (the client must not keep a
+gappy answer as complete; journaled text it gets back by resuming), and a final event that never arrived is
+followed by one `error` publish, so the client is not left waiting. Neither changes what is charged: the model
+did generate it.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,6 +32,7 @@ from runtime.cache import chunks
 from runtime.config import RuntimeConfig
 from runtime.errors import ModelError, ModelThrottledError
 from runtime.metering import Meter
+from runtime.streams import JOURNAL_INTERVAL_S, MAX_JOURNAL_BYTES, Journal, JournalConflictError
 
 Publish = Callable[[str, list[dict[str, Any]]], Any]
 
@@ -35,6 +42,75 @@ _END_LOST = "the end of the answer could not be delivered; please ask again"
 
 def _is_delta(event: Any) -> bool:
     return isinstance(event, dict) and event.get("type") == "delta"
+
+
+def _is_final(event: Any) -> bool:
+    return isinstance(event, dict) and event.get("type") in ("end", "error")
+
+
+class _JournalWriter:
+    """One stream's journal: records every event as it is sent, writes them at most once per `interval_s` (and
+    at the end), and learns of a cancel from those writes. A failed write keeps its events for the next one."""
+
+    def __init__(
+        self,
+        journal: Journal | None,
+        job: protocol.WorkerJob,
+        monotonic: Callable[[], float],
+        interval_s: float = JOURNAL_INTERVAL_S,
+        max_bytes: int = MAX_JOURNAL_BYTES,
+    ) -> None:
+        self.journal, self.job, self.monotonic = journal, job, monotonic
+        self.interval_s, self.max_bytes = interval_s, max_bytes
+        self.recorded: dict[int, dict[str, Any]] = {}
+        self.journaled = 0  # events 0 .. journaled-1 are in the journal
+        self.bytes = 0
+        self.full = False
+        self.cancelled = False
+        self.writes = 0
+        self._broken = False
+        self._last_write = monotonic()
+
+    def record(self, batch: list[Any]) -> None:
+        for event in batch:
+            if isinstance(event, dict) and isinstance(event.get("seq"), int):
+                self.recorded.setdefault(event["seq"], event)  # a resent batch has the same seqs
+
+    def maybe_write(self) -> None:
+        if self.monotonic() - self._last_write >= self.interval_s and self.journaled in self.recorded:
+            self.write(done=False)
+
+    def write(self, *, done: bool) -> None:
+        if self.journal is None or self._broken:
+            return
+        batch: list[dict[str, Any]] = []
+        while not self.full and (event := self.recorded.get(self.journaled + len(batch))) is not None:
+            size = len(json.dumps(event, separators=(",", ":"))) + 8
+            if self.bytes + size > self.max_bytes:
+                self.full = True  # what follows cannot be replayed; a resume past here gets `stream_gap`
+                break
+            self.bytes += size
+            batch.append(event)
+        self._last_write = self.monotonic()
+        self.writes += 1
+        try:
+            cancelled = self.journal.append(
+                self.job.user_id, self.job.request_id, self.job.channel, batch,
+                first_seq=self.journaled, done=done, full=self.full,
+            )  # fmt: skip
+        except JournalConflictError:
+            observability.logger.error("journal written by another worker", extra={"request_id": self.job.request_id})
+            self._broken = True
+            return
+        except Exception:
+            observability.logger.exception("journal write failed", extra={"request_id": self.job.request_id})
+            self.bytes -= sum(len(json.dumps(e, separators=(",", ":"))) + 8 for e in batch)
+            return
+        if cancelled:
+            self.cancelled = True
+            self.bytes -= sum(len(json.dumps(e, separators=(",", ":"))) + 8 for e in batch)
+        else:
+            self.journaled += len(batch)
 
 
 @dataclass
@@ -58,8 +134,12 @@ class Worker:
         publish: Publish,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
+        journal: Journal | None = None,
+        journal_interval_s: float = JOURNAL_INTERVAL_S,
     ) -> None:
         self.config = config
+        self.journal = journal
+        self.journal_interval_s = journal_interval_s
         self.meter = meter
         self.model = model
         self.publish = publish
@@ -73,12 +153,19 @@ class Worker:
 
     def handle(self, job: protocol.WorkerJob) -> _Outcome:
         started = self.monotonic()
+        journal = _JournalWriter(self.journal, job, self.monotonic, self.journal_interval_s)
+
+        def send(channel: str, batch: list[Any]) -> Any:
+            journal.record(batch)  # before the publish: text AppSync refuses can still be resumed from the journal
+            return self.publish(channel, batch)
+
         coalescer = Coalescer(
             job.channel,
-            self.publish,
+            send,
             flush_interval_s=self.config.flush_interval_ms / 1000,
             common_fields={k: v for k, v in protocol.delta_fields(job).items() if k not in ("type", "text")},
             clock=self.monotonic,
+            sequence=True,
         )
         outcome = _Outcome()
         try:
@@ -88,10 +175,13 @@ class Worker:
             elif self.clock() >= job.admitted_at + self.config.lease_seconds:
                 outcome.error_code, outcome.error_message = "internal", "the request expired before it could run"
             else:
-                self._stream_model(job, coalescer, outcome, started)
+                self._stream_model(job, coalescer, journal, outcome, started)
             self._send(coalescer.flush)  # the answer goes out before the bookkeeping
-            if not outcome.error_code and any(_is_delta(e) for e in coalescer.undelivered):
-                outcome.error_code, outcome.error_message = "internal", _TEXT_LOST
+            lost = [e for e in coalescer.undelivered if _is_delta(e)]
+            if not outcome.error_code and lost:
+                journal.write(done=False)  # text in the journal is not lost: the client resumes it (a seq gap)
+                if any(e["seq"] >= journal.journaled for e in lost):
+                    outcome.error_code, outcome.error_message = "internal", _TEXT_LOST
         finally:
             charged, overshoot = self._settle(job, outcome)
         window = max(0, job.window_remaining + job.reserved_tokens - charged)
@@ -116,8 +206,9 @@ class Worker:
             )
         self._send(coalescer.add, final)
         self._send(coalescer.close)
-        if coalescer.pending or any(e is final for e in coalescer.undelivered):
-            self._announce_lost_final(job, outcome, window=window, month=month)
+        journal.write(done=True)
+        if coalescer.pending or any(_is_final(e) for e in coalescer.undelivered):
+            self._announce_lost_final(job, outcome, coalescer.next_seq, window=window, month=month)
         latency_ms = int((self.monotonic() - started) * 1000)
         observability.record_request(
             observability.UsageRecord(
@@ -155,17 +246,28 @@ class Worker:
         # A prepared answer costs what the stack says (cache_cost_tokens), charged as output.
         outcome.stop_reason, outcome.output_tokens, outcome.reported_usage = "end_turn", job.reserved_tokens, True
 
-    def _stream_model(self, job: protocol.WorkerJob, coalescer: Coalescer, outcome: _Outcome, started: float) -> None:
+    def _stream_model(
+        self,
+        job: protocol.WorkerJob,
+        coalescer: Coalescer,
+        journal: _JournalWriter,
+        outcome: _Outcome,
+        started: float,
+    ) -> None:
         streamed = outcome.text
         try:
-            for event in self.model.stream(
-                job.model_id, job.messages, job.granted_output_tokens, guardrail=self.guardrail
-            ):
+            stream = self.model.stream(job.model_id, job.messages, job.granted_output_tokens, guardrail=self.guardrail)
+            for event in stream:
                 if isinstance(event, TextDelta):
                     if outcome.ttft_ms is None:
                         outcome.ttft_ms = int((self.monotonic() - started) * 1000)
                     streamed.append(event.text)
                     self._send(coalescer.add_delta, event.text)
+                    journal.maybe_write()
+                    if journal.cancelled:
+                        stream.close()  # closes Bedrock's HTTP stream: generation (and its cost) stops here
+                        outcome.stop_reason = "cancelled"
+                        break
                 elif isinstance(event, StreamStop):
                     outcome.stop_reason = event.stop_reason
                 elif isinstance(event, StreamUsage):
@@ -199,7 +301,9 @@ class Worker:
             observability.logger.exception("settle failed", extra={"request_id": job.request_id})
             return job.reserved_tokens, 0
 
-    def _announce_lost_final(self, job: protocol.WorkerJob, outcome: _Outcome, *, window: int, month: int) -> None:
+    def _announce_lost_final(
+        self, job: protocol.WorkerJob, outcome: _Outcome, seq: int, *, window: int, month: int
+    ) -> None:
         """The `end` (or `error`) never reached the client: one more publish, as a typed error. Settled already."""
         observability.logger.error(
             "final event not delivered; publishing an error event instead", extra={"request_id": job.request_id}
@@ -209,7 +313,7 @@ class Worker:
         error = protocol.error_event(
             job.request_id, job.conversation_id, outcome.error_code, outcome.error_message, window=window, month=month
         )
-        self._send(self.publish, job.channel, [error])
+        self._send(self.publish, job.channel, [{**error, "seq": seq}])  # not journaled: the journal has the final
 
     def _send(self, action: Callable[..., Any], *args: Any) -> None:
         try:

@@ -31,6 +31,7 @@ NAME = "ai-gateway-dev"
 REGION = "us-east-1"
 METERING_ARN = f"arn:aws:dynamodb:{REGION}:{ACCOUNT}:table/{NAME}-metering"
 CACHE_ARN = f"arn:aws:dynamodb:{REGION}:{ACCOUNT}:table/{NAME}-cache"
+STREAMS_ARN = f"arn:aws:dynamodb:{REGION}:{ACCOUNT}:table/{NAME}-streams"
 API_ID = "abcdefghijklmnopqrstuvwxyz"
 ENDPOINT = f"https://{API_ID}.appsync-api.{REGION}.amazonaws.com/event"
 MODEL_ARNS = [
@@ -70,6 +71,7 @@ def make_args(**changes: Any) -> FunctionsArgs:
         runtime_env=runtime_env(),
         metering_table_arn=METERING_ARN,
         cache_table_arn=CACHE_ARN,
+        streams_table_arn=STREAMS_ARN,
         api_id=pulumi.Output.from_input(API_ID),
         model_arns=pulumi.Output.from_input(MODEL_ARNS),
         powertools_layer_version=27,
@@ -346,9 +348,9 @@ def test_gatekeeper_grants(mocks: RecordingMocks) -> None:
     assert grants(policies(mocks)["gatekeeper"]) == {
         "logs:CreateLogStream": log_resources("gatekeeper"),
         "logs:PutLogEvents": log_resources("gatekeeper"),
-        "dynamodb:GetItem": {METERING_ARN},
+        "dynamodb:GetItem": {METERING_ARN, STREAMS_ARN},
         "dynamodb:PutItem": {METERING_ARN},
-        "dynamodb:UpdateItem": {CACHE_ARN},
+        "dynamodb:UpdateItem": {METERING_ARN, CACHE_ARN, STREAMS_ARN},
         "lambda:InvokeFunction": {worker_arn},
         "appsync:EventPublish": {RESPONSES_ARN},
     }
@@ -361,7 +363,7 @@ def test_worker_grants(mocks: RecordingMocks) -> None:
         "logs:PutLogEvents": log_resources("worker"),
         "dynamodb:GetItem": {METERING_ARN},
         "dynamodb:PutItem": {METERING_ARN},
-        "dynamodb:UpdateItem": {METERING_ARN},
+        "dynamodb:UpdateItem": {METERING_ARN, STREAMS_ARN},
         "bedrock:InvokeModelWithResponseStream": set(MODEL_ARNS),
         "bedrock:ApplyGuardrail": {GUARDRAIL_ARN},
         "appsync:EventPublish": {RESPONSES_ARN},

@@ -176,7 +176,7 @@ def test_bad_config_names_the_key_and_the_fix(change: Any, expected: str) -> Non
 def test_the_runtime_configuration_is_derived_not_repeated() -> None:
     settings = StackSettings.from_stack_file(ROOT / "Pulumi.prod.yaml")
     runtime = settings.runtime_config(
-        stack="prod", metering_table="m-table", cache_table="c-table",
+        stack="prod", metering_table="m-table", cache_table="c-table", streams_table="s-table",
         http_endpoint="https://example.appsync-api.us-east-1.amazonaws.com/event", worker_function_name="w",
     )
     assert runtime.tiers == settings.tiers and runtime.default_tier == settings.default_tier

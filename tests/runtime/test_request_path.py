@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from aigw.emulators.appsync_receiver import AppSyncReceiver
 from aigw.emulators.bedrock import BedrockEmulator, default_answer
 from runtime import cache as cache_module
-from runtime import handlers, observability, protocol
+from runtime import handlers, observability, protocol, streams
 from runtime.appsync_publish import EventPublisher
 from runtime.bedrock import ModelClient
 from runtime.cache import AnswerCache
@@ -47,11 +47,13 @@ class Gateway:
         self.dynamodb = dynamodb
         self.calls: Counter[str] = Counter()
         dynamodb.meta.events.register("before-call.dynamodb.*", lambda model, **_: self.calls.update([model.name]))
-        for name, spec in (("metering", table_spec), ("cache", cache_module.table_spec)):
+        specs = {"metering": table_spec, "cache": cache_module.table_spec, "streams": streams.table_spec}
+        for name, spec in specs.items():
             dynamodb.create_table(**spec(f"{name}-{suffix}"))
         self.config = RuntimeConfig(
             metering_table=f"metering-{suffix}",
             cache_table=f"cache-{suffix}",
+            streams_table=f"streams-{suffix}",
             appsync_http_endpoint=receiver.endpoint_url,
             worker_function_name="worker",
             default_tier="free",
@@ -71,15 +73,19 @@ class Gateway:
         self.cache = AnswerCache(self.config.cache_table, client=dynamodb, clock=self.clock)
         self.publisher = EventPublisher(receiver.endpoint_url, "us-east-1", credentials=CREDS)
         self.jobs: list[protocol.WorkerJob] = []
+        self.journal = streams.Journal(f"streams-{suffix}", dynamodb, clock=self.clock)
         self.gatekeeper = Gatekeeper(
-            self.config, self.meter, self.cache, self.jobs.append, self.publisher.publish, clock=self.clock
+            self.config, self.meter, self.cache, self.jobs.append, self.publisher.publish, clock=self.clock,
+            journal=self.journal,
         )
         bedrock_client = boto3.client(
             "bedrock-runtime", endpoint_url=bedrock.endpoint_url, region_name="us-east-1",
             config=Config(retries={"mode": "standard", "total_max_attempts": 1}),
         )
         self.model = ModelClient(bedrock_client, sleep=lambda _: None)
-        self.worker = Worker(self.config, self.meter, self.model, self.publisher.publish, clock=self.clock)
+        self.worker = Worker(
+            self.config, self.meter, self.model, self.publisher.publish, clock=self.clock, journal=self.journal
+        )
         self.receiver = receiver
         self.bedrock = bedrock
 
@@ -101,23 +107,6 @@ class Gateway:
 
 def ask(text: str = "What is the capital of France?", **extra: Any) -> dict[str, Any]:
     return {"messages": [{"role": "user", "content": [{"text": text}]}], **extra}
-
-
-@pytest.fixture
-def receiver() -> Any:
-    with AppSyncReceiver({CREDS.access_key: CREDS.secret_key}, region="us-east-1") as r:
-        yield r
-
-
-@pytest.fixture
-def bedrock() -> Any:
-    with BedrockEmulator() as emu:
-        yield emu
-
-
-@pytest.fixture
-def gateway(dynamodb: Any, receiver: AppSyncReceiver, bedrock: BedrockEmulator) -> Gateway:
-    return Gateway(dynamodb, receiver, bedrock)
 
 
 def test_an_admitted_request_streams_start_deltas_end_and_settles(gateway: Gateway) -> None:
@@ -405,10 +394,13 @@ def counting_settles(monkeypatch: pytest.MonkeyPatch, meter: Meter) -> list[dict
 
 
 def answered_through_refusals(
-    dynamodb: Any, bedrock: BedrockEmulator, monkeypatch: pytest.MonkeyPatch, reject: Any, request: dict[str, Any]
+    dynamodb: Any, bedrock: BedrockEmulator, monkeypatch: pytest.MonkeyPatch, reject: Any, request: dict[str, Any],
+    *, journaled: bool = True,
 ) -> tuple[Gateway, RejectingReceiver, list[dict[str, Any]]]:
     """`request` published and answered through a `refusing_gateway`; also every `settle` the worker made."""
     gateway, receiver = refusing_gateway(dynamodb, bedrock, monkeypatch, reject)
+    if not journaled:
+        gateway.worker.journal = None
     settles = counting_settles(monkeypatch, gateway.meter)
     try:
         gateway.publish(request)
@@ -475,11 +467,13 @@ def test_an_end_refused_twice_is_followed_by_a_typed_error_and_settled_once_with
     assert failures == [1.0]
 
 
-def test_a_delta_refused_twice_ends_the_answer_with_an_error_not_an_end(
+def test_a_delta_refused_twice_and_not_journaled_ends_the_answer_with_an_error_not_an_end(
     dynamodb: Any, bedrock: BedrockEmulator, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
     emf_clean: None,
 ) -> None:
-    gateway, _, settles = answered_through_refusals(dynamodb, bedrock, monkeypatch, rejecting("delta", 2), ask())
+    gateway, _, settles = answered_through_refusals(
+        dynamodb, bedrock, monkeypatch, rejecting("delta", 2), ask(), journaled=False
+    )
     events = gateway.events()
     # Part of the text is missing: the client must not keep it as a complete answer (nor send it back as history).
     assert events[-1]["type"] == "error" and events[-1]["code"] == "internal"
@@ -581,10 +575,26 @@ def test_a_retry_with_the_same_request_id_after_a_failed_invoke_is_a_new_request
     assert gateway.events()[-1]["type"] == "end"
 
 
-def test_a_duplicate_of_an_answered_request_is_told_so_on_its_channel_not_left_waiting(gateway: Gateway) -> None:
+def test_a_duplicate_of_an_answered_request_replays_its_answer_from_the_journal(gateway: Gateway) -> None:
     request = ask(requestId="req-done", conversationId="conv-1")
     gateway.publish(request)
     gateway.run_jobs()
+    first = gateway.events()
+    [again] = gateway.publish(request)
+    assert again["payload"]["status"] == "accepted" and gateway.jobs == []
+    replayed = gateway.events()[len(first):]
+    assert replayed[0] == first[0] and replayed[-1] == first[-1]  # start .. end, the same seqs
+    assert "".join(e["text"] for e in replayed if e["type"] == "delta") == "".join(
+        e["text"] for e in first if e["type"] == "delta")
+    assert len(gateway.bedrock.requests) == 1  # replayed, not asked again
+
+
+def test_a_duplicate_of_an_answered_request_whose_journal_is_gone_is_told_so(gateway: Gateway) -> None:
+    request = ask(requestId="req-done", conversationId="conv-1")
+    gateway.publish(request)
+    gateway.run_jobs()
+    gateway.dynamodb.delete_item(TableName=gateway.config.streams_table,
+                                 Key={"pk": {"S": f"stream#{SUB}#req-done"}})
     [again] = gateway.publish(request)
     assert again["payload"]["status"] == "accepted" and gateway.jobs == []
     told = gateway.events()[-1]
