@@ -76,7 +76,11 @@ PROFILE_DEFAULTS: dict[str, float] = {
     "alarm_notifications_per_month": 0.0,  # SNS publishes when alarms change state
     "page_loads_per_connection": 1.0,  # chat page loads per WebSocket connection (the page opens one per load)
 }
-ASSUMED_OBJECT_BYTES = 16 * 1024  # a page file whose size the inventory does not carry
+ASSUMED_OBJECT_BYTES = 16 * 1024
+# The answer journal's item: the text (about 4 bytes per output token) plus each event's JSON envelope (type,
+# requestId, conversationId, seq: about 120 bytes).
+JOURNAL_BYTES_PER_OUTPUT_TOKEN = 4
+JOURNAL_BYTES_PER_EVENT = 120  # a page file whose size the inventory does not carry
 
 Kind = Literal["fixed", "per_request"]
 
@@ -504,6 +508,15 @@ def estimate(mocks_or_inventory: RecordingMocks | Iterable[Any], settings: Any, 
     out.add("DynamoDB", "write request units", wru, "dynamodb.write_request_units", "per_request",
             "on demand; admitted: cache lookup UpdateItem + PutItem + settle UpdateItem = 3 WRU; cached: 1 "
             "(hit-count UpdateItem); refused: 1 (cache lookup); items ≤ 1 KB, no transactions")
+    # The answer journal (resume, cancel): one UpdateItem a second while streaming plus the final one, each billed
+    # on the whole item; counted at the final size, an upper bound. A prepared answer is journaled once.
+    journal_writes = math.floor(float(p["avg_worker_duration_ms"]) / 1000) + 1
+    journal_kb = math.ceil((float(p["avg_output_tokens"]) * JOURNAL_BYTES_PER_OUTPUT_TOKEN
+                            + float(p["streamed_events_per_answer"]) * JOURNAL_BYTES_PER_EVENT) / 1024)
+    out.add("DynamoDB", "answer-journal write units", admitted * journal_writes * journal_kb + cached * journal_kb,
+            "dynamodb.write_request_units", "per_request",
+            f"{journal_writes} writes per answer (1 a second over {p['avg_worker_duration_ms']:g} ms, plus the "
+            f"final one) × {journal_kb} WRU (the item at its final {journal_kb} KB); prepared answers: 1 write")
     out.add("DynamoDB", "read request units", rru, "dynamodb.read_request_units", "per_request",
             "1 strongly consistent GetItem (≤ 4 KB) per admitted, cached or refused request")
     stored_gb = (users * float(p["dynamodb_bytes_per_user"])

@@ -82,6 +82,9 @@ def test_hand_computed_profile_line_by_line_on_prod() -> None:
         ("Lambda", "processor requests"): requests / 1e6 * p["lambda.requests"],
         ("Lambda", "processor GB-seconds"): requests * 0.5 * 256 / 1024 * p["lambda.gb_second_arm64"],
         ("DynamoDB", "write request units"): (answered * 3 + cached) / 1e6 * p["dynamodb.write_request_units"],
+        # the answer journal: 4 s of streaming -> 4 + 1 writes of ceil((500 × 4 + 12 × 120) / 1024) = 4 KB; cached: 1
+        ("DynamoDB", "answer-journal write units"): (answered * 5 * 4 + cached * 4) / 1e6
+        * p["dynamodb.write_request_units"],
         ("DynamoDB", "read request units"): requests / 1e6 * p["dynamodb.read_request_units"],
         ("DynamoDB", "storage"): 100 * 2048 / GB * p["dynamodb.storage_gb_month"],
         ("DynamoDB", "point-in-time recovery"): 100 * 2048 / GB * p["dynamodb.pitr_gb_month"],
