@@ -43,7 +43,7 @@ from components.web_app import (
     web_files,
 )
 from runtime import cache as answer_cache
-from runtime import channels, metering
+from runtime import channels, metering, streams
 
 STATE_DIR = Path(".aigw")
 WEB_DIR = Path(__file__).resolve().parents[1] / "web"  # the chat page served at `/`
@@ -147,10 +147,11 @@ class DevGateway:
         os.environ["AWS_ENDPOINT_URL_COGNITO_IDENTITY_PROVIDER"] = moto.endpoint_url
         config = Config(retries={"mode": "standard", "max_attempts": 3}, max_pool_connections=64)
         dynamodb = boto3.client("dynamodb", region_name=region, config=config)
-        tables = {"metering": f"{prefix}-metering", "cache": f"{prefix}-answers"}
+        tables = {"metering": f"{prefix}-metering", "cache": f"{prefix}-answers", "streams": f"{prefix}-streams"}
         for spec_of, ttl, name in (
             (metering.table_spec, metering.TTL_ATTRIBUTE, tables["metering"]),
             (answer_cache.table_spec, answer_cache.TTL_ATTRIBUTE, tables["cache"]),
+            (streams.table_spec, streams.TTL_ATTRIBUTE, tables["streams"]),
         ):
             # A fresh gateway starts empty, even when an earlier one in this process (tests) used the names:
             # moto keeps its state per process.
@@ -230,6 +231,7 @@ class DevGateway:
             stack=f"local-{self.stack}",
             metering_table=tables["metering"],
             cache_table=tables["cache"],
+            streams_table=tables["streams"],
             http_endpoint=http_url,
             worker_function_name=worker_name,
         )
