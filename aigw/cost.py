@@ -34,6 +34,7 @@ from typing import Any, Literal
 import yaml
 
 from aigw.mocks import RecordingMocks
+from runtime import observability
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_PRICES = ROOT / "cost" / "prices.yaml"
@@ -52,7 +53,7 @@ CACHED_EVENTS = 3  # a prepared answer: start, one delta, end, in one publish
 
 # EMF metrics (runtime/observability.py): dimension model_id, plus reason / code for Refusals / Errors.
 MAIN_METRICS = ("InputTokens", "OutputTokens", "TimeToFirstTokenMs", "ResponseLatencyMs", "CacheHits")
-REFUSAL_REASONS = ("window", "monthly")
+REFUSAL_REASONS = observability.REFUSAL_REASONS  # the usage records' reasons, one Refusals series each
 MODEL_ERROR_CODES = ("model_throttled", "model_error", "internal")
 UNKNOWN_MODEL_ERROR_CODES = ("invalid_request", "forbidden", "model_not_allowed", "internal")
 

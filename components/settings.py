@@ -176,6 +176,9 @@ class StackSettings(_Camel):
     max_message_chars: int = Field(default=32_000, gt=0)
     max_total_chars: int = Field(default=120_000, gt=0)
     lease_seconds: int = Field(default=900, ge=60)
+    # The stack's monthly USD ceiling ("never surprise the finance team"): every request is admitted against it,
+    # priced by the model catalog. Its starting value; `aigw budgets set --stack-monthly-usd` changes it live.
+    stack_monthly_usd: float | None = Field(default=None, gt=0)
     functions: FunctionsSettings = FunctionsSettings()
     powertools_layer_version: int = Field(default=34, ge=1)
     guardrail: GuardrailSettings = GuardrailSettings()
@@ -288,10 +291,14 @@ class StackSettings(_Camel):
         today = today or datetime.now(UTC).date()
         return [w for m in self.model_ids if (w := check_model(m, today=today)) is not None]
 
+    def token_prices(self) -> dict[str, tuple[float, float]]:
+        """``{model id: (input, output)}`` USD per 1M tokens in this region, from the catalog (budgets)."""
+        prices = {m: price_of(m, self.region) for m in self.model_ids}
+        return {m: (p.input, p.output) for m, p in prices.items() if p is not None}
+
     def model_prices_per_1k(self) -> dict[str, tuple[float, float]]:
         """``{model id: (input, output)}`` USD per 1,000 tokens in this region, from the catalog, for analytics."""
-        prices = {m: price_of(m, self.region) for m in self.model_ids}
-        return {m: (p.input / 1000, p.output / 1000) for m, p in prices.items() if p is not None}
+        return {m: (i / 1000, o / 1000) for m, (i, o) in self.token_prices().items()}
 
     def model_names(self) -> dict[str, str]:
         """``{model id: display name}`` for the web page's model picker."""
@@ -330,6 +337,8 @@ class StackSettings(_Camel):
             metering_table=metering_table,
             cache_table=cache_table,
             streams_table=streams_table,
+            prices=self.token_prices(),
+            stack_monthly_usd=self.stack_monthly_usd,
             appsync_http_endpoint=http_endpoint,
             worker_function_name=worker_function_name,
             tiers=self.tiers,

@@ -15,6 +15,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
+from runtime.budgets import Price
 from runtime.errors import ConfigurationError
 from runtime.metering import Limits
 
@@ -37,6 +38,8 @@ ENV = {
     "guardrail_id": "AIGW_GUARDRAIL_ID",
     "guardrail_version": "AIGW_GUARDRAIL_VERSION",
     "stack": "AIGW_STACK",
+    "prices": "AIGW_PRICES",  # JSON {modelId: [input, output]} in USD per 1M tokens, from the model catalog
+    "stack_monthly_usd": "AIGW_STACK_MONTHLY_USD",
     "region": "AWS_REGION",
 }
 
@@ -96,8 +99,10 @@ class RuntimeConfig(BaseModel):
     guardrail_id: str | None = None
     guardrail_version: str | None = None
     stack: str = "local"
+    prices: dict[str, tuple[float, float]] = Field(default_factory=dict)
+    stack_monthly_usd: float | None = Field(default=None, gt=0)  # the stack's ceiling (its starting value)
 
-    @field_validator("tiers", mode="before")
+    @field_validator("tiers", "prices", mode="before")
     @classmethod
     def _tiers_from_json(cls, value: Any) -> Any:
         return json.loads(value) if isinstance(value, str) else value
@@ -131,11 +136,19 @@ class RuntimeConfig(BaseModel):
                 continue
             if field == "tiers":
                 env[var] = json.dumps([t.model_dump(by_alias=True, exclude_none=True) for t in value])
+            elif field == "prices":
+                if value:
+                    env[var] = json.dumps({m: list(p) for m, p in value.items()}, separators=(",", ":"))
             elif isinstance(value, bool):
                 env[var] = "true" if value else "false"
             else:
                 env[var] = str(value)
         return env
+
+    def price(self, model_id: str) -> Price | None:
+        """The model's token price (USD per 1M tokens), when the stack's catalog prices it in its region."""
+        found = self.prices.get(model_id)
+        return Price(*found) if found else None
 
     def tier(self, name: str) -> TierSettings:
         return next(t for t in self.tiers if t.name == name)

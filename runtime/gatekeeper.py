@@ -19,14 +19,17 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+from runtime import budgets as budget_levels
 from runtime import channels, observability, protocol, streams
 from runtime.appsync_publish import MAX_EVENTS_PER_PUBLISH
+from runtime.budgets import BudgetLimits, Budgets, Hold, Remaining, Scope
 from runtime.cache import AnswerCache
 from runtime.config import RuntimeConfig, TierSettings
-from runtime.errors import ChannelForbiddenError, InvalidInputError, InvalidRequestError
+from runtime.errors import ChannelForbiddenError, InvalidInputError, InvalidRequestError, MeterContentionError
 from runtime.metering import Meter
 
 Publish = Callable[[str, list[dict[str, Any]]], Any]
@@ -44,6 +47,8 @@ class Rejection(Exception):  # not frozen: raising sets __traceback__
     month: int | None = None
     refusal_reason: str | None = None
     expired_reservations: int = 0
+    scope: Scope | None = None  # the budget that refused
+    budgets: dict[str, Any] | None = None  # what remains of the team's / stack's month
 
 
 @dataclass
@@ -71,9 +76,13 @@ class Gatekeeper:
         publish: Publish,
         clock: Callable[[], float] = time.time,
         journal: streams.Journal | None = None,
+        budgets: Budgets | None = None,
     ) -> None:
         self.config = config
         self.journal = journal
+        self.budgets = budgets
+        # Team and stack reservations go out together: one round trip for both (boto3 clients are thread-safe).
+        self._levels = ThreadPoolExecutor(max_workers=2, thread_name_prefix="budget")
         self.meter = meter
         self.cache = cache
         self.invoke_worker = invoke_worker
@@ -107,7 +116,7 @@ class Gatekeeper:
                 if protocol.is_action(payload):
                     answers.append({"id": event.get("id"), "payload": self._act(sub, channel, payload)})
                     continue
-                job = self._admit(sub, tier, channel, payload, request_id)
+                job = self._admit(sub, tier, channel, payload, request_id, budget_levels.team_of(groups))
                 self.invoke_worker(job)
                 answers.append({"id": event.get("id"), "payload": {"requestId": request_id, "status": "accepted"}})
             except _AlreadyAccepted as duplicate:
@@ -173,7 +182,13 @@ class Gatekeeper:
     # -- one event
 
     def _admit(
-        self, sub: str, tier: TierSettings, channel: channels.Channel, payload: Any, request_id: str
+        self,
+        sub: str,
+        tier: TierSettings,
+        channel: channels.Channel,
+        payload: Any,
+        request_id: str,
+        team: str | None = None,
     ) -> protocol.WorkerJob:
         cfg = self.config
         try:
@@ -205,9 +220,16 @@ class Gatekeeper:
 
         decision = None
         if max_output > 0:
-            decision = self.meter.admit(
-                sub, tier.limits, input_tokens=input_estimate, max_output_tokens=max_output, request_key=request_id
-            )
+            try:
+                decision = self.meter.admit(
+                    sub, tier.limits, input_tokens=input_estimate, max_output_tokens=max_output, request_key=request_id
+                )
+            except MeterContentionError:
+                # Many requests of one user at once: a refusal to retry shortly, never `internal`.
+                raise Rejection(
+                    "rate_limited", "too many requests at once; retry shortly", retry_after_s=1.0,
+                    refusal_reason="contention", scope="user",
+                ) from None
             if decision.duplicate_of is not None:
                 raise _AlreadyAccepted(
                     decision.duplicate_answered, conversation_id, decision.window_remaining, decision.month_remaining
@@ -219,6 +241,11 @@ class Gatekeeper:
             window, month = usage.window_remaining, usage.month_remaining
         else:
             window, month = decision.window_remaining, decision.month_remaining
+        holds: list[Hold] = []
+        granted = decision.granted_output_tokens if decision else 0
+        if decision is not None and cached is None:
+            min_output = min(decision.limits.min_output_tokens, max_output)
+            holds, granted = self._reserve_budgets(sub, team, model_id, input_estimate, granted, min_output, decision)
 
         return protocol.WorkerJob(
             request_id=request_id,
@@ -229,7 +256,7 @@ class Gatekeeper:
             messages=messages,
             channel=channels.responses_channel(sub, conversation_id),
             reservation_id=decision.reservation_id if decision else None,
-            granted_output_tokens=decision.granted_output_tokens if decision else 0,
+            granted_output_tokens=granted,
             input_estimate=input_estimate,
             reserved_tokens=decision.reserved_tokens if decision else 0,
             window_remaining=window,
@@ -237,6 +264,72 @@ class Gatekeeper:
             admitted_at=self.clock(),
             cached_answer=cached.answer if cached else None,
             expired_reservations=decision.expired_reservations if decision else 0,
+            budget_holds=tuple(h.fields() for h in holds),
+        )
+
+    # -- team and stack budgets
+
+    def _reserve_budgets(
+        self, sub: str, team: str | None, model_id: str, input_tokens: int, granted: int, min_output: int,
+        decision: Any,
+    ) -> tuple[list[Hold], int]:
+        """Reserve the request's worst-case cost at its team and the stack; the grant, capped to fit them all.
+
+        Both levels are asked at once. One that is short lets the request through with a smaller grant when at
+        least the minimum output still fits (the others' holds shrink to match); else everything reserved for the
+        request, its user's too, is given back and the refusal names that level.
+        """
+        levels: list[tuple[Scope, str, BudgetLimits | None]] = []
+        if team is not None:
+            levels.append(("team", budget_levels.budget_key("team", team), None))
+        if self.config.stack_monthly_usd is not None:
+            levels.append(("stack", budget_levels.STACK_KEY, BudgetLimits(monthly_usd=self.config.stack_monthly_usd)))
+        if self.budgets is None or not levels:
+            return [], granted
+        budgets, price = self.budgets, self.config.price(model_id)
+
+        def cost(output: int) -> int:
+            return price.cost(input_tokens, output) if price is not None else 0
+
+        def reserve(level: tuple[Scope, str, BudgetLimits | None]) -> Hold | Remaining | None:
+            return budgets.reserve(level[1], cost(granted), input_tokens + granted, level[2])
+
+        answers = list(self._levels.map(reserve, levels))
+        holds = [a for a in answers if isinstance(a, Hold)]
+        short = [(level[0], a) for level, a in zip(levels, answers, strict=True) if isinstance(a, Remaining)]
+        if short:
+            fitted = min(budget_levels.granted_within(price, r, input_tokens, granted) for _, r in short)
+            if fitted >= min_output:
+                for hold in holds:
+                    budgets.settle(hold, cost(fitted), input_tokens + fitted)
+                holds = [Hold(h.key, h.month, cost(fitted), input_tokens + fitted) for h in holds]
+                granted = fitted
+                for scope, _ in short:
+                    key, default = next((k, d) for s, k, d in levels if s == scope)
+                    again = budgets.reserve(key, cost(granted), input_tokens + granted, default)
+                    if isinstance(again, Remaining):
+                        self._refuse_budget(sub, holds, decision, scope, again)
+                    if isinstance(again, Hold):
+                        holds.append(again)
+            else:
+                self._refuse_budget(sub, holds, decision, *short[0])
+        return holds, granted
+
+    def _refuse_budget(self, sub: str, holds: list[Hold], decision: Any, scope: Scope, remaining: Remaining) -> None:
+        assert self.budgets is not None
+        for hold in holds:
+            self.budgets.settle(hold, 0, 0)
+        self.meter.release(sub, decision.reservation_id)
+        whose = "your team's" if scope == "team" else "this gateway's"
+        raise Rejection(
+            "quota_exhausted",
+            f"{whose} monthly budget is used up",
+            retry_after_s=budget_levels.retry_after_month(self.clock()),
+            window=decision.window_remaining + decision.reserved_tokens,
+            month=decision.month_remaining + decision.reserved_tokens,
+            refusal_reason=scope,
+            scope=scope,
+            budgets={scope: remaining.as_event()},
         )
 
     def _release(self, job: protocol.WorkerJob) -> tuple[int | None, int | None]:
@@ -250,6 +343,9 @@ class Gatekeeper:
         if job.reservation_id is None:
             return job.window_remaining, job.month_remaining
         try:
+            for hold in job.budget_holds:
+                if self.budgets is not None:
+                    self.budgets.settle(Hold(**hold), 0, 0)
             self.meter.release(job.user_id, job.reservation_id)  # and its requestId: a retry is a new request
         except Exception:
             observability.logger.exception("release failed", extra={"request_id": job.request_id})
@@ -300,6 +396,8 @@ class Gatekeeper:
             window=rejection.window,
             month=rejection.month,
             seq=0,  # a refused request's whole stream is this one event
+            scope=rejection.scope,
+            budgets=rejection.budgets,
         )
         self._tell(sub, request_id, conversation_id, event)
 
@@ -334,6 +432,7 @@ def _refusal(decision: Any) -> Rejection:
             "invalid_request",
             f"this request is larger than your {limit} limit allows; shorten it or ask for fewer tokens",
             refusal_reason=decision.reason,
+            scope="user",
             **remaining,
         )
     if decision.reason == "monthly":
@@ -342,6 +441,7 @@ def _refusal(decision: Any) -> Rejection:
             "your monthly token quota is used up",
             retry_after_s=decision.retry_after_s,
             refusal_reason="monthly",
+            scope="user",
             **remaining,
         )
     return Rejection(
@@ -349,5 +449,6 @@ def _refusal(decision: Any) -> Rejection:
         "too many tokens in the last few minutes",
         retry_after_s=decision.retry_after_s,
         refusal_reason="window",
+        scope="user",
         **remaining,
     )

@@ -96,6 +96,7 @@ def report_undelivered(channel: str, events: list[dict[str, Any]], result: Publi
 def gatekeeper() -> Any:
     import boto3
 
+    from runtime.budgets import Budgets
     from runtime.cache import AnswerCache
     from runtime.gatekeeper import Gatekeeper
     from runtime.metering import Meter
@@ -116,6 +117,7 @@ def gatekeeper() -> Any:
         invoke_worker,
         publish,
         journal=journal(dynamodb),
+        budgets=Budgets(cfg.metering_table, dynamodb),
     )
 
 
@@ -132,13 +134,16 @@ def worker() -> Any:
     import boto3
 
     from runtime.bedrock import ModelClient
+    from runtime.budgets import Budgets
     from runtime.metering import Meter
     from runtime.worker import Worker
 
     cfg = config()
     dynamodb = boto3.client("dynamodb", region_name=cfg.region)
     meter = Meter(cfg.metering_table, client=dynamodb, lease_seconds=cfg.lease_seconds)
-    return Worker(cfg, meter, ModelClient(), publish, journal=journal(dynamodb))
+    return Worker(
+        cfg, meter, ModelClient(), publish, journal=journal(dynamodb), budgets=Budgets(cfg.metering_table, dynamodb)
+    )
 
 
 @app.on_subscribe("/*")

@@ -120,7 +120,7 @@ UNKNOWN_MODEL = "unknown"
 USAGE_SCHEMA_VERSION = 1
 USAGE_RECORD_TYPE = "usage"
 OUTCOMES = ("completed", "cached", "refused", "error")
-REFUSAL_REASONS = ("window", "monthly")
+REFUSAL_REASONS = ("window", "monthly", "team", "stack", "contention")  # contention: too many at once
 
 USAGE_FIELD_TYPES = ("string", "int", "bigint", "boolean", "timestamp")
 

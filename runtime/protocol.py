@@ -14,7 +14,9 @@ Actions on an admitted request, published on the same channel::
 Events (published on `/responses/<sub>[/<conversationId>]`), all with `type`, `requestId`, `conversationId` and
 `seq` (0, 1, 2 ... per request, in order): `start` {model, grantedTokens, cached}, `delta` {text, firstSeq?},
 `end` {stopReason ("end_turn", "max_tokens", "cancelled", ...), usage {input, output}, remaining {window, month},
-cached}, `error` {code, message, retryAfterSeconds?, remaining?}. A replayed delta may merge several: it then
+cached}, `error` {code, message, retryAfterSeconds?, remaining?, scope?, budgets?}. A refusal by the meter says
+which budget refused (`scope`: "user", "team" or "stack") and, for team and stack, what remains of it
+(`budgets` {scope: {usd, tokens}}, null where that level sets no limit). A replayed delta may merge several: it then
 covers `firstSeq` .. `seq`. An `error` with code `stream_gap` says the events from its `seq` on are lost.
 """
 
@@ -171,6 +173,8 @@ class WorkerJob(BaseModel):
     admitted_at: float
     cached_answer: str | None = None
     expired_reservations: int = 0  # leases the admission found expired, for the ExpiredReservations metric
+    # Team and stack reservations (runtime.budgets.Hold fields: key, month, micro_usd, tokens), settled with the truth.
+    budget_holds: tuple[dict[str, Any], ...] = ()
 
 
 # --- events on the responses channel --------------------------------------------------------------------
@@ -216,8 +220,14 @@ def error_event(
     window: int | None = None,
     month: int | None = None,
     seq: int | None = None,
+    scope: str | None = None,
+    budgets: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     event = {**_base("error", request_id, conversation_id), "code": code, "message": message}
+    if scope is not None:
+        event["scope"] = scope  # which budget refused: user, team or stack
+    if budgets:
+        event["budgets"] = budgets  # what remains of the team's / stack's month: {scope: {usd, tokens}}
     if seq is not None:
         event["seq"] = seq
     if retry_after_s is not None:

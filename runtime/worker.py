@@ -28,6 +28,7 @@ from typing import Any
 from runtime import observability, protocol
 from runtime.appsync_publish import Coalescer
 from runtime.bedrock import GuardrailSettings, ModelClient, StreamStop, StreamUsage, TextDelta
+from runtime.budgets import Budgets, Hold
 from runtime.cache import chunks
 from runtime.config import RuntimeConfig
 from runtime.errors import ModelError, ModelThrottledError
@@ -136,8 +137,10 @@ class Worker:
         monotonic: Callable[[], float] = time.monotonic,
         journal: Journal | None = None,
         journal_interval_s: float = JOURNAL_INTERVAL_S,
+        budgets: Budgets | None = None,
     ) -> None:
         self.config = config
+        self.budgets = budgets
         self.journal = journal
         self.journal_interval_s = journal_interval_s
         self.meter = meter
@@ -291,6 +294,7 @@ class Worker:
         """Settle with what is known; returns (tokens charged, overshoot). Never raises."""
         if job.reservation_id is None:
             return outcome.input_tokens + outcome.output_tokens, 0
+        self._settle_budgets(job, outcome)
         try:
             s = self.meter.settle(
                 job.user_id, job.reservation_id, input_tokens=outcome.input_tokens, output_tokens=outcome.output_tokens
@@ -300,6 +304,19 @@ class Worker:
             # The lease releases the reservation if this write never lands; the alarm on expired leases sees it.
             observability.logger.exception("settle failed", extra={"request_id": job.request_id})
             return job.reserved_tokens, 0
+
+    def _settle_budgets(self, job: protocol.WorkerJob, outcome: _Outcome) -> None:
+        """The team's and stack's holds replaced by the request's real cost. Never raises."""
+        if not job.budget_holds or self.budgets is None:
+            return
+        price = self.config.price(job.model_id)
+        cost = price.cost(outcome.input_tokens, outcome.output_tokens) if price is not None else 0
+        for hold in job.budget_holds:
+            try:
+                self.budgets.settle(Hold(**hold), cost, outcome.input_tokens + outcome.output_tokens)
+            except Exception:
+                # The hold stays counted as spent this month: over-counting, never over-admitting.
+                observability.logger.exception("budget settle failed", extra={"request_id": job.request_id})
 
     def _announce_lost_final(
         self, job: protocol.WorkerJob, outcome: _Outcome, seq: int, *, window: int, month: int

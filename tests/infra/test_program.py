@@ -106,8 +106,13 @@ def test_functions_get_the_runtime_environment_from_the_settings(stack: str) -> 
         if function.inputs["handler"] == "runtime.analytics.handler":
             continue  # the Firehose processor needs no gateway configuration
         env = function.inputs["environment"]["variables"]
-        required = {v for k, v in ENV.items() if k not in ("guardrail_id", "guardrail_version", "region")}
+        optional = ("guardrail_id", "guardrail_version", "region", "stack_monthly_usd")
+        required = {v for k, v in ENV.items() if k not in optional}
         assert required <= set(env), function.name
+        assert json.loads(env[ENV["prices"]]) == {m: list(p) for m, p in settings.token_prices().items()}
+        assert set(json.loads(env[ENV["prices"]])) == set(settings.model_ids)  # every model priced: budgets hold
+        stack_ceiling = env.get(ENV["stack_monthly_usd"])
+        assert (float(stack_ceiling) if stack_ceiling else None) == settings.stack_monthly_usd
         assert json.loads(env[ENV["tiers"]]) == [
             t.model_dump(mode="json", by_alias=True, exclude_none=True) for t in settings.tiers
         ]

@@ -1,0 +1,248 @@
+"""Team and stack budgets in USD and tokens: the pure arithmetic (properties), the counters on moto, the request
+path (admit, cap, refuse, settle, release), and 64 concurrent requests against one hot team item."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from runtime import protocol
+from runtime.budgets import (
+    MICRO,
+    UNLIMITED,
+    BudgetLimits,
+    Budgets,
+    Hold,
+    Price,
+    Remaining,
+    budget_key,
+    granted_within,
+    team_of,
+)
+from runtime.gatekeeper import Gatekeeper
+from runtime.metering import Meter, table_spec
+from tests.runtime.test_request_path import MODEL, SUB, Gateway, ask
+from tests.support import Clock
+
+PRICE = Price(input=1.0, output=5.0)  # USD per 1M tokens: 1 µUSD per input token, 5 per output token
+prices = st.builds(Price, st.floats(0, 100), st.floats(0.001, 100))
+counts = st.integers(0, 200_000)
+
+
+# --- the pure part --------------------------------------------------------------------------------------------
+
+
+@given(prices, counts, counts)
+def test_a_cost_is_never_under_counted(price: Price, input_tokens: int, output_tokens: int) -> None:
+    exact = input_tokens * price.input + output_tokens * price.output
+    assert exact - 1e-6 <= price.cost(input_tokens, output_tokens) <= exact + 1
+
+
+@given(prices, st.integers(0, 10**9), counts, counts, st.integers(0, 10**6))
+def test_the_capped_grant_fits_every_remaining_budget(
+    price: Price, micro_usd: int, tokens: int, input_tokens: int, granted: int
+) -> None:
+    remaining = Remaining(micro_usd, tokens)
+    fitted = granted_within(price, remaining, input_tokens, granted)
+    assert 0 <= fitted <= granted
+    if fitted > 0:
+        assert price.cost(input_tokens, fitted) <= micro_usd and input_tokens + fitted <= tokens
+    # Maximal: one token more would not fit (unless the request's own ask is the cap).
+    if fitted < granted and fitted > 0:
+        assert price.cost(input_tokens, fitted + 1) > micro_usd or input_tokens + fitted + 1 > tokens
+
+
+def test_the_team_is_the_team_group() -> None:
+    assert team_of(["pro", "team:platform"]) == "platform"
+    assert team_of(["team:b", "team:a"]) == "a"  # at most one is meant; with several, the same one every time
+    assert team_of(["pro"]) is None and team_of(None) is None and team_of(["team:"]) is None
+
+
+# --- the counters on moto -------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def budgets(dynamodb: Any) -> tuple[Budgets, Clock]:
+    name = f"budgets-{uuid.uuid4().hex[:8]}"
+    dynamodb.create_table(**table_spec(name))
+    clock = Clock()
+    return Budgets(name, dynamodb, clock=clock), clock
+
+
+def test_a_budget_reserves_until_it_cannot_then_says_what_remains(budgets: tuple[Budgets, Clock]) -> None:
+    store, _ = budgets
+    key = budget_key("team", "platform")
+    assert store.reserve(key, 100, 10) is None  # no budget set: not limited at this level
+    store.set_limits(key, BudgetLimits(monthly_usd=0.001, monthly_tokens=25))  # 1,000 µUSD
+    first = store.reserve(key, 600, 10)
+    assert isinstance(first, Hold)
+    assert store.reserve(key, 600, 10) == Remaining(400, 15)
+    store.settle(first, 100, 4)  # the truth was cheaper: the rest comes back
+    assert isinstance(store.reserve(key, 600, 10), Hold)
+    usage = store.usage(key)
+    assert usage is not None and usage.spent_micro_usd == 700 and usage.remaining == Remaining(300, 11)
+
+
+def test_a_new_month_starts_from_the_limits_and_an_old_hold_changes_nothing(budgets: tuple[Budgets, Clock]) -> None:
+    store, clock = budgets
+    store.set_limits("stack", BudgetLimits(monthly_usd=1.0))
+    old = store.reserve("stack", 900_000, 1)
+    assert isinstance(old, Hold)
+    clock.t += 31 * 86_400
+    fresh = store.reserve("stack", 900_000, 1)
+    assert isinstance(fresh, Hold) and fresh.month != old.month
+    store.settle(old, 0, 0)  # last month's: this month's counter is untouched
+    usage = store.usage("stack")
+    assert usage is not None and usage.remaining.micro_usd == 100_000 and usage.remaining.tokens == UNLIMITED - 1
+
+
+def test_the_stack_ceiling_starts_from_its_setting(budgets: tuple[Budgets, Clock]) -> None:
+    store, _ = budgets
+    assert isinstance(store.reserve("stack", 10, 1, default=BudgetLimits(monthly_usd=0.00002)), Hold)
+    assert store.reserve("stack", 11, 1, default=BudgetLimits(monthly_usd=0.00002)) == Remaining(10, UNLIMITED - 1)
+
+
+def test_raising_a_limit_keeps_what_was_spent(budgets: tuple[Budgets, Clock]) -> None:
+    store, _ = budgets
+    key = budget_key("team", "t")
+    store.set_limits(key, BudgetLimits(monthly_usd=0.001))
+    store.reserve(key, 800, 1)
+    store.set_limits(key, BudgetLimits(monthly_usd=0.002))
+    usage = store.usage(key)
+    assert usage is not None and usage.spent_micro_usd == 800 and usage.remaining.micro_usd == 1_200
+    assert store.teams() == ["t"]
+
+
+# --- the request path -----------------------------------------------------------------------------------------
+
+
+def priced(gateway: Gateway, **changes: Any) -> Budgets:
+    """The gateway with the model priced at PRICE and budgets wired into the gatekeeper and the worker."""
+    config = gateway.config.model_copy(update={"prices": {MODEL: (PRICE.input, PRICE.output)}, **changes})
+    store = Budgets(config.metering_table, gateway.dynamodb, clock=gateway.clock)
+    for part in (gateway.gatekeeper, gateway.worker):
+        part.config, part.budgets = config, store
+    return store
+
+
+TEAM = ["team:platform"]
+
+
+def test_a_team_members_request_holds_its_worst_case_cost_then_settles_the_real_one(gateway: Gateway) -> None:
+    store = priced(gateway)
+    key = budget_key("team", "platform")
+    store.set_limits(key, BudgetLimits(monthly_usd=1.0))
+    gateway.publish(ask(requestId="r1"), groups=TEAM)
+    [job] = gateway.jobs
+    [hold] = job.budget_holds
+    assert hold["micro_usd"] == PRICE.cost(job.input_estimate, job.granted_output_tokens)
+    gateway.run_jobs()
+    end = gateway.events()[-1]
+    usage = store.usage(key)
+    assert usage is not None and usage.spent_micro_usd == PRICE.cost(end["usage"]["input"], end["usage"]["output"])
+    assert usage.spent_tokens == end["usage"]["input"] + end["usage"]["output"]
+
+
+def test_a_small_team_budget_caps_the_grant_then_refuses_naming_the_team(gateway: Gateway) -> None:
+    store = priced(gateway)
+    key = budget_key("team", "platform")
+    store.set_limits(key, BudgetLimits(monthly_usd=0.0015))  # 1,500 µUSD: 512 output tokens alone cost 2,560
+    gateway.publish(ask(requestId="capped"), groups=TEAM)
+    [job] = gateway.jobs
+    assert 64 <= job.granted_output_tokens < 512
+    assert PRICE.cost(job.input_estimate, job.granted_output_tokens) <= 1_500
+    [refused] = gateway.publish(ask(requestId="over"), groups=TEAM)
+    assert refused["error"].startswith("quota_exhausted")
+    error = gateway.events()[-1]
+    assert error["scope"] == "team" and error["budgets"]["team"]["usd"] < 0.0015 and error["retryAfterSeconds"] > 0
+    # Nothing of the refused request is held, at the team or by the user.
+    usage = gateway.meter.usage(SUB, gateway.config.tier("free").limits)
+    assert usage.reserved == job.reserved_tokens
+
+
+def test_the_stack_ceiling_refuses_with_scope_stack(gateway: Gateway) -> None:
+    priced(gateway, stack_monthly_usd=0.000001)  # 1 µUSD: nothing fits
+    [refused] = gateway.publish(ask())
+    assert refused["error"].startswith("quota_exhausted") and gateway.events()[-1]["scope"] == "stack"
+    assert gateway.jobs == [] and gateway.meter.usage(SUB, gateway.config.tier("free").limits).reserved == 0
+
+
+def test_user_refusals_name_the_user_scope(gateway: Gateway) -> None:
+    gateway.meter.admit(SUB, gateway.config.tier("free").limits, input_tokens=0, max_output_tokens=4_000)
+    gateway.publish(ask())
+    assert gateway.events()[-1]["scope"] == "user"
+
+
+def test_a_failed_hand_over_gives_the_team_its_hold_back(gateway: Gateway) -> None:
+    store = priced(gateway)
+    key = budget_key("team", "platform")
+    store.set_limits(key, BudgetLimits(monthly_usd=1.0))
+
+    def failing_invoke(job: protocol.WorkerJob) -> None:
+        raise ConnectionError("injected")
+
+    gateway.gatekeeper.invoke_worker = failing_invoke
+    [answer] = gateway.publish(ask(), groups=TEAM)
+    assert answer["error"].startswith("internal")
+    usage = store.usage(key)
+    assert usage is not None and usage.spent_micro_usd == 0 and usage.spent_tokens == 0
+
+
+# --- 64 at once -----------------------------------------------------------------------------------------------
+
+
+def _concurrent_gatekeeper(gateway: Gateway, store: Budgets) -> tuple[Gatekeeper, list[protocol.WorkerJob]]:
+    """A gatekeeper safe to call from many threads: jobs and courtesy publishes collected, not sent."""
+    jobs: list[protocol.WorkerJob] = []
+    lock = threading.Lock()
+
+    def collect(job: protocol.WorkerJob) -> None:
+        with lock:
+            jobs.append(job)
+
+    meter = Meter(gateway.config.metering_table, client=gateway.dynamodb, clock=gateway.clock)
+    keeper = Gatekeeper(gateway.gatekeeper.config, meter, None, collect, lambda channel, events: None,
+                        clock=gateway.clock, budgets=store)  # fmt: skip
+    return keeper, jobs
+
+
+def _publish(keeper: Gatekeeper, sub: str, groups: list[str], request_id: str) -> dict[str, Any]:
+    identity = {"sub": sub, "groups": groups}
+    [answer] = keeper.on_publish(identity, f"/chat/{sub}", [{"id": "e", "payload": ask(requestId=request_id)}])
+    return answer
+
+
+def test_64_members_at_once_never_overspend_a_small_team_budget_and_use_nearly_all_of_it(gateway: Gateway) -> None:
+    store = priced(gateway)
+    key = budget_key("team", "platform")
+    limit = 20_000  # µUSD: about 7 requests of 2,700 µUSD (input + 512 output tokens)
+    store.set_limits(key, BudgetLimits(monthly_usd=limit / MICRO))
+    keeper, jobs = _concurrent_gatekeeper(gateway, store)
+    users = [str(uuid.UUID(int=i + 1)) for i in range(64)]
+    with ThreadPoolExecutor(64) as pool:
+        answers = list(pool.map(lambda u: _publish(keeper, u, TEAM, "r"), users))
+    outcomes = Counter(a["payload"]["status"] if "payload" in a else a["error"].split(":")[0] for a in answers)
+    assert set(outcomes) <= {"accepted", "quota_exhausted"}, outcomes
+    held = sum(h["micro_usd"] for j in jobs for h in j.budget_holds)
+    usage = store.usage(key)
+    assert usage is not None and usage.spent_micro_usd == held <= limit  # 0 over-admission
+    assert held >= 0.95 * limit - PRICE.cost(30, 64)  # all but less than the smallest admissible request
+    assert outcomes["accepted"] == len(jobs)
+
+
+def test_64_requests_of_one_user_at_once_are_admitted_or_told_to_retry_never_internal(gateway: Gateway) -> None:
+    store = priced(gateway)
+    keeper, jobs = _concurrent_gatekeeper(gateway, store)
+    with ThreadPoolExecutor(64) as pool:
+        answers = list(pool.map(lambda i: _publish(keeper, SUB, [], f"r{i}"), range(64)))
+    codes = Counter(a["payload"]["status"] if "payload" in a else a["error"].split(":")[0] for a in answers)
+    assert set(codes) <= {"accepted", "rate_limited"}, codes
+    usage = gateway.meter.usage(SUB, gateway.config.tier("free").limits)
+    assert usage.reserved == sum(j.reserved_tokens for j in jobs) <= gateway.config.tier("free").window_tokens
