@@ -31,6 +31,9 @@ from runtime.metering.core import month_key, next_month_start
 Scope = Literal["user", "team", "stack"]
 MICRO = 1_000_000
 UNLIMITED = 10**15  # what "remains" under a limit that is not set
+# A level without a limit in one unit still counts down from UNLIMITED as it spends; anything above this is "no
+# limit" (half of UNLIMITED: $500M or 5e14 tokens a month, beyond any real budget and any real month's spend).
+_NO_LIMIT_ABOVE = UNLIMITED // 2
 STACK_KEY = "stack"
 TEAM_GROUP_PREFIX = "team:"  # a Cognito group `team:<name>` makes its members the team's
 
@@ -51,10 +54,18 @@ class Price:
 
     def output_within(self, micro_usd: int, input_tokens: int) -> int:
         """The most output tokens that fit in `micro_usd` after the input's cost."""
-        left = micro_usd - self.cost(input_tokens, 0)
-        if left < 0:
+        if self.cost(input_tokens, 0) > micro_usd:
             return 0
-        return UNLIMITED if self.output == 0 else math.floor(left / self.output + 1e-9)
+        if self.output == 0:
+            return UNLIMITED
+        # The float estimate can be one off either way (the cost rounds up once, over input and output
+        # together); step to the exact largest n with cost(input, n) <= micro_usd.
+        n = max(0, math.floor((micro_usd - input_tokens * self.input) / self.output))
+        while n > 0 and self.cost(input_tokens, n) > micro_usd:
+            n -= 1
+        while self.cost(input_tokens, n + 1) <= micro_usd:
+            n += 1
+        return n
 
 
 def team_of(groups: object) -> str | None:
@@ -79,8 +90,8 @@ class Remaining:
 
     def as_event(self) -> dict[str, Any]:
         return {
-            "usd": None if self.micro_usd >= UNLIMITED else round(max(0, self.micro_usd) / MICRO, 6),
-            "tokens": None if self.tokens >= UNLIMITED else max(0, self.tokens),
+            "usd": None if self.micro_usd > _NO_LIMIT_ABOVE else round(max(0, self.micro_usd) / MICRO, 6),
+            "tokens": None if self.tokens > _NO_LIMIT_ABOVE else max(0, self.tokens),
         }
 
 

@@ -114,7 +114,7 @@ class Gatekeeper:
                     raise denial
                 assert channel is not None and isinstance(sub, str)
                 if protocol.is_action(payload):
-                    answers.append({"id": event.get("id"), "payload": self._act(sub, channel, payload)})
+                    answers.append({"id": event.get("id"), "payload": self._act(sub, channel, payload, tier, groups)})
                     continue
                 job = self._admit(sub, tier, channel, payload, request_id, budget_levels.team_of(groups))
                 self.invoke_worker(job)
@@ -145,11 +145,18 @@ class Gatekeeper:
 
     # -- actions on a request's answer
 
-    def _act(self, sub: str, channel: channels.Channel, payload: Any) -> dict[str, Any]:
+    def _act(
+        self, sub: str, channel: channels.Channel, payload: Any, tier: TierSettings, groups: object
+    ) -> dict[str, Any]:
         try:
             action = protocol.parse_action(payload)
         except InvalidRequestError as err:
             raise Rejection("invalid_request", str(err)) from None
+        if action.action == "usage":
+            request_id = action.request_id or protocol.new_request_id()
+            self._tell(sub, request_id, None, self._usage_event(sub, tier, request_id, budget_levels.team_of(groups)))
+            return {"requestId": request_id, "status": "usage"}
+        assert action.request_id is not None  # resume and cancel name their request (parse_action checks)
         if self.journal is None:
             raise Rejection("invalid_request", f"{action.action} is not available on this gateway")
         conversation_id = channels.conversation_id_of(channel)
@@ -159,6 +166,26 @@ class Gatekeeper:
             return {"requestId": action.request_id, "status": "cancelling" if asked else "finished"}
         self._replay(sub, action.request_id, conversation_id, after_seq=action.after_seq, tell_gap=True)
         return {"requestId": action.request_id, "status": "resumed"}
+
+    def _usage_event(self, sub: str, tier: TierSettings, request_id: str, team: str | None) -> dict[str, Any]:
+        """What the caller may still spend: their own effective limits, and their team's and the stack's month."""
+        used = self.meter.usage(sub, tier.limits)
+        budgets: dict[str, Any] = {}
+        if self.budgets is not None:
+            if team is not None and (team_usage := self.budgets.usage(budget_levels.budget_key("team", team))):
+                budgets["team"] = {"name": team, **team_usage.remaining.as_event()}
+            if self.config.stack_monthly_usd is not None:
+                stack_usage = self.budgets.usage(budget_levels.STACK_KEY)
+                ceiling = BudgetLimits(monthly_usd=self.config.stack_monthly_usd)  # until the first request starts it
+                remaining = stack_usage.remaining if stack_usage else Remaining(ceiling.micro_usd, ceiling.tokens)
+                budgets["stack"] = remaining.as_event()
+        return protocol.usage_event(
+            request_id,
+            tier=tier.name,
+            limits={"window": used.limits.window_tokens, "month": used.limits.monthly_tokens},
+            remaining={"window": used.window_remaining, "month": used.month_remaining},
+            budgets=budgets,
+        )
 
     def _replay(
         self, sub: str, request_id: str, conversation_id: str | None, *, after_seq: int, tell_gap: bool

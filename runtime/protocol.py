@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 import re
 import uuid
+from collections.abc import Mapping
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -76,16 +77,18 @@ class ChatRequest(_Strict):
 
 
 class StreamAction(_Strict):
-    """A client's action on one of its requests: replay what it missed, or stop the answer."""
+    """A client's action: replay what it missed of a request, stop a request's answer, or read its own budgets."""
 
-    action: Literal["resume", "cancel"]
-    request_id: str = Field(alias="requestId", pattern=_ID)
+    action: Literal["resume", "cancel", "usage"]
+    request_id: str | None = Field(default=None, alias="requestId", pattern=_ID)
     after_seq: int = Field(default=-1, alias="afterSeq", ge=-1, le=1_000_000)
 
     @model_validator(mode="after")
-    def _after_seq_only_to_resume(self) -> StreamAction:
-        if self.action == "cancel" and "after_seq" in self.model_fields_set:
-            raise ValueError("afterSeq goes with resume, not cancel")
+    def _fields_fit_the_action(self) -> StreamAction:
+        if self.action != "resume" and "after_seq" in self.model_fields_set:
+            raise ValueError(f"afterSeq goes with resume, not {self.action}")
+        if self.action != "usage" and self.request_id is None:
+            raise ValueError(f"{self.action} needs the requestId of the request it acts on")
         return self
 
 
@@ -208,6 +211,27 @@ def end_event(
         "remaining": {"window": window, "month": month},
         "cached": job.cached_answer is not None,
     }
+
+
+def usage_event(
+    request_id: str,
+    *,
+    tier: str,
+    limits: Mapping[str, int],
+    remaining: Mapping[str, int],
+    budgets: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The answer to `{"action": "usage"}`: the caller's own effective limits (override or tier) and what is left."""
+    event = {
+        **_base("usage", request_id, None),
+        "seq": 0,
+        "tier": tier,
+        "limits": dict(limits),
+        "remaining": dict(remaining),
+    }
+    if budgets:
+        event["budgets"] = budgets  # team/stack: {scope: {"usd", "tokens"} (+ "name" for a team)}
+    return event
 
 
 def error_event(

@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from runtime import protocol
@@ -27,7 +27,7 @@ from runtime.budgets import (
     team_of,
 )
 from runtime.gatekeeper import Gatekeeper
-from runtime.metering import Meter, table_spec
+from runtime.metering import Limits, Meter, table_spec
 from tests.runtime.test_request_path import MODEL, SUB, Gateway, ask
 from tests.support import Clock
 
@@ -46,6 +46,7 @@ def test_a_cost_is_never_under_counted(price: Price, input_tokens: int, output_t
 
 
 @given(prices, st.integers(0, 10**9), counts, counts, st.integers(0, 10**6))
+@example(Price(12.5, 12.5), 1825, 146, 37, 109)  # input's cost alone rounds up: 462.5 → 463, yet 37+109 cost 1825
 def test_the_capped_grant_fits_every_remaining_budget(
     price: Price, micro_usd: int, tokens: int, input_tokens: int, granted: int
 ) -> None:
@@ -57,6 +58,13 @@ def test_the_capped_grant_fits_every_remaining_budget(
     # Maximal: one token more would not fit (unless the request's own ask is the cap).
     if fitted < granted and fitted > 0:
         assert price.cost(input_tokens, fitted + 1) > micro_usd or input_tokens + fitted + 1 > tokens
+
+
+@given(st.integers(0, 10**12))
+def test_a_unit_without_a_limit_stays_unlimited_in_events_however_much_is_spent(spent: int) -> None:
+    shown = Remaining(UNLIMITED - spent, UNLIMITED - spent).as_event()
+    assert shown == {"usd": None, "tokens": None}
+    assert Remaining(spent, spent).as_event() == {"usd": round(spent / MICRO, 6), "tokens": spent}
 
 
 def test_the_team_is_the_team_group() -> None:
@@ -193,6 +201,49 @@ def test_a_failed_hand_over_gives_the_team_its_hold_back(gateway: Gateway) -> No
     assert answer["error"].startswith("internal")
     usage = store.usage(key)
     assert usage is not None and usage.spent_micro_usd == 0 and usage.spent_tokens == 0
+
+
+def test_the_usage_action_shows_the_users_own_limits_and_what_their_team_and_the_stack_have_left(
+    gateway: Gateway,
+) -> None:
+    store = priced(gateway, stack_monthly_usd=2.0)
+    store.set_limits(budget_key("team", "platform"), BudgetLimits(monthly_usd=1.0))
+    gateway.meter.set_override(SUB, Limits(window_tokens=7_000, monthly_tokens=100_000))
+    gateway.publish(ask(requestId="spent"), groups=TEAM)
+    gateway.run_jobs()
+    end = gateway.events()[-1]
+    spent = end["usage"]["input"] + end["usage"]["output"]
+    [answer] = gateway.publish({"action": "usage", "requestId": "u1"}, groups=TEAM)
+    assert answer["payload"] == {"requestId": "u1", "status": "usage"}
+    usage = gateway.events()[-1]
+    assert usage["type"] == "usage" and usage["seq"] == 0 and usage["tier"] == "free"
+    assert usage["limits"] == {"window": 7_000, "month": 100_000}  # the override, not the tier's 4,000 / 50,000
+    assert usage["remaining"] == {"window": 7_000 - spent, "month": 100_000 - spent}
+    cost_usd = PRICE.cost(end["usage"]["input"], end["usage"]["output"]) / MICRO
+    assert usage["budgets"]["team"] == {"name": "platform", "usd": pytest.approx(1.0 - cost_usd), "tokens": None}
+    assert usage["budgets"]["stack"]["usd"] == pytest.approx(2.0 - cost_usd)
+
+
+def test_the_usage_action_before_any_request_needs_no_request_id_and_shows_full_budgets(gateway: Gateway) -> None:
+    priced(gateway, stack_monthly_usd=2.0)
+    gateway.calls.clear()
+    [answer] = gateway.publish({"action": "usage"})
+    usage = gateway.events()[-1]
+    assert answer["payload"]["requestId"] == usage["requestId"]
+    assert usage["remaining"] == usage["limits"] == {"window": 4_000, "month": 50_000}
+    assert usage["budgets"] == {"stack": {"usd": 2.0, "tokens": None}}  # no team: no team entry
+    # Nothing reaches the model; two reads (the user's item, the stack's), no write.
+    assert gateway.jobs == [] and gateway.calls == Counter({"GetItem": 2})
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [{"action": "usage", "afterSeq": 3}, {"action": "resume"}, {"action": "cancel"}, {"action": "usage", "x": 1}],
+)
+def test_actions_with_fields_that_do_not_fit_them_are_invalid(gateway: Gateway, payload: dict[str, Any]) -> None:
+    [answer] = gateway.publish(payload)
+    assert answer["error"].startswith("invalid_request")
+    assert gateway.events()[-1]["code"] == "invalid_request"
 
 
 # --- 64 at once -----------------------------------------------------------------------------------------------
