@@ -81,6 +81,20 @@ def budget_key(scope: Scope, name: str | None = None) -> str:
     return STACK_KEY if scope == "stack" else f"team#{name}"
 
 
+def scope_of(key: str) -> tuple[Scope, str | None]:
+    """The level a budget key names: ("stack", None) or ("team", name)."""
+    return ("stack", None) if key == STACK_KEY else ("team", key.removeprefix("team#"))
+
+
+def budgets_view(remaining: Mapping[str, Remaining]) -> dict[str, Any]:
+    """What clients see of the levels' months, by key: {"team": {"name", "usd", "tokens"}, "stack": {…}}."""
+    view: dict[str, Any] = {}
+    for key, left in remaining.items():
+        scope, name = scope_of(key)
+        view[scope] = {"name": name, **left.as_event()} if name is not None else left.as_event()
+    return view
+
+
 @dataclass(frozen=True, slots=True)
 class Remaining:
     """What remains of one level's month (µUSD and tokens; `UNLIMITED` where no limit is set)."""
@@ -244,10 +258,11 @@ class Budgets:
                 raise
         return True
 
-    def settle(self, hold: Hold, micro_usd: int, tokens: int) -> None:
-        """Replace a hold with the truth (0, 0 to release it). A hold of a month that has ended changes nothing."""
+    def settle(self, hold: Hold, micro_usd: int, tokens: int) -> Remaining | None:
+        """Replace a hold with the truth (0, 0 to release it) and say what remains of the level's month.
+        A hold of a month that has ended changes nothing (None)."""
         try:
-            self.client.update_item(
+            updated = self.client.update_item(
                 TableName=self.table_name,
                 Key={"pk": {"S": hold.key}},
                 UpdateExpression="ADD ru :back_c, rt :back_t, su :c, sk :t",
@@ -259,10 +274,14 @@ class Budgets:
                     ":t": _n(tokens - hold.tokens),
                     ":m": {"S": hold.month},
                 },
+                ReturnValues="UPDATED_NEW",  # what remains, in the same round trip
             )
         except ClientError as err:
             if err.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
                 raise
+            return None
+        values = updated.get("Attributes", {})
+        return Remaining(_int(values, "ru", UNLIMITED), _int(values, "rt", UNLIMITED))
 
     # -- administration
 

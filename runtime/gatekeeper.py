@@ -170,21 +170,22 @@ class Gatekeeper:
     def _usage_event(self, sub: str, tier: TierSettings, request_id: str, team: str | None) -> dict[str, Any]:
         """What the caller may still spend: their own effective limits, and their team's and the stack's month."""
         used = self.meter.usage(sub, tier.limits)
-        budgets: dict[str, Any] = {}
+        remaining: dict[str, Remaining] = {}
         if self.budgets is not None:
             if team is not None and (team_usage := self.budgets.usage(budget_levels.budget_key("team", team))):
-                budgets["team"] = {"name": team, **team_usage.remaining.as_event()}
+                remaining[team_usage.key] = team_usage.remaining
             if self.config.stack_monthly_usd is not None:
                 stack_usage = self.budgets.usage(budget_levels.STACK_KEY)
                 ceiling = BudgetLimits(monthly_usd=self.config.stack_monthly_usd)  # until the first request starts it
-                remaining = stack_usage.remaining if stack_usage else Remaining(ceiling.micro_usd, ceiling.tokens)
-                budgets["stack"] = remaining.as_event()
+                remaining[budget_levels.STACK_KEY] = (
+                    stack_usage.remaining if stack_usage else Remaining(ceiling.micro_usd, ceiling.tokens)
+                )
         return protocol.usage_event(
             request_id,
             tier=tier.name,
             limits={"window": used.limits.window_tokens, "month": used.limits.monthly_tokens},
             remaining={"window": used.window_remaining, "month": used.month_remaining},
-            budgets=budgets,
+            budgets=budget_levels.budgets_view(remaining),
         )
 
     def _replay(

@@ -202,15 +202,25 @@ def delta_fields(job: WorkerJob) -> dict[str, Any]:
 
 
 def end_event(
-    job: WorkerJob, *, stop_reason: str, input_tokens: int, output_tokens: int, window: int, month: int
+    job: WorkerJob,
+    *,
+    stop_reason: str,
+    input_tokens: int,
+    output_tokens: int,
+    window: int,
+    month: int,
+    budgets: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    return {
+    event = {
         **_base("end", job.request_id, job.conversation_id),
         "stopReason": stop_reason,
         "usage": {"input": input_tokens, "output": output_tokens},
         "remaining": {"window": window, "month": month},
         "cached": job.cached_answer is not None,
     }
+    if budgets:
+        event["budgets"] = budgets  # what the team's / stack's month has left after this answer
+    return event
 
 
 def usage_event(

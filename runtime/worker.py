@@ -25,10 +25,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from runtime import budgets as budget_levels
 from runtime import observability, protocol
 from runtime.appsync_publish import Coalescer
 from runtime.bedrock import GuardrailSettings, ModelClient, StreamStop, StreamUsage, TextDelta
-from runtime.budgets import Budgets, Hold
+from runtime.budgets import Budgets, Hold, Remaining
 from runtime.cache import chunks
 from runtime.config import RuntimeConfig
 from runtime.errors import ModelError, ModelThrottledError
@@ -124,6 +125,7 @@ class _Outcome:
     error_code: protocol.ErrorCode | None = None
     error_message: str = ""
     text: list[str] = field(default_factory=list)  # the answer as streamed (logged only with logPrompts)
+    budgets: dict[str, Any] = field(default_factory=dict)  # what the team's / stack's month has left, once settled
 
 
 class Worker:
@@ -197,6 +199,7 @@ class Worker:
                 outcome.error_message,
                 window=window,
                 month=month,
+                budgets=outcome.budgets,
             )
         else:
             final = protocol.end_event(
@@ -206,6 +209,7 @@ class Worker:
                 output_tokens=outcome.output_tokens,
                 window=window,
                 month=month,
+                budgets=outcome.budgets,
             )
         self._send(coalescer.add, final)
         self._send(coalescer.close)
@@ -311,12 +315,17 @@ class Worker:
             return
         price = self.config.price(job.model_id)
         cost = price.cost(outcome.input_tokens, outcome.output_tokens) if price is not None else 0
+        remaining: dict[str, Remaining] = {}
         for hold in job.budget_holds:
             try:
-                self.budgets.settle(Hold(**hold), cost, outcome.input_tokens + outcome.output_tokens)
+                left = self.budgets.settle(Hold(**hold), cost, outcome.input_tokens + outcome.output_tokens)
             except Exception:
                 # The hold stays counted as spent this month: over-counting, never over-admitting.
                 observability.logger.exception("budget settle failed", extra={"request_id": job.request_id})
+                continue
+            if left is not None:
+                remaining[hold["key"]] = left
+        outcome.budgets = budget_levels.budgets_view(remaining)
 
     def _announce_lost_final(
         self, job: protocol.WorkerJob, outcome: _Outcome, seq: int, *, window: int, month: int

@@ -156,6 +156,8 @@ def test_a_team_members_request_holds_its_worst_case_cost_then_settles_the_real_
     usage = store.usage(key)
     assert usage is not None and usage.spent_micro_usd == PRICE.cost(end["usage"]["input"], end["usage"]["output"])
     assert usage.spent_tokens == end["usage"]["input"] + end["usage"]["output"]
+    # The end says what the team has left, read in the settle's own round trip.
+    assert end["budgets"] == {"team": {"name": "platform", "usd": usage.remaining.micro_usd / MICRO, "tokens": None}}
 
 
 def test_a_small_team_budget_caps_the_grant_then_refuses_naming_the_team(gateway: Gateway) -> None:
