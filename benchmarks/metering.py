@@ -1,7 +1,8 @@
 """Metering figures: `python -m benchmarks.metering` prints JSON.
 
 DynamoDB calls per admit / refuse / settle (counted with a botocore event hook), sequential admit latency
-and admissions per second, and over-admitted tokens when 1, 16 and 64 requests of one user race — all
+and admissions per second, over-admitted tokens when 1, 16 and 64 requests of one user race, and the bytes a
+user's item carries per remembered admission — all
 against moto's HTTP server on 127.0.0.1 (served atomically, as DynamoDB applies conditional writes).
 """
 
@@ -105,6 +106,58 @@ def over_admission(client: Any, concurrency: int) -> dict[str, int]:
     }
 
 
+def dynamodb_item_bytes(item: dict[str, Any]) -> int:
+    """An item's size as DynamoDB bills and limits it (the developer guide's rules for item size): names and
+    strings in UTF-8 bytes, numbers about one byte per two significant digits plus one, maps and lists 3 bytes
+    plus 1 per element."""
+
+    def value(v: dict[str, Any]) -> int:
+        (kind, x), = v.items()
+        if kind == "S":
+            return len(x.encode())
+        if kind == "N":
+            digits = x.lstrip("-").replace(".", "").lstrip("0") or "0"
+            return (len(digits.rstrip("0") or "0") + 1) // 2 + 1
+        if kind in ("BOOL", "NULL"):
+            return 1
+        if kind == "M":
+            return 3 + sum(1 + len(k.encode()) + value(e) for k, e in x.items())
+        if kind == "L":
+            return 3 + sum(1 + value(e) for e in x)
+        raise ValueError(f"unsized attribute type {kind}")
+
+    return sum(len(name.encode()) + value(v) for name, v in item.items())
+
+
+def bytes_per_admission(client: Any, admissions: int = 200) -> dict[str, float]:
+    """How a user's item grows with the admissions it remembers (each settled, each with a client requestId):
+    what every later admission rewrites, and what DynamoDB bills it for (1 WCU per KB)."""
+    meter = _new_meter(client)
+    limits = Limits(window_tokens=10**7, monthly_tokens=10**9)
+    key = {"pk": {"S": "user#u"}}
+
+    def size() -> int:
+        return dynamodb_item_bytes(client.get_item(TableName=meter.table_name, Key=key).get("Item") or {})
+
+    first = meter.admit("u", limits, input_tokens=800, max_output_tokens=512, request_key=str(uuid.uuid4()))
+    meter.settle("u", first.reservation_id, input_tokens=790, output_tokens=300)
+    one = size()
+    for _ in range(admissions - 1):
+        d = meter.admit("u", limits, input_tokens=800, max_output_tokens=512, request_key=str(uuid.uuid4()))
+        meter.settle("u", d.reservation_id, input_tokens=790, output_tokens=300)
+    many = size()
+    live = meter.admit("u", limits, input_tokens=800, max_output_tokens=512, request_key=str(uuid.uuid4()))
+    with_live = size()
+    meter.settle("u", live.reservation_id, input_tokens=790, output_tokens=300)
+    return {
+        "item_bytes_after_1": one,
+        f"item_bytes_after_{admissions}": many,
+        "bytes_per_settled_admission": round((many - one) / (admissions - 1), 1),
+        "bytes_per_live_reservation": with_live - many,
+        "admissions_per_400kb_item": int(400 * 1024 // ((many - one) / (admissions - 1))),
+    }
+
+
 def main() -> None:
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
     with AtomicMotoServer() as server:
@@ -113,6 +166,7 @@ def main() -> None:
             "dynamodb_calls": calls_per_operation(client),
             "latency_against_moto": admit_latency(client),
             "concurrency": {f"{c}-way": over_admission(client, c) for c in (1, 16, 64)},
+            "item_size": bytes_per_admission(client),
         }
     print(json.dumps(report, indent=2))
 

@@ -11,7 +11,12 @@ pk        S     ``user#<user_id>``
 v         N     version, incremented by every write (optimistic concurrency)
 wb        M     window buckets: ``{"<bucket index>": tokens}`` (10-second buckets still in the window)
 mo        M     months: ``{"YYYY-MM": tokens}`` (current and previous UTC month)
-rs        M     entries: ``{reservation_id: {b, mk, rv, ch, ie, lu, ku, st}}`` live reservations and tombstones
+rs        M     open entries: ``{reservation_id: {ch, lu, ku, st, q}}`` live (and expired, unsettled) reservations;
+                `q` = ``[requestId]`` when the client sent one. Bucket, month, reservation and input estimate are
+                not stored: the reservation id carries them.
+dn        M     settled entries, compacted: ``{reservation_id: [charged, requestId?]}``; remembered until
+                `settled_keep_until` (derived from the id) so a second settle, or a retried requestId, is a
+                duplicate and not a second charge
 ov        M     per-user override ``{wt, mt, ws, mo}`` (window/monthly tokens, window seconds, min output)
 xc        N     expired leases, cumulative
 os        N     tokens settled beyond their reservation, cumulative
@@ -86,43 +91,64 @@ def _limits_from_item(attr: dict[str, Any]) -> Limits:
 
 
 def _entry_to_item(e: Entry) -> dict[str, Any]:
+    """An open entry; what the reservation id already says (bucket, month, reserved, input) is not repeated."""
     return {
         "M": {
-            "b": _n(e.bucket),
-            "mk": {"S": e.month},
-            "rv": _n(e.reserved),
             "ch": _n(e.charged),
-            "ie": _n(e.input_estimate),
             "lu": _n(e.lease_until),
             "ku": _n(e.keep_until),
             "st": {"S": e.status},
-            **({"rq": {"S": e.request_key}} if e.request_key is not None else {}),
+            **({"q": {"L": [{"S": e.request_key}]}} if e.request_key is not None else {}),
         }
     }
 
 
-def _entry_from_item(attr: dict[str, Any]) -> Entry:
-    m = attr["M"]
+def _settled_to_item(e: Entry) -> dict[str, Any]:
+    """A settled entry as a tombstone: its charge and request key (the settle's fast path writes the same)."""
+    return {"L": [_n(e.charged), *([{"S": e.request_key}] if e.request_key is not None else [])]}
+
+
+def _entry_from_item(reservation_id: str, attr: dict[str, Any]) -> Entry:
+    m, ref = attr["M"], core.parse_reservation_id(reservation_id)
+    request_key = m["q"]["L"][0]["S"] if m.get("q", {}).get("L") else m["rq"]["S"] if "rq" in m else None
     return Entry(
-        bucket=int(_num(m["b"])),
-        month=m["mk"]["S"],
-        reserved=int(_num(m["rv"])),
+        bucket=ref.bucket,
+        month=ref.month,
+        reserved=ref.reserved,
         charged=int(_num(m["ch"])),
-        input_estimate=int(_num(m["ie"])),
+        input_estimate=ref.input_estimate,
         lease_until=float(_num(m["lu"])),
         keep_until=float(_num(m["ku"])),
         status=m["st"]["S"],
-        request_key=m["rq"]["S"] if "rq" in m else None,
+        request_key=request_key,
     )
 
 
-def state_from_item(item: dict[str, Any] | None) -> MeterState:
+def _settled_from_item(reservation_id: str, attr: dict[str, Any], lease_seconds: float) -> Entry:
+    values, ref = attr["L"], core.parse_reservation_id(reservation_id)
+    keep_until = core.settled_keep_until(ref, lease_seconds)
+    return Entry(
+        bucket=ref.bucket,
+        month=ref.month,
+        reserved=ref.reserved,
+        charged=int(_num(values[0])),
+        input_estimate=ref.input_estimate,
+        lease_until=keep_until,
+        keep_until=keep_until,
+        status="settled",
+        request_key=values[1]["S"] if len(values) > 1 else None,
+    )
+
+
+def state_from_item(item: dict[str, Any] | None, lease_seconds: float = core.DEFAULT_LEASE_SECONDS) -> MeterState:
     if not item:
         return MeterState()
+    entries = {k: _entry_from_item(k, v) for k, v in item.get("rs", {}).get("M", {}).items()}
+    entries.update({k: _settled_from_item(k, v, lease_seconds) for k, v in item.get("dn", {}).get("M", {}).items()})
     return MeterState(
         buckets={int(k): int(_num(v)) for k, v in item.get("wb", {}).get("M", {}).items()},
         months={k: int(_num(v)) for k, v in item.get("mo", {}).get("M", {}).items()},
-        entries={k: _entry_from_item(v) for k, v in item.get("rs", {}).get("M", {}).items()},
+        entries=entries,
         override=_limits_from_item(item["ov"]) if "ov" in item else None,
         expired_total=int(_num(item["xc"])) if "xc" in item else 0,
         overshoot_total=int(_num(item["os"])) if "os" in item else 0,
@@ -136,7 +162,8 @@ def state_to_item(key: dict[str, Any], state: MeterState, now: float) -> dict[st
         "v": _n(state.version),
         "wb": {"M": {str(b): _n(v) for b, v in state.buckets.items()}},
         "mo": {"M": {m: _n(v) for m, v in state.months.items()}},
-        "rs": {"M": {rid: _entry_to_item(e) for rid, e in state.entries.items()}},
+        "rs": {"M": {rid: _entry_to_item(e) for rid, e in state.entries.items() if e.status != "settled"}},
+        "dn": {"M": {rid: _settled_to_item(e) for rid, e in state.entries.items() if e.status == "settled"}},
         "xc": _n(state.expired_total),
         "os": _n(state.overshoot_total),
     }
@@ -186,7 +213,7 @@ class Meter:
         """Current usage and what remains, under the user's override when one is stored."""
         _check_limits(limits)
         key = _user_key(user_id)
-        return core.usage(state_from_item(self._read(key)), limits, self.clock())
+        return core.usage(state_from_item(self._read(key), self.lease_seconds), limits, self.clock())
 
     def get_override(self, user_id: str) -> Limits | None:
         return state_from_item(self._read(_user_key(user_id))).override
@@ -250,24 +277,25 @@ class Meter:
             self.client.update_item(
                 TableName=self.table_name,
                 Key=key,
+                # The open entry becomes a tombstone [charged, requestId?] in `dn` (the request key copied from
+                # the entry in the same expression), so the item grows by a few bytes per settled request.
                 UpdateExpression=(
                     "SET wb.#b = if_not_exists(wb.#b, :zero) + :delta, mo.#m = if_not_exists(mo.#m, :zero) + :delta,"
-                    " rs.#r.ch = :charged, rs.#r.st = :settled, rs.#r.ku = :keep,"
-                    " os = if_not_exists(os, :zero) + :over, v = v + :one"
-                    + (" REMOVE rs.#r.rq" if _forget_request_key else "")
+                    + (" dn.#r = :charged," if _forget_request_key
+                       else " dn.#r = list_append(:charged, if_not_exists(rs.#r.q, :none)),")
+                    + " os = if_not_exists(os, :zero) + :over, v = v + :one REMOVE rs.#r"
                 ),
-                ConditionExpression="rs.#r.st = :live AND rs.#r.lu > :now",
+                ConditionExpression="rs.#r.st = :live AND rs.#r.lu > :now AND attribute_exists(dn)",
                 ExpressionAttributeNames={"#b": str(ref.bucket), "#m": ref.month, "#r": reservation_id},
                 ExpressionAttributeValues={
                     ":zero": _n(0),
                     ":one": _n(1),
                     ":delta": _n(change.delta),
-                    ":charged": _n(change.charged),
-                    ":keep": _n(core.settled_keep_until(ref, self.lease_seconds)),
+                    ":charged": {"L": [_n(change.charged)]},
                     ":over": _n(change.overshoot),
-                    ":settled": {"S": "settled"},
                     ":live": {"S": "live"},
                     ":now": _n(now),
+                    **({} if _forget_request_key else {":none": {"L": []}}),
                 },
                 ReturnValuesOnConditionCheckFailure="ALL_OLD",
             )
@@ -323,7 +351,7 @@ class Meter:
     ) -> R:
         """Optimistic concurrency: decide on the item as read, write only if unchanged, else decide again."""
         for attempt in range(self.max_attempts):
-            state, now = state_from_item(item), self.clock()
+            state, now = state_from_item(item, self.lease_seconds), self.clock()
             result, new_state = decide(state, now)
             if new_state is None:
                 return result
@@ -361,7 +389,9 @@ class Meter:
 
 
 def _holds(item: dict[str, Any] | None, reservation_id: str | None) -> bool:
-    return bool(item and reservation_id and reservation_id in item.get("rs", {}).get("M", {}))
+    if not (item and reservation_id):
+        return False
+    return reservation_id in item.get("rs", {}).get("M", {}) or reservation_id in item.get("dn", {}).get("M", {})
 
 
 def _check_limits(limits: object) -> None:

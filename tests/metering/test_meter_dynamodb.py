@@ -177,3 +177,46 @@ def test_a_single_user_can_use_at_least_95_percent_of_the_month(meter: Meter, cl
             break
     assert d.reason == "monthly"
     assert used >= 0.95 * limits.monthly_tokens
+
+
+def test_a_settled_admission_is_kept_as_a_small_tombstone_that_still_makes_its_retry_a_duplicate(
+    dynamodb: Any, meter_table: str, meter: Meter, calls: CallCounter
+) -> None:
+    limits = Limits(window_tokens=100_000, monthly_tokens=1_000_000)
+    d = meter.admit("t", limits, input_tokens=800, max_output_tokens=512, request_key="req-7")
+    released = meter.admit("t", limits, input_tokens=800, max_output_tokens=512, request_key="req-8")
+    calls.take()
+    meter.settle("t", d.reservation_id, input_tokens=790, output_tokens=300)
+    meter.release("t", released.reservation_id)
+    assert calls.take() == {"UpdateItem": 2}  # both on the one-call fast path
+    item = dynamodb.get_item(TableName=meter_table, Key={"pk": {"S": "user#t"}})["Item"]
+    # Nothing the reservation id already says is stored again; a release forgets the request key.
+    assert item["rs"]["M"] == {}
+    assert item["dn"]["M"] == {
+        d.reservation_id: {"L": [{"N": "1090"}, {"S": "req-7"}]},
+        released.reservation_id: {"L": [{"N": "0"}]},
+    }
+    again = meter.admit("t", limits, input_tokens=800, max_output_tokens=512, request_key="req-7")
+    assert again.duplicate_of == d.reservation_id
+    assert meter.settle("t", d.reservation_id, input_tokens=790, output_tokens=300).status == "duplicate"
+    retried = meter.admit("t", limits, input_tokens=800, max_output_tokens=512, request_key="req-8")
+    assert retried.admitted and retried.duplicate_of is None
+    assert meter.usage("t", limits).month_used == 1090 + retried.reserved_tokens
+
+
+def test_items_written_before_tombstones_existed_are_still_read_and_settled(
+    dynamodb: Any, meter_table: str, meter: Meter, clock: Clock
+) -> None:
+    """The earlier layout kept every entry as a full map in `rs`: a deployed table's items keep working."""
+    limits = Limits(window_tokens=100_000, monthly_tokens=1_000_000)
+    d = meter.admit("old", limits, input_tokens=100, max_output_tokens=100, request_key="old-req")
+    item = dynamodb.get_item(TableName=meter_table, Key={"pk": {"S": "user#old"}})["Item"]
+    entry = item["rs"]["M"][d.reservation_id]["M"]
+    entry.pop("q")
+    old_fields = {"b": "1", "mk": "2026-11", "rv": "200", "ie": "100"}
+    entry.update({k: {"S": v} if k == "mk" else {"N": v} for k, v in old_fields.items()}, rq={"S": "old-req"})
+    del item["dn"]
+    dynamodb.put_item(TableName=meter_table, Item=item)
+    assert meter.admit("old", limits, input_tokens=1, max_output_tokens=64, request_key="old-req").duplicate_of
+    assert meter.settle("old", d.reservation_id, input_tokens=100, output_tokens=50).status == "settled"
+    assert meter.usage("old", limits).month_used == 150
