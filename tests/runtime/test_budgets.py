@@ -251,7 +251,7 @@ def test_actions_with_fields_that_do_not_fit_them_are_invalid(gateway: Gateway, 
 # --- 64 at once -----------------------------------------------------------------------------------------------
 
 
-def _concurrent_gatekeeper(gateway: Gateway, store: Budgets) -> tuple[Gatekeeper, list[protocol.WorkerJob]]:
+def concurrent_gatekeeper(gateway: Gateway, store: Budgets) -> tuple[Gatekeeper, list[protocol.WorkerJob]]:
     """A gatekeeper safe to call from many threads: jobs and courtesy publishes collected, not sent."""
     jobs: list[protocol.WorkerJob] = []
     lock = threading.Lock()
@@ -266,7 +266,7 @@ def _concurrent_gatekeeper(gateway: Gateway, store: Budgets) -> tuple[Gatekeeper
     return keeper, jobs
 
 
-def _publish(keeper: Gatekeeper, sub: str, groups: list[str], request_id: str) -> dict[str, Any]:
+def publish_as(keeper: Gatekeeper, sub: str, groups: list[str], request_id: str) -> dict[str, Any]:
     identity = {"sub": sub, "groups": groups}
     [answer] = keeper.on_publish(identity, f"/chat/{sub}", [{"id": "e", "payload": ask(requestId=request_id)}])
     return answer
@@ -277,10 +277,10 @@ def test_64_members_at_once_never_overspend_a_small_team_budget_and_use_nearly_a
     key = budget_key("team", "platform")
     limit = 20_000  # µUSD: about 7 requests of 2,700 µUSD (input + 512 output tokens)
     store.set_limits(key, BudgetLimits(monthly_usd=limit / MICRO))
-    keeper, jobs = _concurrent_gatekeeper(gateway, store)
+    keeper, jobs = concurrent_gatekeeper(gateway, store)
     users = [str(uuid.UUID(int=i + 1)) for i in range(64)]
     with ThreadPoolExecutor(64) as pool:
-        answers = list(pool.map(lambda u: _publish(keeper, u, TEAM, "r"), users))
+        answers = list(pool.map(lambda u: publish_as(keeper, u, TEAM, "r"), users))
     outcomes = Counter(a["payload"]["status"] if "payload" in a else a["error"].split(":")[0] for a in answers)
     assert set(outcomes) <= {"accepted", "quota_exhausted"}, outcomes
     held = sum(h["micro_usd"] for j in jobs for h in j.budget_holds)
@@ -292,9 +292,9 @@ def test_64_members_at_once_never_overspend_a_small_team_budget_and_use_nearly_a
 
 def test_64_requests_of_one_user_at_once_are_admitted_or_told_to_retry_never_internal(gateway: Gateway) -> None:
     store = priced(gateway)
-    keeper, jobs = _concurrent_gatekeeper(gateway, store)
+    keeper, jobs = concurrent_gatekeeper(gateway, store)
     with ThreadPoolExecutor(64) as pool:
-        answers = list(pool.map(lambda i: _publish(keeper, SUB, [], f"r{i}"), range(64)))
+        answers = list(pool.map(lambda i: publish_as(keeper, SUB, [], f"r{i}"), range(64)))
     codes = Counter(a["payload"]["status"] if "payload" in a else a["error"].split(":")[0] for a in answers)
     assert set(codes) <= {"accepted", "rate_limited"}, codes
     usage = gateway.meter.usage(SUB, gateway.config.tier("free").limits)
