@@ -179,6 +179,7 @@ def main() -> dict[str, Any]:
             alarms_enabled=settings.alarms,
             dead_letter_queue_name=functions.dead_letter_queue_url.apply(lambda url: url.rsplit("/", 1)[-1]),
             alarm_email=settings.alarm_email,
+            stack_monthly_usd=settings.stack_monthly_usd,
             tags=tags,
         ),
     )

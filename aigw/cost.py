@@ -539,13 +539,16 @@ def estimate(mocks_or_inventory: RecordingMocks | Iterable[Any], settings: Any, 
             f"steady state: a month's logs × {retention:g} days retention / 30 "
             f"({'never expire: 12 months assumed' if not retention else 'uncompressed: an upper bound'})")
     if requests > 0:
+        ceiling = settings.stack_monthly_usd is not None
         combos = (len(models) * (len(MAIN_METRICS) + len(REFUSAL_REASONS) + len(MODEL_ERROR_CODES))
-                  + len(UNKNOWN_MODEL_ERROR_CODES))
+                  + len(UNKNOWN_MODEL_ERROR_CODES) + 1 + ceiling)
         out.add("CloudWatch", "custom metrics", combos, "cloudwatch.custom_metric_month", "per_request",
                 f"EMF metric × dimension combinations estimated from the stack's {len(models)} model ids: "
                 f"{len(MAIN_METRICS)} metrics + {len(REFUSAL_REASONS)} Refusals reasons + "
                 f"{len(MODEL_ERROR_CODES)} Errors codes per model, + {len(UNKNOWN_MODEL_ERROR_CODES)} Errors codes "
-                "for model 'unknown'; an upper bound (only metrics emitted in an hour are billed)")
+                "for model 'unknown', + SpendUsd for users in no team (one more per team)"
+                + (", + the ceiling's StackBudgetUsedPercent" if ceiling else "")
+                + "; an upper bound (only metrics emitted in an hour are billed)")
     out.add("CloudWatch", "dashboards", stack.dashboards, "cloudwatch.dashboard_month", "fixed",
             "account-wide free tiers (here 3 dashboards) not applied: they are shared by the account")
     standard = [(n, m) for n, m, high in stack.alarm_metrics if not high]

@@ -50,6 +50,8 @@ __all__ = [
 
 METRICS_NAMESPACE = "AIGateway"  # runtime.observability.METRICS_NAMESPACE (not imported: it loads Powertools)
 UNKNOWN_MODEL = "unknown"  # runtime.observability.UNKNOWN_MODEL: model_id of a request rejected before its model
+SPEND_METRIC = "SpendUsd"  # runtime.observability.SPEND_METRIC (dimension team)
+STACK_BUDGET_METRIC = "StackBudgetUsedPercent"  # runtime.observability.STACK_BUDGET_METRIC (no dimension)
 FUNCTION_ROLES = ("gatekeeper", "worker", "subscribe")
 SERVER_ERROR_CODES = ("model_throttled", "model_error", "internal")
 """Error codes (runtime.protocol.ErrorCode) that are the gateway's failures, not the caller's."""
@@ -78,6 +80,10 @@ class ObservabilityArgs:
     alarm_email: str | None = None
     """Subscribed to the alarm topic (the address must confirm); ignored while alarms are off."""
     error_rate_threshold_pct: float = 5
+    stack_monthly_usd: float | None = None
+    """The stack's monthly USD ceiling: a widget of how much is used and, with alarms, an alarm at
+    `stack_budget_alarm_pct` of it. None: no ceiling."""
+    stack_budget_alarm_pct: float = 80
     tags: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -97,6 +103,10 @@ class ObservabilityArgs:
             raise ValueError("function_names needs the worker when alarms are enabled (its errors are alarmed)")
         if not 0 < self.error_rate_threshold_pct <= 100:
             raise ValueError(f"error_rate_threshold_pct={self.error_rate_threshold_pct}; use a value in (0, 100]")
+        if self.stack_monthly_usd is not None and not self.stack_monthly_usd > 0:
+            raise ValueError(f"stack_monthly_usd={self.stack_monthly_usd}; use a positive amount or None")
+        if not 0 < self.stack_budget_alarm_pct <= 100:
+            raise ValueError(f"stack_budget_alarm_pct={self.stack_budget_alarm_pct}; use a value in (0, 100]")
         if self.alarm_email is not None and _EMAIL.fullmatch(self.alarm_email) is None:
             raise ValueError(f"alarm_email {self.alarm_email!r} is not an e-mail address")
 
@@ -151,10 +161,18 @@ def dashboard_widgets(args: ObservabilityArgs) -> list[dict[str, Any]]:
         ("Expired reservations", _per_model("ExpiredReservations", (*models, UNKNOWN_MODEL))),
         ("Reservation overshoot tokens", _per_model("ReservationOvershootTokens", models)),
         ("Events AppSync refused (after one retry)", [[METRICS_NAMESPACE, "PublishFailures", {"stat": "Sum"}]]),
+        ("Spend by team (USD, catalog prices)", _search(SPEND_METRIC, ("team",))),
         ("Lambda errors", _per_function("Errors", functions, "Sum")),
         ("Lambda throttles", _per_function("Throttles", functions, "Sum")),
         ("Lambda duration (ms) p99", _per_function("Duration", functions, "p99")),
     ]
+    if args.stack_monthly_usd is not None:
+        graphs.append(
+            (
+                f"Stack ceiling used (% of ${args.stack_monthly_usd:,.2f} this month)",
+                [[METRICS_NAMESPACE, STACK_BUDGET_METRIC, {"stat": "Maximum", "label": "used %"}]],
+            )
+        )
     if args.dead_letter_queue_name is not None:
         graphs.append(
             (
@@ -368,6 +386,20 @@ class Observability(pulumi.ComponentResource):
             "AppSync refused answer events twice: users saw an answer cut short or an error instead of its end",
             **any_of(METRICS_NAMESPACE, "PublishFailures", {}, "Sum"),
         )
+        if args.stack_monthly_usd is not None:
+            alarm(
+                "stack-budget",
+                f"More than {args.stack_budget_alarm_pct:g}% of the stack's monthly ceiling"
+                f" (${args.stack_monthly_usd:,.2f}) is spent or held; at 100% every request is refused",
+                namespace=METRICS_NAMESPACE,
+                metric_name=STACK_BUDGET_METRIC,
+                dimensions={},
+                statistic="Maximum",
+                period=PERIOD_S,
+                evaluation_periods=1,
+                threshold=args.stack_budget_alarm_pct,
+                comparison_operator="GreaterThanOrEqualToThreshold",
+            )
         alarm(
             "expired-reservations",
             "Token reservations expired before they were settled: workers are dying or running past their lease",

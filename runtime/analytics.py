@@ -35,7 +35,8 @@ Each row has exactly the `USAGE_RECORD_FIELDS` keys, in that order (extra keys i
 nullable field is ``null``; a missing non-nullable field fails). Values are coerced to the column type: ``int`` and
 ``bigint`` take an int, an integral float or a decimal string; ``boolean`` takes a bool or ``"true"``/``"false"``;
 ``string`` takes a string only. The coerced record must then pass `UsageRecord`'s own checks (ranges, the outcome
-rules, ``schema_version == USAGE_SCHEMA_VERSION``).
+rules, ``schema_version == USAGE_SCHEMA_VERSION``); a version 1 line (no ``team``) is read as version 2 with a
+null team, so lines logged by functions deployed before the change are not lost.
 
 ``ts`` is written as ``2025-01-31T12:00:00.123Z`` (UTC, milliseconds, ``Z``: `utc_timestamp`). Firehose's OpenX
 JSON SerDe parses, for a ``timestamp`` column, ``yyyy-MM-dd'T'HH:mm:ss[.S]'Z'`` (fraction up to 9 digits),
@@ -80,6 +81,7 @@ from runtime.observability import (
     USAGE_NULLABLE_FIELDS,
     USAGE_RECORD_FIELDS,
     USAGE_RECORD_TYPE,
+    USAGE_SCHEMA_VERSION,
     InvalidUsageRecordError,
     UsageRecord,
     logger,
@@ -234,6 +236,9 @@ def _coerce(name: str, kind: str, value: Any) -> Any:
 def _row(usage: dict[str, Any]) -> dict[str, Any]:
     """The usage object as a validated row: exactly the schema's keys, in order, coerced to the column types."""
     values: dict[str, Any] = {}
+    if usage.get("schema_version") == 1 and "team" not in usage:
+        # Version 1 differs only by the team it lacks: a line logged by a function deployed before it still counts.
+        usage = {**usage, "schema_version": USAGE_SCHEMA_VERSION}
     for name, kind in USAGE_RECORD_FIELDS:
         if name not in usage and name not in USAGE_NULLABLE_FIELDS:
             raise InvalidUsageRecordError(f"{name} is missing")

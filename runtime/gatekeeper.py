@@ -132,14 +132,14 @@ class Gatekeeper:
                             request_id, duplicate.conversation_id, "invalid_request", ALREADY_ANSWERED,
                             window=duplicate.window, month=duplicate.month, seq=0))  # fmt: skip
             except Rejection as rejection:
-                self._reject(sub, tier, request_id, conversation_id, rejection)
+                self._reject(sub, tier, request_id, conversation_id, rejection, groups=groups)
                 answers.append({"id": event.get("id"), "error": f"{rejection.code}: {rejection.message}"})
             except Exception:
                 observability.logger.exception("gatekeeper failed", extra={"request_id": request_id})
                 failure = Rejection("internal", "the gateway could not take this request; please retry")
                 if job is not None:  # admitted, then the hand-over failed: nothing will answer, so release now
                     failure.window, failure.month = self._release(job)
-                self._reject(sub, tier, request_id, conversation_id, failure, job=job)
+                self._reject(sub, tier, request_id, conversation_id, failure, job=job, groups=groups)
                 answers.append({"id": event.get("id"), "error": f"{failure.code}: {failure.message}"})
         return answers
 
@@ -293,6 +293,7 @@ class Gatekeeper:
             cached_answer=cached.answer if cached else None,
             expired_reservations=decision.expired_reservations if decision else 0,
             budget_holds=tuple(h.fields() for h in holds),
+            team=team,
         )
 
     # -- team and stack budgets
@@ -388,6 +389,7 @@ class Gatekeeper:
         conversation_id: str | None,
         rejection: Rejection,
         job: protocol.WorkerJob | None = None,
+        groups: object = None,
     ) -> None:
         """Record and tell a refusal or failure; `job` when it happened after admission (its reservation named)."""
         outcome = "refused" if rejection.refusal_reason else "error"
@@ -397,6 +399,7 @@ class Gatekeeper:
                 request_id=request_id,
                 user_id=sub if isinstance(sub, str) else "",
                 tier=tier.name,
+                team=budget_levels.team_of(groups),
                 conversation_id=conversation_id,
                 model_id=job.model_id if job else "",
                 outcome=outcome,

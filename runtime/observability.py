@@ -55,6 +55,8 @@ ReservationOvershootTokens, ExpiredReservations (when > 0)         Count        
 Refusals (1 when refused)                                          Count         model_id, reason
 Errors (1 when error)                                              Count         model_id, code
 PublishFailures (events AppSync still refused after one retry)     Count         (none)
+SpendUsd (a priced request's cost, catalog prices)                 None          team (``none`` without one)
+StackBudgetUsedPercent (after each request under the ceiling)      Percent       (none)
 =================================================================  ============  ===========================
 
 `record_usage_metrics` turns one record into these and flushes them itself (handlers use no decorator), one EMF
@@ -62,7 +64,8 @@ blob per dimension set, so sets never mix; a blank ``model_id`` becomes the dime
 flushes, with the first blob, whatever else is pending in `metrics`, and leaves `metrics` empty even when metrics
 are disabled or a flush fails. `record_request` is the one call a handler makes at the end of a request:
 `emit_usage`, then `record_usage_metrics`. ``PublishFailures`` is not a request's: the publishing shell,
-`runtime.handlers.publish`, counts it with `record_publish_failures`, on a blob of its own.
+`runtime.handlers.publish`, counts it with `record_publish_failures`, on a blob of its own; the worker reports
+money with `record_spend` (its own blobs too: the team dimension never mixes with model_id).
 
 Lambda code: imports only the standard library and Powertools. Import creates the two objects and nothing else.
 """
@@ -117,7 +120,7 @@ PUBLISH_FAILURES_METRIC = "PublishFailures"
 # The model_id dimension value of a record whose model_id is blank (a request rejected before its model was known).
 UNKNOWN_MODEL = "unknown"
 
-USAGE_SCHEMA_VERSION = 1
+USAGE_SCHEMA_VERSION = 2  # 2: team
 USAGE_RECORD_TYPE = "usage"
 OUTCOMES = ("completed", "cached", "refused", "error")
 REFUSAL_REASONS = ("window", "monthly", "team", "stack", "contention")  # contention: too many at once
@@ -130,6 +133,7 @@ USAGE_RECORD_FIELDS: tuple[tuple[str, str], ...] = (
     ("request_id", "string"),
     ("user_id", "string"),
     ("tier", "string"),
+    ("team", "string"),
     ("conversation_id", "string"),
     ("model_id", "string"),
     ("outcome", "string"),
@@ -146,7 +150,7 @@ USAGE_RECORD_FIELDS: tuple[tuple[str, str], ...] = (
 )
 
 USAGE_NULLABLE_FIELDS: frozenset[str] = frozenset(
-    {"conversation_id", "refusal_reason", "error_code", "ttft_ms", "latency_ms", "stop_reason"}
+    {"team", "conversation_id", "refusal_reason", "error_code", "ttft_ms", "latency_ms", "stop_reason"}
 )
 
 # Never blank. user_id and model_id may be "": the gatekeeper rejects some requests before it knows either.
@@ -289,6 +293,7 @@ class UsageRecord:
     request_id: str
     user_id: str
     tier: str
+    team: str | None = None  # the user's team (Cognito group team:<name>), for cost by team
     conversation_id: str | None = None
     model_id: str
     outcome: str
@@ -398,6 +403,30 @@ def record_usage_metrics(record: UsageRecord, *, overshoot_tokens: int = 0, expi
     finally:
         # flush_metrics keeps everything when metrics are disabled, and nothing may leak into the next request.
         metrics.clear_metrics()
+
+
+SPEND_METRIC = "SpendUsd"
+STACK_BUDGET_METRIC = "StackBudgetUsedPercent"
+NO_TEAM = "none"  # the team dimension of a request whose user is in no team
+
+
+def record_spend(*, team: str | None, usd: float, stack_used_pct: float | None = None) -> None:
+    """One request's cost by team, and how much of the stack's monthly ceiling is used (for the 80 % alarm)."""
+    if not (isinstance(usd, int | float) and usd >= 0) or isinstance(usd, bool):
+        raise InvalidUsageRecordError(f"usd must be a non-negative number, got {usd!r}")
+    blobs: list[tuple[dict[str, str], str, MetricUnit, float]] = [
+        ({"team": team or NO_TEAM}, SPEND_METRIC, MetricUnit.NoUnit, usd)
+    ]
+    if stack_used_pct is not None:
+        blobs.append(({}, STACK_BUDGET_METRIC, MetricUnit.Percent, stack_used_pct))
+    for dimensions, name, unit, value in blobs:
+        try:
+            for dimension, dimension_value in dimensions.items():
+                metrics.add_dimension(name=dimension, value=dimension_value)
+            metrics.add_metric(name=name, unit=unit, value=value)
+            metrics.flush_metrics()
+        finally:
+            metrics.clear_metrics()  # flush keeps everything when metrics are disabled: never mix the two
 
 
 def record_publish_failures(count: int) -> None:

@@ -178,6 +178,7 @@ class WorkerJob(BaseModel):
     expired_reservations: int = 0  # leases the admission found expired, for the ExpiredReservations metric
     # Team and stack reservations (runtime.budgets.Hold fields: key, month, micro_usd, tokens), settled with the truth.
     budget_holds: tuple[dict[str, Any], ...] = ()
+    team: str | None = None  # the user's team, for its usage record and spend metric
 
 
 # --- events on the responses channel --------------------------------------------------------------------

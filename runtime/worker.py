@@ -126,6 +126,7 @@ class _Outcome:
     error_message: str = ""
     text: list[str] = field(default_factory=list)  # the answer as streamed (logged only with logPrompts)
     budgets: dict[str, Any] = field(default_factory=dict)  # what the team's / stack's month has left, once settled
+    stack_remaining: Remaining | None = None  # the stack ceiling's month after this request's settle
 
 
 class Worker:
@@ -223,6 +224,7 @@ class Worker:
                 request_id=job.request_id,
                 user_id=job.user_id,
                 tier=job.tier,
+                team=job.team,
                 conversation_id=job.conversation_id,
                 model_id=job.model_id,
                 outcome="error" if outcome.error_code else ("cached" if job.cached_answer is not None else "completed"),
@@ -240,6 +242,7 @@ class Worker:
             overshoot_tokens=overshoot,
             expired_reservations=job.expired_reservations,
         )
+        self._report_spend(job, outcome)
         observability.log_prompt(job.request_id, job.messages, "".join(outcome.text), enabled=self.config.log_prompts)
         return outcome
 
@@ -326,6 +329,23 @@ class Worker:
             if left is not None:
                 remaining[hold["key"]] = left
         outcome.budgets = budget_levels.budgets_view(remaining)
+        outcome.stack_remaining = remaining.get(budget_levels.STACK_KEY)
+
+    def _report_spend(self, job: protocol.WorkerJob, outcome: _Outcome) -> None:
+        """The request's cost by team, and the share of the stack's ceiling used (its 80 % alarm). Never raises."""
+        price = self.config.price(job.model_id)
+        if price is None or job.cached_answer is not None:
+            return  # unpriced: no figure to report; a prepared answer calls no model
+        ceiling = self.config.stack_monthly_usd
+        used_pct = None
+        if ceiling and outcome.stack_remaining is not None:
+            spent = ceiling * budget_levels.MICRO - outcome.stack_remaining.micro_usd
+            used_pct = round(100 * max(0.0, spent) / (ceiling * budget_levels.MICRO), 3)
+        try:
+            usd = price.cost(outcome.input_tokens, outcome.output_tokens) / budget_levels.MICRO
+            observability.record_spend(team=job.team, usd=usd, stack_used_pct=used_pct)
+        except Exception:
+            observability.logger.exception("spend metric failed", extra={"request_id": job.request_id})
 
     def _announce_lost_final(
         self, job: protocol.WorkerJob, outcome: _Outcome, seq: int, *, window: int, month: int

@@ -51,10 +51,12 @@ TOTAL_RECORDS = 81
 # approx_percentile (DuckDB: approx_quantile, a t-digest) may be off the exact nearest-rank value by up to this
 # many milliseconds on the 55 evenly spaced HAIKU values (two ranks of ttft, one of latency).
 PERCENTILE_TOLERANCE_MS = 20
+TEAMS = {"alice": "platform", "carol": "research"}  # bob, dave and erin are in no team
 
 EXPECTED_QUERIES = {
     "cache_hit_rate_by_day",
     "cost_by_model",
+    "cost_by_team",
     "cost_by_user",
     "error_rate_by_code",
     "latency_by_model",
@@ -82,6 +84,7 @@ def _records() -> list[dict]:
                 "model_id": model,
                 "outcome": outcome,
                 "stack": "test",
+                "team": TEAMS.get(user),
                 **fields,
             }
         )
@@ -439,6 +442,18 @@ def test_cost_by_user(data_dir: Path) -> None:
         ("erin", 0, 0, 0),
     ]
     assert [r[3] for r in rows] == pytest.approx([0.011, 0.0025, 0, 0, 0], abs=1e-9)
+
+
+def test_cost_by_team(data_dir: Path) -> None:
+    columns, rows = _run("cost_by_team", data_dir)
+    assert columns == ["team", "users", "input_tokens", "output_tokens", "estimated_cost_usd", "unpriced_tokens"]
+    assert [(r[0], r[2], r[3], r[5]) for r in rows] == [
+        ("platform", 5500, 2750, 0),
+        ("(no team)", 2000, 1000, 0),
+        ("research", 3300, 1520, 4820),
+    ]
+    assert [r[4] for r in rows] == pytest.approx([0.011, 0.0025, 0], abs=1e-9)
+    assert [r[1] for r in rows] == [1, 3, 1]  # bob, dave, erin asked without a team (refusals and errors count)
 
 
 def test_error_rate_by_code(data_dir: Path) -> None:

@@ -91,10 +91,11 @@ def test_hand_computed_profile_line_by_line_on_prod() -> None:
         ("CloudWatch", "log ingestion"): log_gb * p["cloudwatch.logs_ingest_gb"],
         ("CloudWatch", "log storage"): log_gb * 90 / 30 * p["cloudwatch.logs_storage_gb_month"],
         # 3 models × (5 metrics + 5 refusal reasons + 3 error codes) + 4 error codes of model "unknown"
-        ("CloudWatch", "custom metrics"): 43 * p["cloudwatch.custom_metric_month"],
+        # + SpendUsd of team "none" + StackBudgetUsedPercent (prod has a ceiling)
+        ("CloudWatch", "custom metrics"): 45 * p["cloudwatch.custom_metric_month"],
         ("CloudWatch", "dashboards"): 1 * p["cloudwatch.dashboard_month"],
-        # 3 error-rate alarms reading 4 metrics each + 7 single-metric alarms
-        ("CloudWatch", "alarms (standard)"): 19 * p["cloudwatch.alarm_standard_month"],
+        # 3 error-rate alarms reading 4 metrics each + 8 single-metric alarms (one the stack ceiling's)
+        ("CloudWatch", "alarms (standard)"): 20 * p["cloudwatch.alarm_standard_month"],
         # the expired-reservations Metrics Insights alarm: one metric per model id
         ("CloudWatch", "alarms (Metrics Insights)"): 3 * p["cloudwatch.metrics_insights_alarm_month"],
         ("Firehose", "ingestion"): requests * 5120 / GB * p["firehose.ingest_gb"],
@@ -129,7 +130,7 @@ def test_inventory_gives_the_same_report_but_for_metric_math_alarms() -> None:
     from_items = _by_key(estimate(inventory(mocks), settings, profile, PRICES))
     from_mocks = _by_key(estimate(mocks, settings, profile, PRICES))
     assert from_items.pop(("CloudWatch", "alarms (standard)")) == pytest.approx(
-        11 * PRICES["cloudwatch.alarm_standard_month"].usd)
+        12 * PRICES["cloudwatch.alarm_standard_month"].usd)
     for key in (("CloudWatch", "alarms (standard)"), ("CloudWatch", "alarms (Metrics Insights)"),
                 ("Bedrock", "guardrail PII text units")):
         from_mocks.pop(key)

@@ -50,7 +50,8 @@ CASES: dict[str, dict[str, Any]] = {
     "full": {
         "tables": {"point_in_time_recovery": True, "deletion_protection": False},
         "guardrail": {},
-        "ops": {"alarms_enabled": True, "alarm_email": EMAIL, "dead_letter_queue_name": DLQ},
+        "ops": {"alarms_enabled": True, "alarm_email": EMAIL, "dead_letter_queue_name": DLQ,
+                "stack_monthly_usd": 2000.0},
     },
     "lean": {
         "tables": {"point_in_time_recovery": False, "deletion_protection": True},
@@ -113,6 +114,7 @@ def emitted_metrics() -> dict[str, frozenset[str]]:
         for record in records:
             observability.record_usage_metrics(record, overshoot_tokens=7, expired_reservations=1)
         observability.record_publish_failures(2)
+        observability.record_spend(team="platform", usd=0.0123, stack_used_pct=12.5)
     found: dict[str, frozenset[str]] = {}
     for line in buffer.getvalue().splitlines():
         blob = json.loads(line)
@@ -291,7 +293,7 @@ def _series(widget: dict[str, Any]) -> list[tuple[str, str, frozenset[str], dict
 
 
 def test_dashboard_shows_only_metrics_that_exist(stack: Any, emitted_metrics: dict[str, frozenset[str]]) -> None:
-    _, mocks, outputs = stack
+    case, mocks, outputs = stack
     widgets = _dashboard(mocks)
     assert mocks.one(DASHBOARD).inputs["dashboardName"] == outputs["dashboard_name"] == "gw-test"
     seen = set()
@@ -303,7 +305,9 @@ def test_dashboard_shows_only_metrics_that_exist(stack: Any, emitted_metrics: di
                 seen.add(metric)
             else:
                 assert metric in AWS_METRICS[namespace]
-    assert seen == set(emitted_metrics)  # and every metric the runtime writes is on it
+    # ... and every metric the runtime writes is on it (the ceiling's share only where the stack has a ceiling)
+    ceiling = set() if case["ops"].get("stack_monthly_usd") else {observability.STACK_BUDGET_METRIC}
+    assert seen == set(emitted_metrics) - ceiling
 
 
 def test_dashboard_lists_each_model_and_function(stack: Any) -> None:
@@ -364,12 +368,19 @@ def test_alarms_exist_only_when_enabled_and_notify_the_topic(stack: Any) -> None
         "gw-test-expired-reservations",
         "gw-test-publish-failures",
     }
-    assert names == expected | ({"gw-test-worker-dlq"} if case["ops"]["dead_letter_queue_name"] else set())
+    expected |= {"gw-test-worker-dlq"} if case["ops"]["dead_letter_queue_name"] else set()
+    expected |= {"gw-test-stack-budget"} if case["ops"].get("stack_monthly_usd") else set()
+    assert names == expected
     for alarm in alarms:
         assert alarm.inputs["treatMissingData"] == "notBreaching"
         assert alarm.inputs["alarmActions"] == [topic.outputs["arn"]]
         assert alarm.inputs["okActions"] == [topic.outputs["arn"]]
-        assert alarm.inputs["comparisonOperator"] == "GreaterThanThreshold"
+        budget = alarm.inputs["name"] == "gw-test-stack-budget"
+        assert alarm.inputs["comparisonOperator"] == (
+            "GreaterThanOrEqualToThreshold" if budget else "GreaterThanThreshold"
+        )
+        if budget:  # 80 % of the ceiling, on the share the worker reports after each request
+            assert (alarm.inputs["metricName"], alarm.inputs["threshold"]) == ("StackBudgetUsedPercent", 80)
 
 
 def test_email_subscription_only_with_an_address(stack: Any) -> None:
@@ -424,6 +435,8 @@ def test_alarms_watch_metrics_that_exist(stack: Any, emitted_metrics: dict[str, 
 def test_component_constants_are_the_runtimes() -> None:
     assert ops_component.METRICS_NAMESPACE == observability.METRICS_NAMESPACE
     assert ops_component.UNKNOWN_MODEL == observability.UNKNOWN_MODEL
+    assert ops_component.SPEND_METRIC == observability.SPEND_METRIC
+    assert ops_component.STACK_BUDGET_METRIC == observability.STACK_BUDGET_METRIC
 
 
 def test_error_rate_alarm_counts_gateway_failures_over_requests() -> None:

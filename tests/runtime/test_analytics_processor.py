@@ -257,7 +257,7 @@ def test_missing_optional_fields_become_null_and_types_are_coerced() -> None:
         {"ts": 1767607872},
         {"request_id": 7},
         {"cache_hit": "maybe"},
-        {"schema_version": 2},
+        {"schema_version": 3},
         {"outcome": "error"},  # an error without error_code
     ],
 )
@@ -265,6 +265,17 @@ def test_an_invalid_usage_line_fails_its_record(change: dict[str, Any]) -> None:
     data = encode(cwl_payload([usage_line(request_id="ok"), usage_line(**change)]))
     response, _ = run(event_of(data))
     assert response["records"] == [{"recordId": "rec-0", "result": "ProcessingFailed", "data": data}]
+
+
+def test_a_version_1_line_from_a_function_deployed_before_teams_is_read_with_a_null_team() -> None:
+    old = usage(team="ignored")
+    old.pop("team")
+    old["schema_version"] = 1
+    response, _ = run(event_of(encode(cwl_payload([usage_line(old)]))))
+    [record] = response["records"]
+    assert record["result"] == "Ok"
+    rows = [json.loads(line) for line in base64.b64decode(record["data"]).decode().splitlines()]
+    assert [(r["schema_version"], r["team"], r["request_id"]) for r in rows] == [(2, None, "req-1")]
 
 
 @pytest.mark.parametrize("missing", ["request_id", "ts", "schema_version", "cache_hit"])

@@ -3,6 +3,7 @@ path (admit, cap, refuse, settle, release), and 64 concurrent requests against o
 
 from __future__ import annotations
 
+import json
 import threading
 import uuid
 from collections import Counter
@@ -299,3 +300,45 @@ def test_64_requests_of_one_user_at_once_are_admitted_or_told_to_retry_never_int
     assert set(codes) <= {"accepted", "rate_limited"}, codes
     usage = gateway.meter.usage(SUB, gateway.config.tier("free").limits)
     assert usage.reserved == sum(j.reserved_tokens for j in jobs) <= gateway.config.tier("free").window_tokens
+
+
+# --- what is reported ------------------------------------------------------------------------------------------
+
+
+def _emf(out: str, metric: str) -> list[dict[str, Any]]:
+    blobs = [json.loads(line) for line in out.splitlines() if line.startswith("{") and '"_aws"' in line]
+    return [b for b in blobs if any(m["Name"] == metric for d in b["_aws"]["CloudWatchMetrics"] for m in d["Metrics"])]
+
+
+def test_a_team_members_answer_reports_its_team_its_cost_and_the_share_of_the_ceiling_used(
+    gateway: Gateway, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store = priced(gateway, stack_monthly_usd=0.01)  # 10,000 µUSD
+    store.set_limits(budget_key("team", "platform"), BudgetLimits(monthly_usd=1.0))
+    capsys.readouterr()
+    gateway.publish(ask(requestId="reported"), groups=TEAM)
+    gateway.run_jobs()
+    out = capsys.readouterr().out
+    end = gateway.events()[-1]
+    cost = PRICE.cost(end["usage"]["input"], end["usage"]["output"])
+    [record] = [json.loads(line)["usage"] for line in out.splitlines() if '"record_type":"usage"' in line]
+    assert record["team"] == "platform" and record["request_id"] == "reported"
+    [spend] = _emf(out, "SpendUsd")
+    assert spend["team"] == "platform" and spend["SpendUsd"] == [pytest.approx(cost / MICRO)]
+    [share] = _emf(out, "StackBudgetUsedPercent")
+    assert share["StackBudgetUsedPercent"] == [pytest.approx(100 * cost / 10_000, abs=1e-3)]
+    assert "team" not in share  # its own blob: the alarm reads it without dimensions
+
+
+def test_a_refusal_records_the_team_and_an_unpriced_model_reports_no_spend(
+    gateway: Gateway, capsys: pytest.CaptureFixture[str]
+) -> None:
+    gateway.publish(ask(), groups=TEAM)  # no prices configured
+    gateway.run_jobs()
+    out = capsys.readouterr().out
+    assert _emf(out, "SpendUsd") == []
+    priced(gateway, stack_monthly_usd=0.000001)
+    gateway.publish(ask(requestId="refused"), groups=TEAM)
+    lines = capsys.readouterr().out.splitlines()
+    records = [json.loads(line)["usage"] for line in lines if '"record_type":"usage"' in line]
+    assert [(r["outcome"], r["team"], r["refusal_reason"]) for r in records] == [("refused", "platform", "stack")]

@@ -78,6 +78,7 @@ def make_record(**overrides: Any) -> UsageRecord:
         "request_id": "req-1",
         "user_id": "3f1c2a9e-8d4b-4c1e-9a7f-2b6d5e4c3a21",
         "tier": "pro",
+        "team": "platform",
         "conversation_id": "conv-1",
         "model_id": "anthropic.claude-3-haiku",
         "outcome": "completed",
@@ -144,7 +145,7 @@ def test_usage_record_fields_agree_with_the_dataclass() -> None:
 
 def test_the_record_is_frozen_and_defaults_fill_in() -> None:
     record = UsageRecord(request_id="r", user_id="u", tier="free", model_id="m", outcome="completed", stack="dev")
-    assert record.schema_version == 1
+    assert record.schema_version == 2
     assert datetime.strptime(record.ts, TS_FORMAT)
     assert (record.input_tokens, record.cache_hit, record.conversation_id) == (0, False, None)
     with pytest.raises(dataclasses.FrozenInstanceError):
@@ -176,7 +177,8 @@ def test_the_record_is_frozen_and_defaults_fill_in() -> None:
         {"request_id": None},
         {"stack": 3},
         {"conversation_id": 7},
-        {"schema_version": 2},
+        {"schema_version": 1},
+        {"team": 7},
         {"ts": "2025-01-31T12:00:00Z"},
         {"ts": "2025-01-31T12:00:00.123+00:00"},
         {"ts": "2025-02-30T12:00:00.123Z"},
@@ -241,7 +243,7 @@ def test_a_completed_request_writes_exactly_one_usage_line(capsys: pytest.Captur
 
 
 def test_nullable_fields_are_written_as_null(capsys: pytest.CaptureFixture[str]) -> None:
-    emit_usage(make_record(conversation_id=None, ttft_ms=None, latency_ms=None, stop_reason=None))
+    emit_usage(make_record(team=None, conversation_id=None, ttft_ms=None, latency_ms=None, stop_reason=None))
     (line,) = usage_lines(parse_lines(capsys.readouterr().out))
     assert set(line["usage"]) == {name for name, _ in USAGE_RECORD_FIELDS}
     for name in USAGE_NULLABLE_FIELDS:
