@@ -313,10 +313,16 @@ def analytics(
     stack_file: Annotated[
         Path, typer.Option("--stack-file", help="Tier limits and model prices from this stack file.")
     ] = Path("Pulumi.dev.yaml"),
+    users_from: Annotated[
+        str | None,
+        typer.Option("--users-from", metavar="STACK",
+                     help="Show emails from this deployed stack's user pool \\[default: the running aigw dev's]."),
+    ] = None,
 ) -> None:
     """The analytics queries (the Athena ones) run locally with DuckDB over the usage records of `aigw dev`."""
     from datetime import date, datetime
 
+    from aigw import analytics_view
     from analytics.local import list_queries, query_header, run_query, tier_limits_from_settings
     from components.settings import SettingsError, StackSettings
 
@@ -343,6 +349,8 @@ def analytics(
     columns, rows = run_query(
         name, data, since=since_value, tier_limits=tier_limits_from_settings(settings), model_prices=prices
     )
+    if analytics_view.USER_ID_COLUMN in columns:
+        columns, rows = analytics_view.with_emails(columns, rows, _emails_by_sub(users_from, stack_file))
 
     def plain(value: Any) -> Any:
         if isinstance(value, datetime | date):
@@ -366,11 +374,21 @@ def analytics(
                    for i in range(len(columns))]
         for column, is_number in zip(columns, numeric, strict=True):
             table.add_column(column, justify="right" if is_number else "left")
+        def cell(column: str, value: Any) -> str:
+            if value is None:
+                return ""
+            if isinstance(value, bool) or not isinstance(plain(value), int | float):
+                return str(plain(value))
+            if analytics_view.is_money(column):
+                return analytics_view.money(float(plain(value)))
+            return analytics_view.number(plain(value))
+
         for row in rows:
-            table.add_row(*("" if v is None else (f"{v:,}" if isinstance(v, int) and not isinstance(v, bool)
-                                                   else str(plain(v))) for v in row))
+            table.add_row(*(cell(c, v) for c, v in zip(columns, row, strict=True)))
         Console().print(table)
     if plot is not None:
+        plot = analytics_view.plot_path(plot)
+        plot.parent.mkdir(parents=True, exist_ok=True)
         try:
             _plot(name, columns, rows, plot, y)
         except ValueError as err:
@@ -381,6 +399,20 @@ def analytics(
 def _print_queries(names: list[str], header: Any, *, err: bool = False) -> None:
     for query in names:
         typer.echo(f"{query}\n    {header(query).get('description', '')}", err=err)
+
+
+def _emails_by_sub(stack: str | None, stack_file: Path) -> dict[str, str]:
+    """The user pool's emails by sub (a deployed stack's, or the running `aigw dev`'s); none when it cannot be
+    reached, said on stderr, so a report still prints with ids."""
+    from aigw import admin
+
+    try:
+        target = _target(DEFAULT_DEV_JSON, stack, stack_file if stack else None)
+        return {u["sub"]: u["username"] for u in admin.list_users(target.cognito(), target)}
+    except Exception as err:  # best effort: emails are a courtesy, the report is the point
+        where = f"stack {stack}" if stack else "the local gateway (is `aigw dev` running?)"
+        typer.echo(f"users shown by id: could not read the user pool of {where}: {type(err).__name__}", err=True)
+        return {}
 
 
 def _plot(name: str, columns: list[str], rows: list[tuple[Any, ...]], path: Path, y: str | None) -> None:

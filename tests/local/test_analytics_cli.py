@@ -10,6 +10,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import boto3
 import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
@@ -244,3 +245,57 @@ def test_a_chat_request_reaches_the_tokens_query(tmp_path: Path) -> None:
     assert len(rows) == 1 and rows[0]["requests"] == 1
     assert rows[0]["output_tokens"] == end["usage"]["output"]
     assert rows[0]["input_tokens"] == end["usage"]["input"]
+
+
+# -- how results are shown
+
+
+def test_money_is_dollars_and_cents_and_no_number_is_scientific(data_dir: Path) -> None:
+    table = aigw("cost_by_model", "--data", str(data_dir), "--stack-file", str(STACK_FILE))
+    assert table.exit_code == 0, table.output
+    assert "$" in table.stdout and "e-0" not in table.stdout and "e+0" not in table.stdout
+
+
+def test_a_bare_plot_name_goes_under_aigw_plots_not_the_working_directory(
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    result = aigw("cost_by_model", "--data", str(data_dir), "--stack-file", str(STACK_FILE), "--plot", "cost.png")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / ".aigw" / "plots" / "cost.png").read_bytes()[:8] == PNG_SIGNATURE
+    assert not (tmp_path / "cost.png").exists()
+
+
+def test_users_show_by_email_when_the_local_pool_knows_them(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from aigw import cli
+    from aigw.dev import Ports, running
+    from analytics.local import write_parquet
+    from components.settings import StackSettings
+
+    settings = StackSettings.from_stack_file(STACK_FILE)
+    with running(settings, ports=Ports(0, 0, 0, 0), pacing_s=0.0, stack=f"em{uuid.uuid4().hex[:6]}") as gw:
+        demo, pool = gw.info["demo_user"], gw.info["cognito"]
+        cognito = boto3.client("cognito-idp", region_name=gw.info["region"], endpoint_url=pool["endpoint"])
+        attributes = cognito.admin_get_user(UserPoolId=pool["user_pool_id"], Username=demo["username"])
+        sub = next(a["Value"] for a in attributes["UserAttributes"] if a["Name"] == "sub")
+        monkeypatch.setattr(cli, "DEFAULT_DEV_JSON", gw.write_info(tmp_path / "state"))
+        record = json.loads(usage_line("2026-02-05T10:00:00.000Z", NOVA, 10, 20, user_id=sub))["usage"]
+        stranger = json.loads(usage_line("2026-02-05T10:00:01.000Z", NOVA, 1, 2, user_id="gone-user"))["usage"]
+        write_parquet([record, stranger], tmp_path / "data")
+        result = aigw("cost_by_user", "--data", str(tmp_path / "data"), "--stack-file", str(STACK_FILE),
+                      "--format", "json")
+    assert result.exit_code == 0, result.output
+    users = {r["user_id"]: r["user"] for r in json.loads(result.stdout)}
+    assert users == {sub: demo["username"], "gone-user": None}
+
+
+def test_without_a_reachable_pool_users_stay_ids_and_stderr_says_why(
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from aigw import cli
+
+    monkeypatch.setattr(cli, "DEFAULT_DEV_JSON", tmp_path / "no-dev.json")
+    result = aigw("cost_by_user", "--data", str(data_dir), "--stack-file", str(STACK_FILE), "--format", "json")
+    assert result.exit_code == 0, result.output
+    assert {r["user"] for r in json.loads(result.stdout)} == {None}
+    assert "users shown by id" in result.stderr
