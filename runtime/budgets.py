@@ -5,8 +5,9 @@ touches it — and both `TransactWriteItems` and version-checked puts turn concu
 retries. A budget counter here is one conditional `UpdateItem` that *decrements what remains*
 (``SET ru = ru - :cost`` with ``ru >= :cost``): DynamoDB serialises updates of one item without conflicts, so 64
 members reserving at once are 64 writes that each succeed or are refused, never retried, and the condition makes
-over-admission impossible. Levels are reserved in turn (user, then team, then stack); a level that refuses gives
-back what the earlier ones reserved. Settling adds back the difference between the reservation and the truth.
+over-admission impossible. The user's meter is asked first, then the team and the stack together; a level that
+refuses (or fails) has what the others reserved given back. Settling adds back the difference between the
+reservation and the truth.
 
 A budget item (in the metering table): ``pk`` = ``team#<name>`` or ``stack``; ``mk`` the UTC month its counters
 are for; ``lu``/``lt`` the monthly limits (µUSD / tokens; absent: no limit); ``ru``/``rt`` what remains this
@@ -27,6 +28,7 @@ from typing import Any, Literal
 from botocore.exceptions import ClientError
 
 from runtime.metering.core import month_key, next_month_start
+from runtime.tables import condition_failed
 
 Scope = Literal["user", "team", "stack"]
 MICRO = 1_000_000
@@ -202,30 +204,34 @@ class Budgets:
         ceiling from its settings). One UpdateItem; a month's first, or a level's very first, costs one more."""
         month = month_key(self.clock())
         for _ in range(3):
-            try:
-                self.client.update_item(
-                    TableName=self.table_name,
-                    Key={"pk": {"S": key}},
-                    UpdateExpression="SET ru = ru - :c, rt = rt - :t ADD su :c, sk :t",
-                    ConditionExpression="mk = :m AND ru >= :c AND rt >= :t",
-                    ExpressionAttributeValues={":c": _n(micro_usd), ":t": _n(tokens), ":m": {"S": month}},
-                    ReturnValuesOnConditionCheckFailure="ALL_OLD",
-                )
+            old = self._conditional_update(
+                key,
+                UpdateExpression="SET ru = ru - :c, rt = rt - :t ADD su :c, sk :t",
+                ConditionExpression="mk = :m AND ru >= :c AND rt >= :t",
+                ExpressionAttributeValues={":c": _n(micro_usd), ":t": _n(tokens), ":m": {"S": month}},
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
+            )
+            if old is None:
                 return Hold(key, month, micro_usd, tokens)
-            except ClientError as err:
-                if err.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
-                    raise
-                old: dict[str, Any] | None = err.response.get("Item")  # type: ignore[assignment]
             if not old:
                 if default is None:
                     return None
                 self._start(key, default, month)
-                continue
-            if old["mk"]["S"] == month:
+            elif old["mk"]["S"] == month:
                 return Remaining(_int(old, "ru", UNLIMITED), _int(old, "rt", UNLIMITED))
-            if not self._roll_over(key, old, month):
-                continue  # someone else rolled it over: reserve on the new month
+            else:
+                self._roll_over(key, old, month)  # or someone else did: either way, reserve on the new month
         return Remaining(0, 0)  # unreachable in practice: a month rolls over once
+
+    def _conditional_update(self, key: str, **request: Any) -> dict[str, Any] | None:
+        """One conditional UpdateItem: None when it was applied, else the item as it was ({} when absent)."""
+        try:
+            self.client.update_item(TableName=self.table_name, Key={"pk": {"S": key}}, **request)
+        except ClientError as err:
+            if not condition_failed(err):
+                raise
+            return dict(err.response.get("Item") or {})  # type: ignore[call-overload]
+        return None
 
     def _start(self, key: str, limits: BudgetLimits, month: str) -> None:
         try:
@@ -235,28 +241,22 @@ class Budgets:
                 ConditionExpression="attribute_not_exists(pk)",
             )
         except ClientError as err:
-            if err.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
+            if not condition_failed(err):
                 raise  # else another request started it first
 
-    def _roll_over(self, key: str, old: Mapping[str, Any], month: str) -> bool:
-        try:
-            self.client.update_item(
-                TableName=self.table_name,
-                Key={"pk": {"S": key}},
-                UpdateExpression="SET mk = :m, ru = :lu, rt = :lt, su = :zero, sk = :zero",
-                ConditionExpression="mk = :old",
-                ExpressionAttributeValues={
-                    ":m": {"S": month},
-                    ":old": old["mk"],
-                    ":lu": _n(_int(old, "lu", UNLIMITED)),
-                    ":lt": _n(_int(old, "lt", UNLIMITED)),
-                    ":zero": _n(0),
-                },
-            )
-        except ClientError as err:
-            if err.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
-                raise
-        return True
+    def _roll_over(self, key: str, old: Mapping[str, Any], month: str) -> None:
+        self._conditional_update(
+            key,
+            UpdateExpression="SET mk = :m, ru = :lu, rt = :lt, su = :zero, sk = :zero",
+            ConditionExpression="mk = :old",
+            ExpressionAttributeValues={
+                ":m": {"S": month},
+                ":old": old["mk"],
+                ":lu": _n(_int(old, "lu", UNLIMITED)),
+                ":lt": _n(_int(old, "lt", UNLIMITED)),
+                ":zero": _n(0),
+            },
+        )
 
     def settle(self, hold: Hold, micro_usd: int, tokens: int) -> Remaining | None:
         """Replace a hold with the truth (0, 0 to release it) and say what remains of the level's month.
@@ -277,7 +277,7 @@ class Budgets:
                 ReturnValues="UPDATED_NEW",  # what remains, in the same round trip
             )
         except ClientError as err:
-            if err.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
+            if not condition_failed(err):
                 raise
             return None
         values = updated.get("Attributes", {})

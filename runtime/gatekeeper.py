@@ -306,7 +306,8 @@ class Gatekeeper:
 
         Both levels are asked at once. One that is short lets the request through with a smaller grant when at
         least the minimum output still fits (the others' holds shrink to match); else everything reserved for the
-        request, its user's too, is given back and the refusal names that level.
+        request, its user's too, is given back and the refusal names that level. Should a write fail, everything
+        reserved for the request is given back too before the error goes on (the caller answers `internal`).
         """
         levels: list[tuple[Scope, str, BudgetLimits | None]] = []
         if team is not None:
@@ -320,37 +321,40 @@ class Gatekeeper:
         def cost(output: int) -> int:
             return price.cost(input_tokens, output) if price is not None else 0
 
-        def reserve(level: tuple[Scope, str, BudgetLimits | None]) -> Hold | Remaining | None:
-            return budgets.reserve(level[1], cost(granted), input_tokens + granted, level[2])
-
-        answers = list(self._levels.map(reserve, levels))
+        # Each level's answer on its own: when one fails, what the others took is known, and so given back.
+        futures = [
+            self._levels.submit(budgets.reserve, key, cost(granted), input_tokens + granted, default)
+            for _, key, default in levels
+        ]
+        answers = [f.exception() or f.result() for f in futures]
         holds = [a for a in answers if isinstance(a, Hold)]
-        short = [(level[0], a) for level, a in zip(levels, answers, strict=True) if isinstance(a, Remaining)]
-        if short:
+        try:
+            if failure := next((a for a in answers if isinstance(a, BaseException)), None):
+                raise failure
+            short = [(level[0], a) for level, a in zip(levels, answers, strict=True) if isinstance(a, Remaining)]
+            if not short:
+                return holds, granted
             fitted = min(budget_levels.granted_within(price, r, input_tokens, granted) for _, r in short)
-            if fitted >= min_output:
-                for hold in holds:
-                    budgets.settle(hold, cost(fitted), input_tokens + fitted)
-                holds = [Hold(h.key, h.month, cost(fitted), input_tokens + fitted) for h in holds]
-                granted = fitted
-                for scope, _ in short:
-                    key, default = next((k, d) for s, k, d in levels if s == scope)
-                    again = budgets.reserve(key, cost(granted), input_tokens + granted, default)
-                    if isinstance(again, Remaining):
-                        self._refuse_budget(sub, holds, decision, scope, again)
-                    if isinstance(again, Hold):
-                        holds.append(again)
-            else:
-                self._refuse_budget(sub, holds, decision, *short[0])
-        return holds, granted
+            if fitted < min_output:
+                raise self._budget_refusal(decision, *short[0])
+            for hold in holds:
+                budgets.settle(hold, cost(fitted), input_tokens + fitted)
+            holds = [Hold(h.key, h.month, cost(fitted), input_tokens + fitted) for h in holds]
+            for scope, _ in short:
+                key, default = next((k, d) for s, k, d in levels if s == scope)
+                again = budgets.reserve(key, cost(fitted), input_tokens + fitted, default)
+                if isinstance(again, Remaining):
+                    raise self._budget_refusal(decision, scope, again)
+                if isinstance(again, Hold):
+                    holds.append(again)
+            return holds, fitted
+        except BaseException:
+            self._give_back(sub, holds, decision.reservation_id)
+            raise
 
-    def _refuse_budget(self, sub: str, holds: list[Hold], decision: Any, scope: Scope, remaining: Remaining) -> None:
-        assert self.budgets is not None
-        for hold in holds:
-            self.budgets.settle(hold, 0, 0)
-        self.meter.release(sub, decision.reservation_id)
+    def _budget_refusal(self, decision: Any, scope: Scope, remaining: Remaining) -> Rejection:
         whose = "your team's" if scope == "team" else "this gateway's"
-        raise Rejection(
+        return Rejection(
             "quota_exhausted",
             f"{whose} monthly budget is used up",
             retry_after_s=budget_levels.retry_after_month(self.clock()),
@@ -360,6 +364,25 @@ class Gatekeeper:
             scope=scope,
             budgets={scope: remaining.as_event()},
         )
+
+    def _give_back(self, sub: str, holds: Sequence[Hold], reservation_id: str) -> bool:
+        """Release what was reserved for a request that will not run: every budget hold, then the user's
+        reservation (and its requestId, so a retry is a new request). Each is tried whatever the others do;
+        False when one failed (the user's lease still releases it in the end; a hold stays counted as spent)."""
+        released = True
+        for hold in holds:
+            try:
+                if self.budgets is not None:
+                    self.budgets.settle(hold, 0, 0)
+            except Exception:
+                observability.logger.exception("budget release failed", extra={"budget": hold.key})
+                released = False
+        try:
+            self.meter.release(sub, reservation_id)
+        except Exception:
+            observability.logger.exception("release failed", extra={"reservation_id": reservation_id})
+            released = False
+        return released
 
     def _release(self, job: protocol.WorkerJob) -> tuple[int | None, int | None]:
         """Give an admitted job's reservation back (settled at 0 tokens); the remaining (window, month) after.
@@ -371,13 +394,7 @@ class Gatekeeper:
         """
         if job.reservation_id is None:
             return job.window_remaining, job.month_remaining
-        try:
-            for hold in job.budget_holds:
-                if self.budgets is not None:
-                    self.budgets.settle(Hold(**hold), 0, 0)
-            self.meter.release(job.user_id, job.reservation_id)  # and its requestId: a retry is a new request
-        except Exception:
-            observability.logger.exception("release failed", extra={"request_id": job.request_id})
+        if not self._give_back(job.user_id, [Hold(**h) for h in job.budget_holds], job.reservation_id):
             return None, None
         return job.window_remaining + job.reserved_tokens, job.month_remaining + job.reserved_tokens
 

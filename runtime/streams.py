@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 from botocore.exceptions import ClientError
 
-from runtime.tables import on_demand_table
+from runtime.tables import condition_failed, on_demand_table
 
 TTL_ATTRIBUTE = "ttl"
 PARTITION_KEY = "pk"
@@ -183,7 +183,7 @@ class Journal:
         try:
             self.client.update_item(**request)
         except ClientError as err:
-            if err.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
+            if not condition_failed(err):
                 raise
             old: dict[str, Any] = dict(err.response.get("Item") or {})  # type: ignore[call-overload]
             if old.get("cx", {}).get("BOOL"):
@@ -227,7 +227,7 @@ class Journal:
                 },
             )
         except ClientError as err:
-            if err.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
+            if condition_failed(err):
                 return False
             raise
         return True

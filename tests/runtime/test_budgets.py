@@ -342,3 +342,27 @@ def test_a_refusal_records_the_team_and_an_unpriced_model_reports_no_spend(
     lines = capsys.readouterr().out.splitlines()
     records = [json.loads(line)["usage"] for line in lines if '"record_type":"usage"' in line]
     assert [(r["outcome"], r["team"], r["refusal_reason"]) for r in records] == [("refused", "platform", "stack")]
+
+
+def test_a_failing_budget_write_gives_back_the_other_levels_hold_and_the_users_reservation(
+    gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = priced(gateway, stack_monthly_usd=1.0)
+    store.set_limits(budget_key("team", "platform"), BudgetLimits(monthly_usd=1.0))
+    real_reserve = store.reserve
+
+    def stack_write_fails(key: str, *args: Any, **kwargs: Any) -> Any:
+        if key == "stack":
+            raise ConnectionError("DynamoDB unreachable (injected)")
+        return real_reserve(key, *args, **kwargs)
+
+    monkeypatch.setattr(store, "reserve", stack_write_fails)
+    [answer] = gateway.publish(ask(requestId="faulted"), groups=TEAM)
+    assert answer["error"].startswith("internal")
+    assert gateway.events()[-1]["code"] == "internal"  # the user is told
+    team = store.usage(budget_key("team", "platform"))
+    assert team is not None and (team.spent_micro_usd, team.spent_tokens) == (0, 0)  # the team's hold came back
+    assert gateway.meter.usage(SUB, gateway.config.tier("free").limits).reserved == 0 and gateway.jobs == []
+    monkeypatch.setattr(store, "reserve", real_reserve)
+    [retried] = gateway.publish(ask(requestId="faulted"), groups=TEAM)  # the same requestId runs: it was forgotten
+    assert retried["payload"]["status"] == "accepted"
