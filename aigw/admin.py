@@ -32,6 +32,7 @@ from botocore.config import Config
 
 from aigw import local_cognito
 from aigw.client import Endpoints, EventsClient, token_sub
+from aigw.stream_assembler import StreamAssembler
 from components.settings import SettingsError, StackSettings
 from runtime.cache import AnswerCache, CacheEntry, ImportReport
 from runtime.config import TierSettings
@@ -477,10 +478,14 @@ def cache_import(cache: AnswerCache, path: str | Path) -> ImportReport:
 @dataclass
 class ChatSession:
     """One conversation over one connection: the responses channel is subscribed once, each turn publishes the
-    whole history and yields its events (`start`, `delta`..., `end` | `error`).
+    whole history and yields its events (`start`, `delta`..., `end` | `error`) in seq order, once each.
 
-    The history only keeps answered turns: a refused or failed prompt is dropped, so the next request still
-    alternates user and assistant messages and ends with the user's.
+    A dropped socket is reconnected and the answer resumed from the last event had (`action: resume`); a hole in
+    the seqs that the live stream does not fill within `gap_wait_s` is resumed too. `cancel` stops the answer
+    being streamed (`action: cancel`): it then ends with `end` `stopReason: cancelled`.
+
+    The history only keeps answered turns: a refused, failed or cancelled prompt is dropped, so the next request
+    still alternates user and assistant messages and ends with the user's.
     """
 
     client: EventsClient
@@ -488,44 +493,116 @@ class ChatSession:
     conversation_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     messages: list[dict[str, Any]] = field(default_factory=list)
     timeout_s: float = 120.0
+    gap_wait_s: float = 1.5  # the journal lags the live stream by up to a second
+    poll_s: float = 0.25
+    resumes: int = 0  # resumes published (after a reconnect or a hole), for tests and figures
     _queue: asyncio.Queue[dict[str, Any]] | None = None
+    _request_id: str | None = None
 
     async def open(self) -> ChatSession:
         sub = token_sub(self.client.token)
         self._queue = await self.client.subscribe(f"/responses/{sub}/{self.conversation_id}")
         return self
 
+    def new_conversation(self) -> None:
+        """Forget the history; the next turn starts a fresh conversation (on the same subscription)."""
+        self.messages = []
+
+    @property
+    def channel(self) -> str:
+        return f"/chat/{token_sub(self.client.token)}/{self.conversation_id}"
+
+    async def cancel(self) -> None:
+        """Ask the gateway to stop the answer being streamed (no-op between turns)."""
+        if self._request_id is not None:
+            await self._action({"action": "cancel", "requestId": self._request_id})
+
+    async def finish_cancelled(self, timeout_s: float = 10.0) -> dict[str, Any]:
+        """After `cancel` (the turn's reading was interrupted): the request's final event, `end` with
+        `stopReason: cancelled` (or its end, had it finished first); the turn is not kept in the history."""
+        assert self._queue is not None, "open() first"
+        request_id, self._request_id = self._request_id, None
+        if request_id is None:
+            return {}
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while (left := deadline - loop.time()) > 0:
+            event = await asyncio.wait_for(self._queue.get(), left)
+            if event.get("requestId") == request_id and event.get("type") in ("end", "error"):
+                return event
+        raise TimeoutError(f"no end of the cancelled answer within {timeout_s:.0f} s")
+
+    async def usage(self) -> dict[str, Any]:
+        """The caller's own limits and what remains (`action: usage`): the `usage` event."""
+        assert self._queue is not None, "open() first"
+        request_id = uuid.uuid4().hex
+        await self.client.publish(self.channel, [{"action": "usage", "requestId": request_id}])
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 10
+        while (left := deadline - loop.time()) > 0:
+            event = await asyncio.wait_for(self._queue.get(), left)
+            if event.get("requestId") == request_id:
+                return event
+        raise TimeoutError("no usage answer within 10 s")
+
+    async def _action(self, action: dict[str, Any]) -> None:
+        if not self.client.connected:
+            await self.client.reconnect()
+        await self.client.publish(self.channel, [action])
+
     async def turn(self, prompt: str) -> AsyncIterator[dict[str, Any]]:
         """Send the history plus `prompt`; yield the answer's events; keep the turn only if it completed."""
         assert self._queue is not None, "open() first"
-        sub = token_sub(self.client.token)
         request_id = uuid.uuid4().hex
         messages = [*self.messages, {"role": "user", "content": [{"text": prompt}]}]
         request: dict[str, Any] = {"requestId": request_id, "conversationId": self.conversation_id,
                                    "messages": messages}
         if self.model:
             request["modelId"] = self.model
-        answer = await self.client.publish(f"/chat/{sub}/{self.conversation_id}", [request])
+        answer = await self.client.publish(self.channel, [request])
         refused = answer.get("failed") or []
+        self._request_id = None if refused else request_id
         # A refusal's typed error event follows on the responses channel; if it never comes, say what we know.
         wait_s = 10.0 if refused else self.timeout_s
-        text: list[str] = []
-        while True:
-            try:
-                event = await asyncio.wait_for(self._queue.get(), wait_s)
-            except TimeoutError:
-                yield _fallback_error(refused, wait_s)
-                return
-            if event.get("requestId") != request_id:
-                continue  # a late event of an earlier, interrupted turn
-            yield event
-            if event.get("type") == "delta":
-                text.append(str(event.get("text", "")))
-            elif event.get("type") == "end":
-                self.messages = [*messages, {"role": "assistant", "content": [{"text": "".join(text) or " "}]}]
-                return
-            elif event.get("type") == "error":
-                return
+        assembler = StreamAssembler()
+        loop = asyncio.get_running_loop()
+        quiet_since = gap_since = loop.time()
+        try:
+            while not assembler.finished:
+                try:
+                    event = await asyncio.wait_for(self._queue.get(), self.poll_s)
+                except TimeoutError:
+                    now = loop.time()
+                    if now - quiet_since > wait_s:
+                        self._request_id = None
+                        yield _fallback_error(refused, wait_s)
+                        return
+                    if not refused and not self.client.connected:
+                        await self.client.reconnect()
+                        await self._resume(request_id, assembler.last_seq)
+                    elif not refused and assembler.has_gap and now - gap_since > self.gap_wait_s:
+                        await self._resume(request_id, assembler.last_seq)
+                        gap_since = now
+                    continue
+                if event.get("requestId") != request_id:
+                    continue  # a late event of an earlier, interrupted turn
+                quiet_since = loop.time()
+                had_gap = assembler.has_gap
+                for ready in assembler.offer(event):
+                    yield ready
+                    if ready.get("type") == "end" and ready.get("stopReason") != "cancelled":
+                        text = assembler.text
+                        self.messages = [*messages, {"role": "assistant", "content": [{"text": text or " "}]}]
+                if assembler.has_gap and not had_gap:
+                    gap_since = loop.time()
+            self._request_id = None  # answered: nothing left to cancel (an interrupted turn keeps it for cancel)
+        except TimeoutError:
+            self._request_id = None
+            raise
+
+    async def _resume(self, request_id: str, after_seq: int) -> None:
+        self.resumes += 1
+        await self._action({"action": "resume", "requestId": request_id, "afterSeq": after_seq})
 
 
 def _fallback_error(refused: list[dict[str, Any]], waited_s: float) -> dict[str, Any]:

@@ -892,8 +892,10 @@ def chat(
 ) -> None:
     """Talk to the gateway: a multi-turn conversation with answers streamed as they are written.
 
-    Type a message and press Enter; /quit or Ctrl-D ends. When rate limited, the wait is counted down and the
-    message sent again (Ctrl-C stops waiting; --no-wait only says how long).
+    Type a message and press Enter; /help lists the commands; /quit, Ctrl-D or Ctrl-C at the prompt ends.
+    Ctrl-C during an answer stops it (the model stops too: you pay for what was written) and keeps the session.
+    A dropped connection is restored and the answer resumed where it was. When rate limited, the wait is counted
+    down and the message sent again (Ctrl-C stops waiting; --no-wait only says how long).
     """
     import asyncio
 
@@ -928,16 +930,18 @@ def chat(
             if prompt is not None:
                 answered = _chat_turn(runner, session, prompt, console, wait=not no_wait)
                 raise typer.Exit(0 if answered else 1)
-            console.print(f"[bold]aigw chat[/bold] as {user} on {target.description} — /quit or Ctrl-D to end")
+            console.print(f"[bold]aigw chat[/bold] as {user} on {target.description} — /help for commands, "
+                          "/quit or Ctrl-D to end")
             while True:
                 try:
                     text = Prompt.ask("[bold cyan]you[/bold cyan]", console=console)
                 except (EOFError, KeyboardInterrupt):
                     console.print()
                     break
-                if text.strip() in ("/quit", "/exit"):
-                    break
-                if text.strip():
+                if text.strip().startswith("/"):
+                    if not _chat_command(runner, session, text.strip(), console):
+                        break
+                elif text.strip():
                     _chat_turn(runner, session, text, console, wait=not no_wait)
         except KeyboardInterrupt:
             console.print("\n[dim]stopped[/dim]")
@@ -965,21 +969,108 @@ def _sign_in(sign_in: Any, endpoints: Any, user: str, password: str) -> str:
     return result["IdToken"]
 
 
+CHAT_HELP = """commands:
+  /new            start a fresh conversation (the history is sent with every message, and counts)
+  /model NAME     use this model from now on (/model alone: the tier's default)
+  /models         the models your tier offers
+  /usage          your limits and what remains (and your team's and the gateway's month, when set)
+  /help           this list
+  /quit           end (also Ctrl-D, or Ctrl-C at the prompt)
+Ctrl-C during an answer stops it and keeps the conversation."""
+
+
+def _chat_command(runner: Any, session: Any, command: str, console: Console) -> bool:
+    """Run a /command; False when it ends the session. Nothing here is sent to the model."""
+    name, _, argument = command.partition(" ")
+    argument = argument.strip()
+    if name in ("/quit", "/exit"):
+        return False
+    if name == "/help":
+        console.print(CHAT_HELP, markup=False, highlight=False)
+    elif name == "/new":
+        session.new_conversation()
+        console.print("[dim]new conversation: the history is cleared[/dim]")
+    elif name in ("/models", "/usage", "/model"):
+        usage = runner.run(session.usage())
+        if name == "/models":
+            for model in usage.get("models", []):
+                mark = " (default)" if model == usage.get("defaultModel") else ""
+                current = "  <- in use" if model == (session.model or usage.get("defaultModel")) else ""
+                console.print(f"  {model}{mark}{current}", markup=False, highlight=False)
+        elif name == "/model":
+            if argument and argument not in usage.get("models", []):
+                console.print(f"[red]{argument} is not offered to your tier[/red]: /models lists them",
+                              highlight=False)
+            else:
+                session.model = argument or None
+                console.print(f"[dim]model: {argument or usage.get('defaultModel')}[/dim]", highlight=False)
+        else:
+            limits, left = usage.get("limits", {}), usage.get("remaining", {})
+            console.print(f"tier {usage.get('tier')}: {_int(left.get('window', 0))} of "
+                          f"{_int(limits.get('window', 0))} tokens left in this window, "
+                          f"{_int(left.get('month', 0))} of {_int(limits.get('month', 0))} this month",
+                          highlight=False)
+            if money := _budgets_text(usage.get("budgets")):
+                console.print(money, highlight=False)
+    else:
+        console.print(f"[red]unknown command {name}[/red]: /help lists them (it was not sent)", highlight=False)
+    return True
+
+
+def _budgets_text(budgets: Any) -> str:
+    """What a team's / the gateway's month has left, in USD: '' when no such budget applies."""
+    if not isinstance(budgets, dict):
+        return ""
+    parts = []
+    for scope, label in (("team", "your team"), ("stack", "this gateway")):
+        left = budgets.get(scope)
+        if isinstance(left, dict) and isinstance(left.get("usd"), int | float):
+            name = f" {left['name']}" if scope == "team" and left.get("name") else ""
+            parts.append(f"{label}{name}: ${left['usd']:,.2f} left this month")
+    return "; ".join(parts)
+
+
 def _chat_turn(runner: Any, session: Any, prompt: str, console: Console, *, wait: bool) -> bool:
-    """One message and its streamed answer; True when answered. A rate limit is waited out and retried."""
+    """One message and its streamed answer; True when answered. A rate limit is waited out and retried.
+    Ctrl-C during the answer cancels it at the gateway and returns to the prompt."""
     for _ in range(3):
-        final = runner.run(_stream(session, prompt, console))
+        try:
+            final = runner.run(_stream(session, prompt, console))
+        except KeyboardInterrupt:
+            final = _stop(runner, session, prompt, console)
+            return False
         if final.get("type") == "end":
             remaining = final.get("remaining") or {}
             cached = " (prepared answer)" if final.get("cached") else ""
+            money = _budgets_text(final.get("budgets"))
             console.print(
                 f"[dim]remaining: {_int(remaining.get('window', 0))} tokens in this window, "
-                f"{_int(remaining.get('month', 0))} this month{cached}[/dim]"
+                f"{_int(remaining.get('month', 0))} this month{cached}{'; ' + money if money else ''}[/dim]"
             )
             return True
-        if not _show_error(final, console, wait=wait):
+        if not _show_error(final, console, wait=wait, history=len(session.messages)):
             return False
     return False
+
+
+def _stop(runner: Any, session: Any, prompt: str, console: Console) -> dict[str, Any]:
+    """Ctrl-C mid-answer: cancel at the gateway (so the model stops and only what was written is charged),
+    wait briefly for the cancelled end, say what it cost. The conversation keeps its earlier turns."""
+    console.print("\n[dim]stopping…[/dim]")
+
+    async def cancel_and_drain() -> dict[str, Any]:
+        await session.cancel()
+        return await session.finish_cancelled()
+
+    try:
+        final = runner.run(cancel_and_drain())
+    except (KeyboardInterrupt, TimeoutError, OSError, ConnectionError):
+        console.print("[dim]stopped (the gateway did not confirm)[/dim]")
+        return {}
+    usage = final.get("usage") or {}
+    console.print(f"[dim]stopped: {_int(usage.get('output', 0))} tokens written and charged; "
+                  "the message is not in the history[/dim]", highlight=False)
+    return final
 
 
 async def _stream(session: Any, prompt: str, console: Console) -> dict[str, Any]:
@@ -998,8 +1089,9 @@ async def _stream(session: Any, prompt: str, console: Console) -> dict[str, Any]
     return final
 
 
-def _show_error(event: dict[str, Any], console: Console, *, wait: bool) -> bool:
-    """Say what went wrong, humanely; True when the same message should be sent again (a rate limit waited out)."""
+def _show_error(event: dict[str, Any], console: Console, *, wait: bool, history: int = 0) -> bool:
+    """Say what went wrong, humanely; True when the same message should be sent again (a rate limit waited out).
+    With a history, a budget refusal says that the history counts, and how to start afresh."""
     import time
 
     from runtime.metering.core import next_month_start
@@ -1008,17 +1100,31 @@ def _show_error(event: dict[str, Any], console: Console, *, wait: bool) -> bool:
     remaining = event.get("remaining")
     left = (f" ({_int(remaining['window'])} tokens left in this window, {_int(remaining['month'])} this month)"
             if isinstance(remaining, dict) and {"window", "month"} <= remaining.keys() else "")
+    hint = ""
+    if history and code in ("rate_limited", "quota_exhausted", "invalid_request"):
+        hint = (f"the conversation's history ({history // 2} earlier turns) is sent with every message and counts"
+                " toward your limits: /new starts a fresh one")
+    if money := _budgets_text(event.get("budgets")):
+        hint = f"{money}. {hint}" if hint else money
+
+    def say_hint() -> None:
+        if hint:
+            console.print(f"[dim]{hint}[/dim]", highlight=False)
+
     if code == "rate_limited":
         seconds = math.ceil(float(event.get("retryAfterSeconds") or 0))
         console.print(f"[yellow]rate limited[/yellow]: {message}{left}. Retry in {seconds} s.", highlight=False)
+        say_hint()
         return wait and _countdown(console, seconds)
     if code == "quota_exhausted":
         from datetime import UTC, datetime
 
         reset = datetime.fromtimestamp(next_month_start(time.time()), UTC).strftime("%Y-%m-%d %H:%M UTC")
         console.print(f"[red]monthly quota used up[/red]: {message}. It resets on {reset}.", highlight=False)
+        say_hint()
         return False
     console.print(f"[red]{code}[/red]: {message}{left}", highlight=False)
+    say_hint()
     return False
 
 

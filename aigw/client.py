@@ -161,6 +161,10 @@ class EventsClient:
         return {"host": urlparse(self.endpoints.http).netloc, "Authorization": self.token}
 
     async def __aenter__(self) -> EventsClient:
+        await self._connect()
+        return self
+
+    async def _connect(self) -> None:
         header = base64.urlsafe_b64encode(json.dumps(self.auth).encode()).decode().rstrip("=")
         self._session = aiohttp.ClientSession()
         self._ws = await self._session.ws_connect(
@@ -174,7 +178,28 @@ class EventsClient:
             await self.close()
             raise ProtocolError(ack)
         self._reader = asyncio.create_task(self._read())
-        return self
+
+    @property
+    def connected(self) -> bool:
+        """False once the socket closed (a redeploy, a network blip): `reconnect` then restores it."""
+        return self._reader is not None and not self._reader.done() and self._ws is not None and not self._ws.closed
+
+    async def reconnect(self, attempts: int = 5) -> None:
+        """A new connection with every subscription renewed under its old id, so queues keep filling; events
+        sent while down are not replayed by AppSync: callers resume their answers (`action: resume`)."""
+        subscriptions = dict(self._channels)
+        for attempt in range(attempts):
+            await self.close()
+            try:
+                await self._connect()
+                for sub_id, channel in subscriptions.items():
+                    await self._call({"type": "subscribe", "id": sub_id, "channel": channel,
+                                      "authorization": self.auth})
+                return
+            except (OSError, TimeoutError, aiohttp.ClientError, ProtocolError):
+                if attempt == attempts - 1:
+                    raise
+                await asyncio.sleep(min(2.0, 0.2 * 2**attempt))
 
     async def __aexit__(self, *_: object) -> None:
         await self.close()
@@ -189,15 +214,22 @@ class EventsClient:
 
     async def _read(self) -> None:
         assert self._ws is not None
-        async for message in self._ws:
-            if message.type != aiohttp.WSMsgType.TEXT:
-                break
-            frame = json.loads(message.data)
-            kind, frame_id = frame.get("type"), frame.get("id")
-            if kind == "data" and frame_id in self._queues:
-                await self._queues[frame_id].put(json.loads(frame["event"]))
-            elif frame_id in self._pending:
-                self._pending.pop(frame_id).set_result(frame)
+        try:
+            async for message in self._ws:
+                if message.type != aiohttp.WSMsgType.TEXT:
+                    break
+                frame = json.loads(message.data)
+                kind, frame_id = frame.get("type"), frame.get("id")
+                if kind == "data" and frame_id in self._queues:
+                    await self._queues[frame_id].put(json.loads(frame["event"]))
+                elif frame_id in self._pending:
+                    self._pending.pop(frame_id).set_result(frame)
+        finally:
+            # Nothing answers an operation of a closed socket: fail them now rather than at their timeout.
+            for future in self._pending.values():
+                if not future.done():
+                    future.set_exception(ConnectionError("the connection to the gateway closed"))
+            self._pending.clear()
 
     async def _call(self, message: dict[str, Any]) -> dict[str, Any]:
         assert self._ws is not None

@@ -152,14 +152,15 @@ class Gatekeeper:
             action = protocol.parse_action(payload)
         except InvalidRequestError as err:
             raise Rejection("invalid_request", str(err)) from None
+        conversation_id = channels.conversation_id_of(channel)  # answered where the client listens
         if action.action == "usage":
             request_id = action.request_id or protocol.new_request_id()
-            self._tell(sub, request_id, None, self._usage_event(sub, tier, request_id, budget_levels.team_of(groups)))
+            event = self._usage_event(sub, tier, request_id, budget_levels.team_of(groups))
+            self._tell(sub, request_id, conversation_id, event)
             return {"requestId": request_id, "status": "usage"}
         assert action.request_id is not None  # resume and cancel name their request (parse_action checks)
         if self.journal is None:
             raise Rejection("invalid_request", f"{action.action} is not available on this gateway")
-        conversation_id = channels.conversation_id_of(channel)
         if action.action == "cancel":
             asked = self.journal.request_cancel(sub, action.request_id)
             observability.logger.info("cancel requested", extra={"request_id": action.request_id, "running": asked})
@@ -183,6 +184,8 @@ class Gatekeeper:
         return protocol.usage_event(
             request_id,
             tier=tier.name,
+            models=list(tier.models),
+            default_model=tier.model,
             limits={"window": used.limits.window_tokens, "month": used.limits.monthly_tokens},
             remaining={"window": used.window_remaining, "month": used.month_remaining},
             budgets=budget_levels.budgets_view(remaining),

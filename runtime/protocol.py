@@ -228,15 +228,20 @@ def usage_event(
     request_id: str,
     *,
     tier: str,
+    models: list[str],
+    default_model: str,
     limits: Mapping[str, int],
     remaining: Mapping[str, int],
     budgets: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The answer to `{"action": "usage"}`: the caller's own effective limits (override or tier) and what is left."""
+    """The answer to `{"action": "usage"}`: the caller's own effective limits (override or tier) and what is left,
+    and the models the tier offers."""
     event = {
         **_base("usage", request_id, None),
         "seq": 0,
         "tier": tier,
+        "models": list(models),
+        "defaultModel": default_model,
         "limits": dict(limits),
         "remaining": dict(remaining),
     }

@@ -220,6 +220,7 @@ def test_the_usage_action_shows_the_users_own_limits_and_what_their_team_and_the
     assert answer["payload"] == {"requestId": "u1", "status": "usage"}
     usage = gateway.events()[-1]
     assert usage["type"] == "usage" and usage["seq"] == 0 and usage["tier"] == "free"
+    assert usage["models"] == [MODEL] and usage["defaultModel"] == MODEL
     assert usage["limits"] == {"window": 7_000, "month": 100_000}  # the override, not the tier's 4,000 / 50,000
     assert usage["remaining"] == {"window": 7_000 - spent, "month": 100_000 - spent}
     cost_usd = PRICE.cost(end["usage"]["input"], end["usage"]["output"]) / MICRO
@@ -237,6 +238,9 @@ def test_the_usage_action_before_any_request_needs_no_request_id_and_shows_full_
     assert usage["budgets"] == {"stack": {"usd": 2.0, "tokens": None}}  # no team: no team entry
     # Nothing reaches the model; two reads (the user's item, the stack's), no write.
     assert gateway.jobs == [] and gateway.calls == Counter({"GetItem": 2})
+    # Asked on a conversation's chat channel, it is answered on that conversation's responses channel.
+    gateway.publish({"action": "usage", "requestId": "u2"}, channel=f"/chat/{SUB}/conv-9")
+    assert [e["requestId"] for e in gateway.events(f"/responses/{SUB}/conv-9")] == ["u2"]
 
 
 @pytest.mark.parametrize(
