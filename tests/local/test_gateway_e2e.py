@@ -84,6 +84,7 @@ def gateway() -> Iterator[DevGateway]:
     # the same stack name (tests/local/test_dev_gateway.py's) would find its tables already there.
     try:
         with running(SETTINGS, ports=Ports(0, 0, 0, 0), stack="e2e", pacing_s=0.0, keepalive_s=30) as gw:
+            gw.warm()  # every handler process started once, here, rather than inside the tests' timeouts
             yield gw
     finally:
         os.environ.clear()
