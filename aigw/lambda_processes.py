@@ -435,6 +435,7 @@ class LambdaProcessPool:
         self._live: set[_Environment] = set()
         self._starting = 0
         self._waiters: collections.deque[_Waiter] = collections.deque()  # FIFO: nobody waits behind late comers
+        self._initialising: set[BaseProcess] = set()  # started, not yet ready: `stop` kills these too
         self._cold_starts = 0
         self._timeouts = 0
 
@@ -456,6 +457,7 @@ class LambdaProcessPool:
             self._live.clear()
             self._idle.clear()
             waiters, self._waiters = list(self._waiters), collections.deque()
+            initialising = list(self._initialising)
             self._environment = None
         for waiter in waiters:
             waiter.ready.set()  # finds no environment and no slot: the pool stopped
@@ -463,6 +465,10 @@ class LambdaProcessPool:
             environment.kill()
         for environment in busy:
             environment.kill_process()  # its invoking thread sees EOF and closes the pipes
+        for process in initialising:  # its starting thread sees EOF, reaps it and reports the stop
+            with contextlib.suppress(OSError, ValueError):
+                process.kill()
+            process.join(5.0)
 
     def __enter__(self) -> Self:
         return self.start()
@@ -621,6 +627,7 @@ class LambdaProcessPool:
                 return environment
             self._live.discard(environment)
             environment.kill()  # only reaps and closes: nobody else holds an idle environment
+            self._slot_freed_locked()
         return None
 
     def _start_reserved(self, environment_vars: dict[str, str]) -> _Environment:
@@ -662,6 +669,13 @@ class LambdaProcessPool:
         requests_read.close()  # the child's ends: only the child holds them now, so its exit is our EOF
         replies_write.close()
         environment = _Environment(process, requests_write, replies_read)
+        with self._lock:
+            stopped = self._environment is not environment_vars
+            if not stopped:
+                self._initialising.add(process)
+        if stopped:
+            environment.kill()
+            raise RuntimeError(f"pool of {self.function_name} stopped")
         try:
             environment.wait_ready(self.init_timeout_s)
         except TimeoutError:
@@ -676,6 +690,9 @@ class LambdaProcessPool:
         except BaseException:
             environment.kill()
             raise
+        finally:
+            with self._lock:
+                self._initialising.discard(process)
         return environment
 
     def _release(self, environment: _Environment) -> None:

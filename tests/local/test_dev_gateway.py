@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -87,6 +88,26 @@ def test_threads_mode_runs_the_same_handlers_in_this_process() -> None:
         os.environ.clear()
         os.environ.update(saved)
     assert kinds[0] == "start" and kinds[-1] == "end"
+
+
+def test_stop_leaves_no_handler_process_behind() -> None:
+    settings = StackSettings.from_stack_file(ROOT / "Pulumi.dev.yaml")
+    saved = dict(os.environ)
+    others = {child.pid for child in multiprocessing.active_children()}  # other gateways' (the module's)
+    try:
+        with running(settings, ports=Ports(0, 0, 0, 0), pacing_s=0.0, stack="stopping") as gw:
+            gw.warm()
+            pools = list(gw.lambdas.values())
+            pids = {child.pid for child in multiprocessing.active_children()} - others
+            assert len(pids) == sum(pool.concurrency for pool in pools)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    assert not pids & {child.pid for child in multiprocessing.active_children()}
+    assert all(pool.environments == 0 for pool in pools)
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)  # gone and reaped: not even a zombie is left
 
 
 def test_info_names_everything_dev_json_promises(gateway: DevGateway, tmp_path: Path) -> None:

@@ -207,6 +207,28 @@ def test_stop_kills_every_environment_and_refuses_invocations() -> None:
         short_lived.invoke({"do": "echo"})
 
 
+def test_stop_fails_the_invocation_in_flight_and_the_callers_waiting(tmp_path: Path) -> None:
+    with LambdaProcessPool(HANDLER, concurrency=1, timeout_s=30) as stopping:
+        stopping.warm()
+        with ThreadPoolExecutor(2) as threads:
+            running = threads.submit(stopping.invoke, {**sleep_then_write(tmp_path), "sleep_s": 20})
+            while not (tmp_path / "pid").exists():
+                time.sleep(0.01)
+            waiting = threads.submit(stopping.invoke, {"do": "echo"})
+            time.sleep(0.2)  # queued behind the busy environment
+            started = time.monotonic()
+            stopping.stop()
+            with pytest.raises(FunctionError) as killed:
+                running.result(timeout=5)
+            with pytest.raises(RuntimeError, match="stopped"):
+                waiting.result(timeout=5)
+        assert time.monotonic() - started < 5  # nobody waited for the 20 s sleep or the 30 s timeout
+    assert killed.value.error_type == "Runtime.ExitError"
+    with pytest.raises(ProcessLookupError):
+        os.kill(int((tmp_path / "pid").read_text()), 0)
+    assert not (tmp_path / "effect").exists()
+
+
 # --------------------------------------------------------------------------------------------- the Lambda emulator
 
 
