@@ -9,6 +9,13 @@ What starts, each on a 127.0.0.1 port:
 - a Lambda Invoke endpoint running `runtime.handlers.worker_handler` for the gatekeeper's async invoke.
 Local and AWS differ only in configuration: the runtime finds everything through `AWS_ENDPOINT_URL_<SERVICE>`
 and its `AIGW_*` variables.
+
+The three handlers run as Lambda runs them (`aigw.lambda_processes`): each function has its own pool of worker
+processes (one invocation per process at a time, at most ``lambda_concurrency`` processes, started on first
+use and reused), with the stack's timeout and memory; an invocation that overruns its timeout is killed with
+its process, and Powertools' process-global state is never shared by two invocations. The processes see the
+environment as it is once every service is up. ``handlers_in="threads"`` runs them in this process instead
+(one at a time on the events server), for tests and benchmarks that patch or trace the handlers.
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import boto3
 from botocore.config import Config
@@ -31,6 +38,7 @@ from aigw.emulators.bedrock import BedrockEmulator
 from aigw.emulators.lambda_invoke import LambdaEmulator
 from aigw.emulators.moto_server import AtomicMotoServer
 from aigw.events_server import EventsServer, Identity, LocalAuthenticator, NamespaceConfig, ServerThread
+from aigw.lambda_processes import LambdaProcessPool
 from aigw.local_cognito import JwtVerifier, LocalPool, identity_from_claims, provision, seed_demo_user
 from aigw.tls import ensure_local_ca
 from aigw.usage_sink import UsageSink
@@ -120,9 +128,48 @@ class DevGateway:
     """The Bedrock emulator, once started (tests queue faults with `bedrock.inject_fault`)."""
     events: ServerThread | None = None
     """The AppSync Events server's thread, once started (`events.call(events.server.close_connections())`)."""
+    handlers_in: Literal["processes", "threads"] = "processes"
+    """Where the Lambda handlers run: their own worker processes, as in Lambda (default), or this process's
+    threads (tests and benchmarks that patch the handlers in place)."""
+    lambda_concurrency: int = 4
+    """At most this many processes (execution environments) per function."""
+    lambdas: dict[str, LambdaProcessPool] = field(default_factory=dict)
+    """The functions' process pools by kind (``gatekeeper``, ``subscribe``, ``worker``) once started; empty
+    with ``handlers_in="threads"``. `warm` starts all their processes ahead of a measurement."""
     _stack: list[Any] = field(default_factory=list)
 
     def start(self) -> DevGateway:
+        """Start every service; if one fails, stop those already started (their ports and processes) and raise."""
+        try:
+            return self._start_services()
+        except BaseException:
+            self.stop()
+            raise
+
+    def warm(self) -> None:
+        """Start every function's processes now (as provisioned concurrency would), so no cold start is measured."""
+        for lambda_pool in self.lambdas.values():
+            lambda_pool.warm()
+
+    def _lambda_pools(self, prefix: str) -> dict[str, LambdaProcessPool]:
+        """One pool per function, named and sized as the stack deploys it (not started: see `_start_services`)."""
+        sizes = self.settings.functions
+        return {
+            kind: LambdaProcessPool(
+                f"runtime.handlers:{kind}_handler",
+                function_name=f"{prefix}-{kind}",
+                timeout_s=sizing.timeout_s,
+                memory_limit_in_mb=sizing.memory_mb,
+                concurrency=self.lambda_concurrency,
+            )
+            for kind, sizing in (
+                ("gatekeeper", sizes.gatekeeper),
+                ("subscribe", sizes.subscribe),
+                ("worker", sizes.worker),
+            )
+        }
+
+    def _start_services(self) -> DevGateway:
         self.ports.check_free()
         if self.analytics_dir is not None:
             # First on the stop stack, so it is closed last: after the services that log usage have stopped.
@@ -174,7 +221,18 @@ class DevGateway:
         self.bedrock = bedrock
         os.environ["AWS_ENDPOINT_URL_BEDROCK_RUNTIME"] = bedrock.endpoint_url
 
-        from runtime import handlers  # imported once the environment is in place
+        in_processes = self.handlers_in == "processes"
+        pools = self._lambda_pools(prefix) if in_processes else {}
+        if in_processes:
+            gatekeeper_handler: Any = pools["gatekeeper"]
+            subscribe_handler: Any = pools["subscribe"]
+            worker_handler: Any = pools["worker"]
+        else:
+            from runtime import handlers  # imported once the environment is in place
+
+            gatekeeper_handler = handlers.gatekeeper_handler
+            subscribe_handler = handlers.subscribe_handler
+            worker_handler = handlers.worker_handler
 
         verifier = JwtVerifier(pool.jwks_url, pool.issuer, pool.client_id)
 
@@ -191,13 +249,13 @@ class DevGateway:
                 name=channels.CHAT_NAMESPACE,
                 publish_auth=set(channels.NAMESPACE_AUTH[channels.CHAT_NAMESPACE]["publish"]),
                 subscribe_auth=set(channels.NAMESPACE_AUTH[channels.CHAT_NAMESPACE]["subscribe"]),
-                on_publish=handlers.gatekeeper_handler,
+                on_publish=gatekeeper_handler,
             ),
             NamespaceConfig(
                 name=channels.RESPONSES_NAMESPACE,
                 publish_auth=set(channels.NAMESPACE_AUTH[channels.RESPONSES_NAMESPACE]["publish"]),
                 subscribe_auth=set(channels.NAMESPACE_AUTH[channels.RESPONSES_NAMESPACE]["subscribe"]),
-                on_subscribe=handlers.subscribe_handler,
+                on_subscribe=subscribe_handler,
             ),
         ]
         local_tls = ensure_local_ca(self.tls_dir) if self.tls else None
@@ -210,6 +268,10 @@ class DevGateway:
             static_files=self.page_files if WEB_DIR.is_dir() else None,
             static_config=self.web_config,
             static_headers=self.web_headers,
+            # Handlers in processes share nothing, so they run side by side; in threads, one at a time.
+            serialize_handlers=not in_processes,
+            # Threads that mostly wait on the pools: enough that one namespace's queue never holds up the other's.
+            handler_workers=8 * self.lambda_concurrency if in_processes else 8,
         )
         events = ServerThread(server)
         events.start()
@@ -223,7 +285,9 @@ class DevGateway:
             self._stack.append(_EnvOverride("SSL_CERT_FILE", str(local_tls.write_trust_bundle())))
 
         worker_name = f"{prefix}-worker"
-        lambdas = LambdaEmulator({worker_name: handlers.worker_handler}, port=self.ports.lambda_).start()
+        lambdas = LambdaEmulator(
+            {worker_name: worker_handler}, port=self.ports.lambda_, workers=max(8, self.lambda_concurrency)
+        ).start()
         self._stack.append(lambdas)
         os.environ["AWS_ENDPOINT_URL_LAMBDA"] = lambdas.endpoint_url
 
@@ -236,8 +300,14 @@ class DevGateway:
             worker_function_name=worker_name,
         )
         os.environ.update(runtime.to_env())
-        for cached in (handlers.config, handlers.gatekeeper, handlers.worker):
-            cached.cache_clear()  # a previous gateway in this process must not leak its clients
+        if in_processes:
+            # Only now is the environment complete (every endpoint is known): the pools snapshot it here.
+            for lambda_pool in pools.values():
+                self._stack.append(lambda_pool.start())
+            self.lambdas = pools
+        else:
+            for cached in (handlers.config, handlers.gatekeeper, handlers.worker):
+                cached.cache_clear()  # a previous gateway in this process must not leak its clients
 
         self.info = {
             "http": http_url,
@@ -286,6 +356,7 @@ class DevGateway:
     def stop(self) -> None:
         while self._stack:
             self._stack.pop().stop()
+        self.lambdas = {}
 
     def write_info(self, directory: Path = STATE_DIR) -> Path:
         directory.mkdir(exist_ok=True)

@@ -54,10 +54,14 @@ Protocol decisions (where the contract leaves a choice)
   channel (publish) and per subscription id (subscribe/unsubscribe), so one publisher's publishes on a
   channel reach every subscriber in order. A connection more than ``max_pending_frames`` behind is closed
   (code 1013).
-- Handlers are sync functions (the Lambda entry points) called as ``handler(event, context)`` in a thread
-  pool. ``serialize_handlers`` (default on) runs one at a time, as Powertools' ``AppSyncEventsResolver`` keeps
-  the current event in process-global state; a handler must therefore not wait on a publish to this server
-  that itself runs a handler (a publish to a namespace without ``on_publish`` is fine).
+- Handlers are sync functions (the Lambda entry points) called as ``handler(event, context)``, or
+  `aigw.lambda_processes.LambdaProcessPool`s (what `aigw dev` uses). A pool runs each invocation in a process of
+  its own, as Lambda does, under the pool's timeout (the function's): no lock, and a handler that overruns is
+  killed, so it does nothing after the timeout; its errors keep their type names across the process boundary.
+  A plain function runs in this process's thread pool under ``handler_timeout_s`` (a timed-out one keeps
+  running in its thread); ``serialize_handlers`` (default on) runs those one at a time, as Powertools'
+  ``AppSyncEventsResolver`` keeps the current event in process-global state, so such a handler must not wait on
+  a publish to this server that itself runs a handler (a publish to a namespace without ``on_publish`` is fine).
 - Limits: 1-5 events per publish, each a string <= 240 KB holding JSON (no ``NaN``); 200 subscriptions per
   connection (``MaxSubscriptionsReachedError``); a subscription id already active on the connection is a
   ``BadRequestException``. Not modelled: API key / OIDC / Lambda authorizers, publish rate limits, the 24 h
@@ -93,6 +97,7 @@ from aigw.emulators.appsync_receiver import (
     sigv4_error,
 )
 from aigw.json_text import JsonTextError, parse_json
+from aigw.lambda_processes import FunctionError, FunctionTimeout, LambdaProcessPool
 from runtime.channels import COGNITO_AUTH, IAM_AUTH, Channel, parse_channel
 from runtime.errors import InvalidChannelError
 
@@ -357,6 +362,8 @@ def _parse_channel(raw: object, *, publish: bool) -> Channel:
 
 
 def _exception_named_unauthorized(exc: BaseException) -> bool:
+    if isinstance(exc, FunctionError):  # raised in a handler's own process: its class names came along
+        return "UnauthorizedException" in exc.error_types
     return any(cls.__name__ == "UnauthorizedException" for cls in type(exc).__mro__)
 
 
@@ -459,7 +466,8 @@ class EventsServer:
     ``namespaces`` are the channel namespaces; ``connection_auth`` the auth modes allowed to open a
     WebSocket (default: every supported mode). ``http_domain`` is the host clients use (in URLs and in
     authorization maps); by default ``host:port``. ``ssl_context`` serves https/wss. ``handler_timeout_s`` is
-    the Lambda timeout applied to handlers; ``handler_workers`` sizes their thread pool.
+    the Lambda timeout applied to plain-function handlers (a `LambdaProcessPool` has its own);
+    ``handler_workers`` sizes the thread pool that runs them or waits on the pools (size it to their concurrency).
     """
 
     def __init__(
@@ -677,10 +685,15 @@ class EventsServer:
             return handler(event, context)
 
     async def _invoke(self, handler: Handler, event: dict[str, Any]) -> Any:
-        """Run a sync handler in the pool with the Lambda timeout; its exceptions propagate."""
+        """Run a handler off the event loop under its Lambda timeout; its exceptions (and timeouts) propagate."""
+        loop = asyncio.get_running_loop()
+        if isinstance(handler, LambdaProcessPool):
+            # Its own process: nothing shared, so no lock; the pool enforces the function's timeout by killing
+            # the process (FunctionTimeout), so no asyncio timeout races it.
+            context = LocalLambdaContext(function_name=handler.function_name, timeout_s=handler.timeout_s)
+            return await loop.run_in_executor(self._executor, handler, event, context)
         name = getattr(handler, "__name__", type(handler).__name__)
         context = LocalLambdaContext(function_name=name, timeout_s=self.handler_timeout_s)
-        loop = asyncio.get_running_loop()
         future = loop.run_in_executor(self._executor, self._call_locked, handler, event, context)
         return await asyncio.wait_for(future, self.handler_timeout_s)
 
@@ -689,7 +702,7 @@ class EventsServer:
             return
         try:
             result = await self._invoke(namespace.on_subscribe, event)
-        except TimeoutError as exc:
+        except (TimeoutError, FunctionTimeout) as exc:
             raise OperationError(500, "InternalFailureException", "the onSubscribe handler timed out") from exc
         except Exception as exc:
             if _exception_named_unauthorized(exc):
@@ -759,7 +772,7 @@ class EventsServer:
         assert namespace.on_publish is not None
         try:
             return await self._invoke(namespace.on_publish, event)
-        except TimeoutError as exc:
+        except (TimeoutError, FunctionTimeout) as exc:
             raise OperationError(500, "InternalFailureException", "the onPublish handler timed out") from exc
         except Exception as exc:
             if _exception_named_unauthorized(exc):

@@ -11,7 +11,12 @@ measures that separately (150 requests of one user, and the item's size after).
 Every hop is a real loopback call on 127.0.0.1: WebSocket to the events server, HTTP to moto (DynamoDB), to the
 Lambda Invoke emulator, to the Bedrock emulator and, for the answer, back to the events server.
 
-Where the time goes (`breakdown_sequential`, in-process only): without changing product code, the benchmark
+The handlers run as `aigw dev` runs them, in their own worker processes (`--handlers processes`, the default;
+every pool is warmed to its full concurrency first, as provisioned concurrency would be, so no cold start is
+timed), or in this process's threads (`--handlers threads`, one at a time on the events server), which the
+per-hop breakdown needs.
+
+Where the time goes (`breakdown_sequential`, `--handlers threads` only): without changing product code, the benchmark
 process wraps the boundaries it can see (the handler functions; the events server's frame dispatch, auth,
 handler invocation and lock, HTTP publish and broadcast; the gatekeeper's cache, meter and invoke; the worker's
 model stream, settle and publisher; moto's WSGI app) and times every botocore call per client with
@@ -49,10 +54,14 @@ from aigw.local_cognito import LocalPool, add_user, generate_password
 ROOT = Path(__file__).resolve().parents[1]
 TRANSPORT = (
     "every hop is a real loopback call on 127.0.0.1: client -WebSocket-> events server (aiohttp) "
-    "-> gatekeeper handler (thread pool) -HTTP-> moto DynamoDB, -HTTP-> Lambda Invoke emulator -> worker handler "
+    "-> gatekeeper handler ({where}) -HTTP-> moto DynamoDB, -HTTP-> Lambda Invoke emulator -> worker handler "
     "-HTTP-> Bedrock emulator (event stream), -HTTP-> moto DynamoDB, -HTTP POST /event (SigV4)-> events server "
     "-WebSocket data frames-> client"
 )
+WHERE = {
+    "processes": "a worker process of its pool, event and result as JSON over a pipe",
+    "threads": "the events server's thread pool, one handler at a time",
+}
 
 
 # --------------------------------------------------------------------------------------------- statistics
@@ -877,7 +886,9 @@ async def measure(
                 (sink.lines - lines_before) / len(run.results), 1
             )
     else:
-        report["breakdown_sequential"] = "not available against --dev-json: hops are timed in-process only"
+        report["breakdown_sequential"] = (
+            "not available: hops are timed in-process only (run with --handlers threads, without --dev-json)"
+        )
 
     if args.growth:
         token = users["growth"][0]
@@ -900,11 +911,17 @@ def main() -> None:
     parser.add_argument("--breakdown", type=int, default=100, help="traced sequential requests for the per-hop view")
     parser.add_argument("--growth", type=int, default=150, help="sequential requests of one user (0: skip)")
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for one answer")
+    parser.add_argument(
+        "--handlers",
+        choices=sorted(WHERE),
+        default="processes",
+        help="where the in-process gateway runs the handlers: worker processes (as `aigw dev`) or threads (traced)",
+    )
     args = parser.parse_args()
 
     header: dict[str, Any] = {
         "machine": machine(),
-        "transport": TRANSPORT,
+        "transport": TRANSPORT.format(where=WHERE[args.handlers]),
         "bedrock_emulator": {"pacing_s": 0.0, "first_token_delay_s": 0.0},
         "users_tier": args.tier,
     }
@@ -920,20 +937,34 @@ def main() -> None:
         from components.settings import StackSettings
 
         settings = StackSettings.from_stack_file(args.stack_file)
-        tracer = Tracer()
-        tracer.install_static()
+        threads = args.handlers == "threads"
+        tracer = Tracer() if threads else None  # the handlers it patches run in this process only with threads
+        if tracer is not None:
+            tracer.install_static()
         sink = CountingSink()
         started = time.perf_counter()
         try:
-            with contextlib.redirect_stdout(sink), running(settings, ports=Ports(0, 0, 0, 0), pacing_s=0.0) as gw:
-                tracer.install_instances()
+            with (
+                contextlib.redirect_stdout(sink),
+                running(settings, ports=Ports(0, 0, 0, 0), pacing_s=0.0, handlers_in=args.handlers) as gw,
+            ):
                 header["gateway"] = f"in-process `aigw dev` ({args.stack_file.name}), ports chosen by the OS"
-                header["processes"] = (
-                    "one: clients, events server, moto, emulators and handlers share this interpreter (and its GIL)"
-                )
+                if tracer is not None:
+                    tracer.install_instances()
+                    header["processes"] = (
+                        "one: clients, events server, moto, emulators and handlers share this interpreter (and its GIL)"
+                    )
+                else:
+                    gw.warm()
+                    header["processes"] = (
+                        "clients, events server, moto and the emulators share this interpreter (and its GIL); each "
+                        f"function's handler runs in its own pool of {gw.lambda_concurrency} worker processes, "
+                        "all started before the first request"
+                    )
                 report = asyncio.run(measure(gw.info, args, tracer, sink))
         finally:
-            tracer.undo()
+            if tracer is not None:
+                tracer.undo()
         header["run_s"] = round(time.perf_counter() - started, 1)
         header["runtime_log"] = {"lines": sink.lines, "warnings_and_errors": dict(sink.levels)}
     print(json.dumps({**header, **report}, indent=2))

@@ -7,17 +7,22 @@ an optional ``:qualifier`` (as may the ``Qualifier`` query parameter); any quali
 registered callable. ``X-Amz-Invocation-Type`` selects the mode, as Lambda does:
 
 - ``RequestResponse`` (default): the function runs inline; 200 with its JSON result (``null`` for ``None``).
-  A raised exception (or a result that is not JSON-serializable) is still a 200, with
+  A raised exception (or a result that is not JSON-serializable, or a timeout) is still a 200, with
   ``X-Amz-Function-Error: Unhandled`` and the Python runtime's ``{"errorMessage", "errorType", ...}`` body.
 - ``Event``: the function is queued on a bounded thread pool (``workers`` threads) and the answer is 202
-  with an empty body, at once. Exceptions are logged with ``logging.exception`` and counted in `failed`.
+  with an empty body, at once. Failures are logged and counted in `failed`.
 - ``DryRun``: 204 once the function resolves; nothing runs.
+
+A function is a plain callable, run on this process's threads, or an `aigw.lambda_processes.LambdaProcessPool`
+(what `aigw dev` registers): each invocation then runs in a process of its own with the pool's timeout, enforced
+by killing the process (``Sandbox.Timedout``, "Task timed out after N.NN seconds"), and its errors keep their
+type and stack trace. The emulator neither starts nor stops pools; their owner does.
 
 Errors use the rest-json shape boto3 turns into ``ClientError``: an unknown function is 404
 ``ResourceNotFoundException``, a payload that is not JSON 400 ``InvalidRequestContentException``. The
 function gets ``(event, context)``; ``context`` carries ``function_name``, ``aws_request_id``,
 ``invoked_function_arn``, ``memory_limit_in_mb`` and ``get_remaining_time_in_millis()`` counted down from
-the function's timeout (default 300 s; informational only: a function that overruns is not stopped).
+the function's timeout (a plain callable's: ``timeouts``, default 300 s, informational only: it is not stopped).
 Standard library only; SigV4 is not verified (any ``Authorization`` is accepted, its region names the ARNs).
 """
 
@@ -27,7 +32,6 @@ import json
 import logging
 import re
 import threading
-import time
 import traceback
 import uuid
 from collections.abc import Callable, Mapping
@@ -37,6 +41,7 @@ from typing import Any, Self
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from aigw.emulators._http import BackgroundHTTPServer, ErrorAnswer, KeepAliveHandler
+from aigw.lambda_processes import DEFAULT_ACCOUNT_ID, DEFAULT_MEMORY_MB, FunctionError, LambdaContext, LambdaProcessPool
 
 __all__ = ["DEFAULT_ACCOUNT_ID", "DEFAULT_MEMORY_MB", "DEFAULT_TIMEOUT_S", "LambdaContext", "LambdaEmulator"]
 
@@ -44,10 +49,6 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT_S = 300.0
 """Function timeout behind ``context.get_remaining_time_in_millis()`` when ``timeouts`` names none."""
-DEFAULT_MEMORY_MB = 128
-"""``context.memory_limit_in_mb`` (Lambda's default memory size)."""
-DEFAULT_ACCOUNT_ID = "123456789012"
-"""Account in the ARNs of functions invoked by bare name (moto's default account too)."""
 DEFAULT_REGION = "us-east-1"
 """Region in the ARNs when the request's ``Authorization`` names none."""
 
@@ -72,38 +73,6 @@ Handler = Callable[[Any, Any], Any]
 
 
 # --------------------------------------------------------------------------------------------- context
-
-
-class LambdaContext:
-    """The subset of the Python runtime's context object a handler (or Powertools) commonly reads."""
-
-    def __init__(
-        self,
-        *,
-        function_name: str,
-        function_version: str,
-        invoked_function_arn: str,
-        memory_limit_in_mb: int,
-        timeout_s: float,
-        aws_request_id: str,
-    ) -> None:
-        self.function_name = function_name
-        self.function_version = function_version
-        self.invoked_function_arn = invoked_function_arn
-        self.memory_limit_in_mb = memory_limit_in_mb
-        self.aws_request_id = aws_request_id
-        self.log_group_name = f"/aws/lambda/{function_name}"
-        self.log_stream_name = f"{time.strftime('%Y/%m/%d')}/[{function_version}]{uuid.uuid4().hex}"
-        self.identity = None
-        self.client_context = None
-        self._deadline = time.monotonic() + timeout_s
-
-    def get_remaining_time_in_millis(self) -> int:
-        """Milliseconds left before the function's timeout (never below 0)."""
-        return max(0, int((self._deadline - time.monotonic()) * 1000))
-
-    def __repr__(self) -> str:
-        return f"LambdaContext(function_name={self.function_name!r}, aws_request_id={self.aws_request_id!r})"
 
 
 @dataclass(frozen=True)
@@ -209,15 +178,23 @@ def _executed_version(qualifier: str | None) -> str:
 
 
 def _error_body(exc: BaseException, request_id: str, error_type: str | None = None) -> bytes:
-    """The Python runtime's unhandled-error document."""
+    """The Python runtime's unhandled-error document (for a pool's `FunctionError`, the one its process made)."""
+    if isinstance(exc, FunctionError):
+        error_type, stack_trace = error_type or exc.error_type, exc.stack_trace
+    else:
+        stack_trace = traceback.format_tb(exc.__traceback__)
     return json.dumps(
         {
             "errorMessage": str(exc),
             "errorType": error_type or type(exc).__name__,
             "requestId": request_id,
-            "stackTrace": traceback.format_tb(exc.__traceback__),
+            "stackTrace": stack_trace,
         }
     ).encode("utf-8")
+
+
+def _error_type(exc: BaseException) -> str:
+    return exc.error_type if isinstance(exc, FunctionError) else type(exc).__name__
 
 
 # --------------------------------------------------------------------------------------------- public API
@@ -260,6 +237,9 @@ class LambdaEmulator(BackgroundHTTPServer):
         unknown = set(timeouts or {}) - set(functions)
         if unknown:
             raise ValueError(f"timeouts name unregistered functions {sorted(unknown)}")
+        pooled = sorted(name for name in timeouts or {} if isinstance(functions[name], LambdaProcessPool))
+        if pooled:
+            raise ValueError(f"timeouts name process pools {pooled}: a pool's own timeout_s applies")
         self._functions = dict(functions)
         self._timeouts = dict(timeouts or {})
         self.workers = workers
@@ -391,6 +371,15 @@ class LambdaEmulator(BackgroundHTTPServer):
         try:
             self._functions[target.name](event, self._context(target, request_id))
             ok = True
+        except FunctionError as exc:  # from a process: its own traceback is in the error (ours says nothing)
+            logger.error(
+                "lambda emulator: Event invocation of %s failed (request %s): %s: %s%s",
+                target.arn,
+                request_id,
+                exc.error_type,
+                exc,
+                "".join(["\n", *exc.stack_trace]).rstrip(),
+            )
         except Exception:
             logger.exception("lambda emulator: Event invocation of %s failed (request %s)", target.arn, request_id)
         finally:
@@ -407,7 +396,7 @@ class LambdaEmulator(BackgroundHTTPServer):
                 result = self._functions[target.name](event, self._context(target, request_id))
             except Exception as exc:
                 logger.debug("lambda emulator: %s raised (request %s)", target.arn, request_id, exc_info=True)
-                return _error_body(exc, request_id), type(exc).__name__
+                return _error_body(exc, request_id), _error_type(exc)
             try:
                 body = json.dumps(result).encode("utf-8")
             except (TypeError, ValueError) as exc:

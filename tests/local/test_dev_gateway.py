@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -44,6 +46,68 @@ def test_a_signed_in_user_gets_a_streamed_answer(gateway: DevGateway) -> None:
     assert set(kinds[1:-1]) == {"delta"}
     end = events[-1]
     assert end["usage"]["output"] > 0 and end["remaining"]["window"] < 20_000
+
+
+def test_each_function_runs_in_its_own_processes_as_the_stack_sizes_it(gateway: DevGateway) -> None:
+    demo = gateway.info["demo_user"]
+    token = sign_in(endpoints(gateway), demo["username"], demo["password"])["IdToken"]
+
+    async def one_answer() -> list[str]:
+        async with EventsClient(endpoints(gateway), token) as client:
+            messages = [{"role": "user", "content": [{"text": "Which process answers?"}]}]
+            return [e["type"] async for e in client.ask(messages, conversation_id="conv-processes")]
+
+    assert asyncio.run(one_answer())[-1] == "end"
+    sizes = gateway.settings.functions
+    pools = gateway.lambdas
+    assert sorted(pools) == ["gatekeeper", "subscribe", "worker"]
+    assert all(pool.environments >= 1 for pool in pools.values())  # each served its part of the answer
+    assert (pools["gatekeeper"].timeout_s, pools["worker"].timeout_s) == (
+        sizes.gatekeeper.timeout_s,
+        sizes.worker.timeout_s,
+    )
+    assert pools["worker"].function_name == gateway.info["worker_function"]
+
+
+def test_threads_mode_runs_the_same_handlers_in_this_process() -> None:
+    settings = StackSettings.from_stack_file(ROOT / "Pulumi.dev.yaml")
+    saved = dict(os.environ)
+    try:
+        with running(settings, ports=Ports(0, 0, 0, 0), pacing_s=0.0, stack="threads", handlers_in="threads") as gw:
+            assert gw.lambdas == {}
+            demo = gw.info["demo_user"]
+            token = sign_in(endpoints(gw), demo["username"], demo["password"])["IdToken"]
+
+            async def one_answer() -> list[str]:
+                async with EventsClient(endpoints(gw), token) as client:
+                    messages = [{"role": "user", "content": [{"text": "In threads?"}]}]
+                    return [e["type"] async for e in client.ask(messages, conversation_id="conv-threads")]
+
+            kinds = asyncio.run(one_answer())
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    assert kinds[0] == "start" and kinds[-1] == "end"
+
+
+def test_stop_leaves_no_handler_process_behind() -> None:
+    settings = StackSettings.from_stack_file(ROOT / "Pulumi.dev.yaml")
+    saved = dict(os.environ)
+    others = {child.pid for child in multiprocessing.active_children()}  # other gateways' (the module's)
+    try:
+        with running(settings, ports=Ports(0, 0, 0, 0), pacing_s=0.0, stack="stopping") as gw:
+            gw.warm()
+            pools = list(gw.lambdas.values())
+            pids = {child.pid for child in multiprocessing.active_children()} - others
+            assert len(pids) == sum(pool.concurrency for pool in pools)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    assert not pids & {child.pid for child in multiprocessing.active_children()}
+    assert all(pool.environments == 0 for pool in pools)
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)  # gone and reaped: not even a zombie is left
 
 
 def test_info_names_everything_dev_json_promises(gateway: DevGateway, tmp_path: Path) -> None:

@@ -84,6 +84,7 @@ def gateway() -> Iterator[DevGateway]:
     # the same stack name (tests/local/test_dev_gateway.py's) would find its tables already there.
     try:
         with running(SETTINGS, ports=Ports(0, 0, 0, 0), stack="e2e", pacing_s=0.0, keepalive_s=30) as gw:
+            gw.warm()  # every handler process started once, here, rather than inside the tests' timeouts
             yield gw
     finally:
         os.environ.clear()
@@ -530,7 +531,11 @@ def test_publish_limits_five_events_and_240_kb(h: Harness) -> None:
 
 # Regression test for workers sharing one (not thread-safe) EventPublisher across `aigw dev`'s worker threads:
 # the raced keep-alive connection lost some clients' `end` and duplicated others' `start`/`delta`.
-def test_fifty_concurrent_clients_each_get_their_own_answer(h: Harness) -> None:
+# The usage records check what running each handler invocation in a process of its own (as Lambda does) buys:
+# Powertools' logger state is per process, so a record can only carry its own request's correlation id.
+def test_fifty_concurrent_clients_each_get_their_own_answer_and_usage_record(
+    h: Harness, capsys: pytest.CaptureFixture[str]
+) -> None:
     with ThreadPoolExecutor(16) as pool:
         users = list(pool.map(lambda _: h.user(), range(50)))
     questions = {u.sub: f"Question {i} from {u.email}: what is {i} squared?" for i, u in enumerate(users)}
@@ -547,3 +552,20 @@ def test_fifty_concurrent_clients_each_get_their_own_answer(h: Harness) -> None:
     for user, (request_id, events) in zip(users, results, strict=True):
         assert {e["requestId"] for e in events} == {request_id}, user  # nobody else's events
         assert check_answer(events, cached=False) == expected_answer(questions[user.sub])
+
+    # Each usage record (logged by the worker after its `end`) names its request and carries that request's
+    # correlation id, however many invocations ran at the same time.
+    request_ids = {request_id for request_id, _ in results}
+    records: dict[str, list[dict[str, Any]]] = {}
+    deadline = time.monotonic() + 20
+    while not request_ids <= records.keys() and time.monotonic() < deadline:
+        for line in capsys.readouterr().out.splitlines():
+            if line.startswith("{") and '"record_type":"usage"' in line:
+                record = json.loads(line)
+                records.setdefault(record["usage"]["request_id"], []).append(record)
+        time.sleep(0.1)
+    ours = {request_id: records.get(request_id, []) for request_id in request_ids}
+    assert all(len(found) == 1 for found in ours.values()), {r: len(f) for r, f in ours.items() if len(f) != 1}
+    mismatched = [r for r, (record,) in ours.items() if record["correlation_id"] != r]
+    assert mismatched == [], f"{len(mismatched)} of 50 usage records carry another request's correlation id"
+    assert {record["usage"]["outcome"] for (record,) in ours.values()} == {"completed"}
