@@ -523,12 +523,14 @@ def make_users(endpoints: Endpoints, count: int, tier: str) -> list[str]:
 
 
 def meter_item(endpoint: str | None, region: str, table: str, sub: str) -> dict[str, Any]:
-    """Size of one user's metering item (approximated by its DynamoDB-JSON length) and its entries."""
+    """Size of one user's metering item (approximated by its DynamoDB-JSON length): its live reservations and
+    the settled requests it remembers for retries (`dn` tombstones)."""
     dynamodb = boto3.client("dynamodb", region_name=region, endpoint_url=endpoint)
     item = dynamodb.get_item(TableName=table, Key={"pk": {"S": f"user#{sub}"}}).get("Item") or {}
     return {
         "json_bytes": len(json.dumps(item, separators=(",", ":"))),
         "reservation_entries": len(item.get("rs", {}).get("M", {})),
+        "remembered_requests": len(item.get("dn", {}).get("M", {})),
     }
 
 
