@@ -5,12 +5,16 @@
 import { Challenge, answerChallenge, describe, restore, signIn } from "./cognito.js";
 import { EventsClient } from "./events.js";
 import { renderMarkdown } from "./markdown.js";
+import { StreamAssembler } from "./stream.js";
 
 const $ = (id) => document.getElementById(id);
 const ANSWER_TIMEOUT_MS = 90_000;
 // AppSync refuses an event over 240 KB (runtime/appsync_publish.py MAX_EVENT_BYTES; a test keeps them equal). A chat
 // request is one event and carries the conversation so far, so the page measures it before sending.
 const MAX_EVENT_BYTES = 245760;
+// A hole in an answer's seqs that the live stream has not filled by then is asked for again (`resume`): the
+// gateway's journal lags the live stream by up to a second.
+const GAP_WAIT_MS = 1500;
 
 const state = {
   config: null,
@@ -20,8 +24,10 @@ const state = {
   conversations: [], // [{id, title, updatedAt, messages: [{role, text, status, cached, model, error}]}]
   currentId: null,
   subscriptions: new Map(), // conversationId -> {unsubscribe}
-  // requestId -> {message, conversationId, stopped, node, textNode, metaNode, timer, frame}
+  // requestId -> {message, conversationId, channel, assembler, stopped, node, textNode, metaNode, timer, frame,
+  // gapTimer}
   pending: new Map(),
+  usageRequest: null, // the requestId of the `usage` action asked at sign-in
   countdown: null,
   storageWarned: false, // the "storage is full" notice is shown once per page
   limits: { window: null, month: null },
@@ -217,7 +223,9 @@ function renderMeta(message, node, meta) {
   const parts = [];
   if (message.model) parts.push(message.model);
   if (message.status === "streaming") parts.push("answering…");
-  if (message.status === "stopped") parts.push("stopped");
+  if (message.status === "stopped") {
+    parts.push(message.charged != null ? `stopped · ${message.charged.toLocaleString()} tokens charged` : "stopped");
+  }
   if (message.status === "error") parts.push(message.error || "Failed.");
   meta.append(document.createTextNode(parts.join(" · ")));
 }
@@ -266,6 +274,48 @@ function resetBudget() {
     meter.max = 1;
     meter.value = 1;
     $(`budget-${key}-text`).textContent = "–";
+  }
+  showTeamBudget(null);
+}
+
+/** The answer to the `usage` action asked at sign-in: the user's own limits (an override when one applies, not
+ * the tier's), what is left of them, and the team's month. */
+function showUsage(event) {
+  state.usageRequest = null;
+  if (event.limits) state.limits = { window: event.limits.window ?? null, month: event.limits.month ?? null };
+  setBudget(event.remaining);
+  showTeamBudget(event.budgets);
+}
+
+const USD = new Intl.NumberFormat("en-US", { style: "currency", currency: "USD" });
+
+/** "Team platform: $4.20 left this month", when the user is in a team with a dollar budget. */
+function showTeamBudget(budgets) {
+  const line = $("budget-team");
+  const team = budgets && budgets.team;
+  if (!team) {
+    if (budgets === null) line.hidden = true; // an event without budgets says nothing new
+    return;
+  }
+  const parts = [];
+  if (typeof team.usd === "number") parts.push(`${USD.format(Math.max(0, team.usd))} left this month`);
+  if (typeof team.tokens === "number") parts.push(`${team.tokens.toLocaleString()} tokens left this month`);
+  if (parts.length === 0) return;
+  line.textContent = `Team ${team.name}: ${parts.join(", ")}`;
+  line.hidden = false;
+}
+
+/** Asks the gateway for the user's usage (`action: usage`), answered on the current conversation's channel. */
+async function askUsage() {
+  const conversation = current();
+  if (!conversation || !state.events) return;
+  const requestId = crypto.randomUUID();
+  state.usageRequest = requestId;
+  try {
+    await ensureSubscribed(conversation.id);
+    await state.events.publish(`/chat/${state.session.sub}/${conversation.id}`, [{ action: "usage", requestId }]);
+  } catch {
+    // The bars then fill from the first answer's `end`, as before.
   }
 }
 
@@ -339,8 +389,12 @@ function humanError(event) {
       return "Rate limited for now.";
     case "quota_exhausted": {
       const reset = nextUtcMonth().toLocaleDateString(undefined, { year: "numeric", month: "long", day: "numeric", timeZone: "UTC" });
+      if (event.scope === "team") return `Your team's budget for this month is used up. It resets on ${reset} (UTC).`;
+      if (event.scope === "stack") return `The gateway's budget for this month is used up. It resets on ${reset} (UTC).`;
       return `This month's allowance is used up. It resets on ${reset} (UTC).`;
     }
+    case "stream_gap":
+      return "Part of this answer was lost while the connection was down. Ask again for the whole answer.";
     case "invalid_request":
       // The gateway's reason is written for people ("larger than your rolling-window limit allows; ...").
       return event.message ? `Not sent: ${event.message}.` : "The request was refused as invalid.";
@@ -411,7 +465,10 @@ async function send(text) {
   if (conversation.messages.length === 0 && !conversation.renamed) conversation.title = text.slice(0, 60);
   conversation.messages.push(question, answer);
   conversation.updatedAt = Date.now();
-  state.pending.set(requestId, { message: answer, conversationId: conversation.id, stopped: false });
+  const channel = `/chat/${state.session.sub}/${conversation.id}`;
+  state.pending.set(requestId, {
+    message: answer, conversationId: conversation.id, channel, assembler: new StreamAssembler(), stopped: false,
+  });
   renderConversationList();
   renderMessages();
 
@@ -422,7 +479,7 @@ async function send(text) {
   }, ANSWER_TIMEOUT_MS);
   try {
     await ensureSubscribed(conversation.id);
-    await state.events.publish(`/chat/${state.session.sub}/${conversation.id}`, [request]);
+    await state.events.publish(channel, [request]);
     // A refused request is answered with a typed `error` event on the responses channel.
   } catch (err) {
     finish(requestId, "error", refusalText(err));
@@ -448,6 +505,7 @@ function finish(requestId, status, error) {
   const pending = state.pending.get(requestId);
   if (!pending) return;
   clearTimeout(pending.timer);
+  clearTimeout(pending.gapTimer);
   if (pending.frame) cancelAnimationFrame(pending.frame);
   if (pending.textNode && !pending.stopped) showText(pending.textNode, pending.message);
   state.pending.delete(requestId);
@@ -458,11 +516,13 @@ function finish(requestId, status, error) {
   saveConversations();
 }
 
-/** Stop showing the current conversation's answers in progress. The model may still finish (and is metered
- * by what it really used); its `end` still updates the budget. */
+/** Stop the current conversation's answers in progress: the text stays as it is, and the gateway is asked to
+ * cancel (`action: cancel`), so the model stops within about a second and only what it wrote is charged; the
+ * `end` (`stopReason: cancelled`) then says how much, and updates the budget. */
 function stopCurrent() {
-  for (const [, p] of state.pending) {
+  for (const [requestId, p] of state.pending) {
     if (p.conversationId !== state.currentId || p.stopped) continue;
+    act(p, { action: "cancel", requestId });
     if (p.frame) cancelAnimationFrame(p.frame);
     p.frame = 0;
     if (p.textNode) showText(p.textNode, p.message); // what had arrived, and no more
@@ -485,13 +545,52 @@ function updateStop() {
   $("messages").setAttribute("aria-busy", String(streaming));
 }
 
+/** An action on a request's answer (resume, cancel), published on its chat channel. A failure is left to the
+ * next reconnect (which resumes) or the answer's timeout: the person already sees what happened. */
+function act(pending, action) {
+  if (!state.events) return;
+  state.events.publish(pending.channel, [action]).catch(() => {});
+}
+
+function resume(requestId) {
+  const pending = state.pending.get(requestId);
+  if (pending) act(pending, { action: "resume", requestId, afterSeq: pending.assembler.lastSeq });
+}
+
+/** After a reconnect every answer still in progress is resumed after the last event it had, so nothing
+ * published while the socket was down is lost (the assembler drops what arrives twice). */
+function resumeAll() {
+  for (const [requestId] of state.pending) resume(requestId);
+}
+
 function onAnswerEvent(event) {
+  if (event.type === "usage") {
+    if (event.requestId === state.usageRequest) showUsage(event);
+    return;
+  }
   const pending = state.pending.get(event.requestId);
   if (!pending) return;
+  for (const ready of pending.assembler.offer(event)) applyEvent(pending, ready);
+  if (!state.pending.has(event.requestId)) return;
+  if (!pending.assembler.hasGap) {
+    clearTimeout(pending.gapTimer);
+    pending.gapTimer = null;
+  } else if (!pending.gapTimer) {
+    pending.gapTimer = setTimeout(() => {
+      pending.gapTimer = null;
+      if (pending.assembler.hasGap) resume(event.requestId);
+    }, GAP_WAIT_MS);
+  }
+}
+
+/** One event of an answer, in seq order and once (the assembler's doing). */
+function applyEvent(pending, event) {
   const message = pending.message;
+  if (event.type === "end" || event.type === "error") showTeamBudget(event.budgets);
   if (pending.stopped) {
     if (event.type === "end" || event.type === "error") {
       setBudget(event.remaining);
+      if (event.usage) message.charged = (event.usage.input || 0) + (event.usage.output || 0);
       finish(event.requestId, "stopped");
     }
     return;
@@ -604,12 +703,13 @@ async function showChat() {
     realtime: state.config.realtime,
     getToken: () => state.session.token(),
   });
+  state.events.addEventListener("resubscribed", resumeAll);
   state.events.addEventListener("state", (e) => {
     const labels = { connecting: "Connecting…", open: "Connected", reconnecting: "Reconnecting…", closed: "Disconnected" };
     $("connection").textContent = labels[e.detail] || "";
   });
   state.session.onexpired = () => signOut("Your session expired; sign in again.");
-  state.events.connect().catch(() => {});
+  state.events.connect().then(askUsage, () => {});
   $("prompt").focus();
 }
 

@@ -48,6 +48,7 @@ export class EventsClient extends EventTarget {
     this._retryTimer = null;
     this._attempt = 0;
     this._closing = false;
+    this._everOpen = false; // a later open is a reconnect
   }
 
   _setState(state) {
@@ -189,11 +190,18 @@ export class EventsClient extends EventTarget {
     return this._call({ type: "subscribe", id, channel, authorization: await this._auth() });
   }
 
-  _resubscribe() {
+  /** After a reconnect: subscribe again, then dispatch `resubscribed` (the page resumes its answers from there:
+   * what is published between the two would otherwise reach no one). */
+  async _resubscribe() {
+    const renewed = [];
     for (const [id, sub] of this._subs) {
       if (!sub.active) continue;
-      this._sendSubscribe(id, sub.channel).catch((err) => sub.onError && sub.onError(err));
+      renewed.push(this._sendSubscribe(id, sub.channel).catch((err) => sub.onError && sub.onError(err)));
     }
+    const reconnected = this._everOpen;
+    this._everOpen = true;
+    await Promise.all(renewed);
+    if (reconnected) this.dispatchEvent(new CustomEvent("resubscribed"));
   }
 
   /** Subscribe `onEvent(event)` to a channel; resolves to `{id, unsubscribe()}` once the server agrees. */

@@ -34,11 +34,15 @@ from hypothesis import strategies as st
 from aigw.dev import DevGateway, Ports, running
 from aigw.emulators.bedrock import default_answer
 from aigw.local_cognito import add_user
+from aigw.stream_assembler import StreamAssembler
 from components.models import display_name
 from components.settings import StackSettings
 from runtime.appsync_publish import MAX_EVENT_BYTES
+from runtime.budgets import BudgetLimits, Budgets, budget_key
 from runtime.cache import AnswerCache
 from runtime.metering import Limits, Meter
+from runtime.protocol import estimate_output_tokens
+from tests.local.test_stream_assembler import deliveries
 
 playwright = pytest.importorskip(
     "playwright.sync_api", reason="Playwright for Python is not installed (a dev dependency: `make test` installs it)"
@@ -216,6 +220,7 @@ class Tables:
 
     cache: AnswerCache
     meter: Meter
+    budgets: Budgets
 
 
 @pytest.fixture(scope="module")
@@ -225,11 +230,14 @@ def tables(gateway: DevGateway) -> Tables:
     return Tables(
         AnswerCache(info["tables"]["cache"], client=dynamodb, namespace=SETTINGS.cache_namespace),
         Meter(info["tables"]["metering"], client=dynamodb),
+        Budgets(info["tables"]["metering"], client=dynamodb),
     )
 
 
 def tokens_left(page: Page, which: str) -> int:
-    text = page.page.locator(f"#budget-{which}-text").inner_text()
+    figure = page.page.locator(f"#budget-{which}-text")
+    expect(figure).to_have_text(re.compile(r"[\d,]+ tokens left"))  # once the sign-in's usage read is answered
+    text = figure.inner_text()
     found = re.fullmatch(r"([\d,]+) tokens left", text)
     assert found, text
     return int(found.group(1).replace(",", ""))
@@ -315,7 +323,7 @@ def test_a_second_user_sees_none_of_the_first_users_conversations(open_page: Any
     assert titles == ["New conversation"]
     assert tab.answers().count() == 0
     assert "payslip" not in tab.page.locator("main").inner_text()
-    assert tab.page.locator("#budget-window-text").inner_text() == "–"
+    assert tokens_left(tab, "window") == 20_000  # the second user's own (untouched) window, from their usage read
 
     # ...and the server refuses them the first user's channels even when they ask from the page directly.
     refused = tab.page.evaluate(
@@ -453,19 +461,83 @@ def test_conversations_can_be_created_switched_renamed_and_deleted(signed_in: An
     assert page.locator("#messages .message.user .text").all_inner_texts() == ["First topic"]
 
 
-def test_stop_leaves_the_partial_answer_and_the_budget_still_updates(signed_in: Any) -> None:
+LONG_WORDS = 600  # one emulated token per word, 10 ms apart: about 6 s of streaming
+
+
+def long_answer(body: dict[str, Any]) -> str:
+    return "".join(f" word{i}" for i in range(LONG_WORDS))
+
+
+@pytest.fixture
+def long_answers(gateway: DevGateway) -> Iterator[None]:
+    """The emulator answers every question with `long_answer` for this test (one gateway for the module)."""
+    assert gateway.bedrock is not None
+    gateway.bedrock.answer = long_answer
+    try:
+        yield
+    finally:
+        gateway.bedrock.answer = default_answer
+
+
+def test_stop_cancels_the_answer_and_charges_only_what_was_written(signed_in: Any, long_answers: None) -> None:
     tab = signed_in()
-    tab.send(LONG_QUESTION + " Take your time.")
-    stop = tab.page.get_by_role("button", name="Stop")
-    stop.wait_for(state="visible")
-    stop.click()
+    before = tokens_left(tab, "window")  # the sign-in's usage read fills the bars before any answer
+    tab.send("Tell me a long story")
     answer = tab.answers().last
-    assert answer.locator(".meta").inner_text().endswith("stopped")
+    answer.locator(".text").filter(has_text="word20").wait_for()
+    tab.page.get_by_role("button", name="Stop").click()
     shown = answer.locator(".text").inner_text()
-    # The model's end still arrives (it was metered): the budget bar moves, the stopped text does not grow.
-    tab.page.locator("#budget-window-text").filter(has_text="tokens left").wait_for()
-    assert answer.locator(".text").inner_text() == shown
-    assert expected_answer(LONG_QUESTION + " Take your time.").startswith(shown)
+    # The gateway's `end` (stopReason cancelled) arrives within about a second and says what was charged.
+    meta = answer.locator(".meta").filter(has_text="tokens charged")
+    meta.wait_for()
+    found = re.search(r"stopped · ([\d,]+) tokens charged", meta.inner_text())
+    assert found, meta.inner_text()
+    charged = int(found.group(1).replace(",", ""))
+    assert before - tokens_left(tab, "window") == charged  # the budget moved by exactly that
+    # The whole answer would have been ~1,600 output tokens by the gateway's estimate; Stop saved most of it.
+    whole = estimate_output_tokens(long_answer({}))
+    assert charged < whole * 0.6, (charged, whole)
+    assert answer.locator(".text").inner_text() == shown  # the stopped text does not grow
+    assert long_answer({}).startswith(shown.replace("\n", ""))
+    assert tab.problems == []
+
+
+def test_a_connection_dropped_mid_answer_is_resumed_with_nothing_lost_or_repeated(
+    signed_in: Any, gateway: DevGateway, long_answers: None
+) -> None:
+    tab = signed_in()
+    tab.send("Tell me a long story")
+    answer = tab.answers().last
+    answer.locator(".text").filter(has_text="word40").wait_for()
+    assert gateway.events is not None
+    assert gateway.events.call(gateway.events.server.close_connections()) >= 1
+    tab.page.locator("#connection").filter(has_text="Reconnecting…").wait_for()
+    settled = tab.wait_settled()
+    # Every word exactly once and in order: what was published while the socket was down came from the journal.
+    assert settled.locator(".text").inner_text().split() == long_answer({}).split()
+    assert "answering" not in settled.locator(".meta").inner_text()
+    assert "error" not in (settled.get_attribute("class") or "")
+    assert tab.problems == []
+
+
+def test_the_bars_show_the_users_own_limits_and_team_budget_at_sign_in(
+    open_page: Any, users: Users, tables: Tables, gateway: DevGateway
+) -> None:
+    email, sub = users.new("free")
+    tables.meter.set_override(sub, Limits(window_tokens=7_000, monthly_tokens=100_000))  # the tier has 20k / 500k
+    team = f"web{uuid.uuid4().hex[:6]}"
+    users.idp.create_group(GroupName=f"team:{team}", UserPoolId=users.pool.user_pool_id)
+    users.idp.admin_add_user_to_group(UserPoolId=users.pool.user_pool_id, Username=email, GroupName=f"team:{team}")
+    tables.budgets.set_limits(budget_key("team", team), BudgetLimits(monthly_usd=4.2))
+    tab = open_page()
+    tab.sign_in(email)
+    # Before any answer: the override's figures, not the tier's, and the team's month in dollars.
+    expect(tab.page.locator("#budget-window-text")).to_have_text("7,000 tokens left")
+    expect(tab.page.locator("#budget-month-text")).to_have_text("100,000 tokens left")
+    assert tab.page.locator("#budget-window").get_attribute("max") == "7000"
+    expect(tab.page.locator("#budget-team")).to_have_text(f"Team {team}: $4.20 left this month")
+    tab.page.screenshot(path=ARTIFACTS / "web-chat-budgets.png")
+    assert tab.problems == []
 
 
 def test_keyboard_only_sign_in_and_send(open_page: Any, users: Users, gateway: DevGateway) -> None:
@@ -794,6 +866,31 @@ def test_markdown_never_makes_markup_of_the_text(blank_page: Any, text: str) -> 
     # Markdown only ever consumes its own punctuation: every '<', '>' and '&' is still there, as text.
     for char in "<>&":
         assert rendered["text"].count(char) == text.count(char), char
+
+
+ASSEMBLE = """(pieces) => import('./stream.js').then(({ StreamAssembler }) => {
+    const assembler = new StreamAssembler();
+    const out = pieces.flatMap((piece) => assembler.offer(piece));
+    return { out, lastSeq: assembler.lastSeq, hasGap: assembler.hasGap, finished: assembler.finished };
+})"""
+
+
+@settings(max_examples=100, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(deliveries())
+def test_the_page_puts_an_answer_back_together_exactly_as_aigw_chat_does(
+    blank_page: Any, case: tuple[list[str], list[dict[str, Any]]]
+) -> None:
+    # Any mix of live events, drops, merged replays and duplicates: the page's stream.js and aigw chat's
+    # StreamAssembler hand back the same events (the whole text, once, in order), and so stay one contract.
+    words, pieces = case
+    cut = pieces[: len(pieces) // 2]  # also part-way, where holes and held events are still about
+    for delivery in (pieces, cut):
+        python = StreamAssembler()
+        expected = [e for piece in delivery for e in python.offer(piece)]
+        got = blank_page.evaluate(ASSEMBLE, delivery)
+        assert got["out"] == expected
+        assert (got["lastSeq"], got["hasGap"], got["finished"]) == (python.last_seq, python.has_gap, python.finished)
+    assert "".join(e.get("text", "") for e in blank_page.evaluate(ASSEMBLE, pieces)["out"]) == "".join(words)
 
 
 def test_a_markdown_answer_is_formatted_and_stays_safe(signed_in: Any, tables: Tables) -> None:
