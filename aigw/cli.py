@@ -67,14 +67,25 @@ def dev(
             "(Ollama: http://127.0.0.1:11434/v1); the Bedrock model id is sent as the model name.",
         ),
     ] = None,
+    fresh: Annotated[
+        bool,
+        typer.Option("--fresh", help="Start clean: forget the users, limits, teams, cache, metering and analytics "
+                     "kept in .aigw from earlier runs."),
+    ] = False,
+    demo_password: Annotated[
+        str | None,
+        typer.Option("--demo-password", help="The demo user's password \\[default: the one kept from the last run]."),
+    ] = None,
 ) -> None:
-    """Run the whole gateway on this machine (Ctrl-C stops it)."""
+    """Run the whole gateway on this machine (Ctrl-C stops it). What it holds is kept in .aigw between runs."""
     import signal
     import sys
     import threading
 
+    from botocore.exceptions import ClientError
+
     from aigw.console import DevConsole
-    from aigw.dev import DevGateway, PortInUseError, Ports
+    from aigw.dev import STATE_DIR, DevGateway, PortInUseError, Ports
     from aigw.usage_sink import LineTee
     from components.settings import SettingsError, StackSettings
 
@@ -84,18 +95,31 @@ def dev(
         typer.echo(str(err), err=True)
         raise typer.Exit(2) from None
     ports = Ports(events=events_port, moto=moto_port, bedrock=bedrock_port, lambda_=lambda_port)
+    # One state per stack file and events port: a second instance on other ports keeps its own.
+    state_dir = STATE_DIR / "state" / f"{Path(stack_file).stem.removeprefix('Pulumi.')}-{events_port}"
     gateway = DevGateway(
-        settings, ports=ports, pacing_s=pacing_ms / 1000, tls=tls, upstream_openai=upstream_openai
+        settings, ports=ports, pacing_s=pacing_ms / 1000, tls=tls, upstream_openai=upstream_openai,
+        state_dir=state_dir, fresh=fresh, demo_password=demo_password,
     )
     try:
         gateway.start()
     except PortInUseError as err:
         typer.echo(str(err), err=True)
         raise typer.Exit(2) from None
+    except ClientError as err:
+        if err.response.get("Error", {}).get("Code") != "InvalidPasswordException":
+            raise
+        typer.echo(f"--demo-password is refused by the pool's password policy: {err.response['Error'].get('Message')}",
+                   err=True)
+        raise typer.Exit(2) from None
     path = gateway.write_info()
     console = Console()
     info = gateway.info
     console.print(f"[bold]ai-gateway dev[/bold] — settings from {stack_file}, endpoints in {path}")
+    if gateway.state_note:
+        console.print(f"  [yellow]{gateway.state_note}[/yellow]")
+    kept = "kept from the last run" if gateway.restored else "new"
+    console.print(f"  {'state':<10} {kept}, in {state_dir} (--fresh starts clean)", markup=False, highlight=False)
     for label, value in (
         *((("web page", info["web"]),) if info.get("web") else ()),
         ("HTTP", info["http"]),
@@ -131,7 +155,8 @@ def dev(
     finally:
         sys.stdout = sys.__stdout__
         gateway.stop()
-        console.print("stopped")
+        gateway.remove_info()
+        console.print(f"stopped; the state is kept in {state_dir}")
 
 
 @app.command()

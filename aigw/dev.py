@@ -24,22 +24,33 @@ import contextlib
 import json
 import os
 import secrets
+import shutil
 import socket
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import boto3
 from botocore.config import Config
 
+from aigw import local_state
 from aigw.emulators.bedrock import BedrockEmulator
 from aigw.emulators.lambda_invoke import LambdaEmulator
 from aigw.emulators.moto_server import AtomicMotoServer
 from aigw.events_server import EventsServer, Identity, LocalAuthenticator, NamespaceConfig, ServerThread
 from aigw.lambda_processes import LambdaProcessPool
-from aigw.local_cognito import JwtVerifier, LocalPool, identity_from_claims, provision, seed_demo_user
+from aigw.local_cognito import (
+    JwtVerifier,
+    LocalPool,
+    existing_pool,
+    identity_from_claims,
+    provision,
+    seed_demo_user,
+)
 from aigw.tls import ensure_local_ca
 from aigw.usage_sink import UsageSink
 from components.settings import PROJECT, StackSettings
@@ -83,6 +94,8 @@ class Ports:
     lambda_: int = 4103
 
     def check_free(self, host: str = "127.0.0.1") -> None:
+        """Raises PortInUseError naming every taken port at once (not one per attempt)."""
+        taken = []
         for name, port in asdict(self).items():
             if port == 0:
                 continue
@@ -92,8 +105,44 @@ class Ports:
                     probe.bind((host, port))
                 except OSError:
                     flag = "--" + name.rstrip("_").replace("_", "-") + "-port"
-                    service = name.rstrip("_")
-                    raise PortInUseError(f"port {port} ({service}) is taken; choose another with {flag}") from None
+                    taken.append(f"{port} ({name.rstrip('_')}; choose another with {flag})")
+        if taken:
+            several = len(taken) > 1
+            raise PortInUseError(f"port{'s' if several else ''} taken: " + ", ".join(taken)
+                                 + (" — another `aigw dev` may be running" if several else ""))
+
+
+class _Snapshots:
+    """Keeps moto's state for the gateway's pool and tables in a snapshot: every `every_s` while running, and
+    once more at a clean stop (after the services above it on the stop stack have stopped writing)."""
+
+    def __init__(self, moto: AtomicMotoServer, path: Path, region: str, every_s: float) -> None:
+        self.moto, self.path, self.region, self.every_s = moto, path, region, every_s
+        self._pool_ids: list[str] = []
+        self._table_names: list[str] = []
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def track(self, pool_ids: list[str], table_names: list[str]) -> None:
+        """What to keep; only from here on is anything saved (a failed start never overwrites a snapshot)."""
+        self._pool_ids, self._table_names = pool_ids, table_names
+        self.save()
+        self._thread = threading.Thread(target=self._every, name="moto-snapshots", daemon=True)
+        self._thread.start()
+
+    def save(self) -> int:
+        with self.moto.quiet:  # between two requests: a consistent state
+            return local_state.save(self.path, self.region, pool_ids=self._pool_ids, table_names=self._table_names)
+
+    def _every(self) -> None:
+        while not self._stopping.wait(self.every_s):
+            self.save()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join()
+            self.save()
 
 
 @dataclass
@@ -136,6 +185,18 @@ class DevGateway:
     lambdas: dict[str, LambdaProcessPool] = field(default_factory=dict)
     """The functions' process pools by kind (``gatekeeper``, ``subscribe``, ``worker``) once started; empty
     with ``handlers_in="threads"``. `warm` starts all their processes ahead of a measurement."""
+    state_dir: Path | None = None
+    """Where the pool (users, passwords, groups), the tables (limits, overrides, budgets, cache, metering) and
+    the demo password are kept between runs (`aigw.local_state`); None: every start is clean (tests)."""
+    fresh: bool = False
+    """Forget what `state_dir` holds (and the analytics records) and start clean."""
+    demo_password: str | None = None
+    """The demo user's password; default: the one kept in `state_dir`, else a new one (shell-safe symbols)."""
+    snapshot_every_s: float = 30.0
+    restored: bool = False
+    """The pool and tables came back from `state_dir`'s snapshot."""
+    state_note: str | None = None
+    """Why a snapshot was not loaded, when there was one."""
     _stack: list[Any] = field(default_factory=list)
 
     def start(self) -> DevGateway:
@@ -171,6 +232,8 @@ class DevGateway:
 
     def _start_services(self) -> DevGateway:
         self.ports.check_free()
+        if self.fresh and self.state_dir is not None and self.analytics_dir is not None:
+            shutil.rmtree(self.analytics_dir, ignore_errors=True)  # else reports name users that no longer exist
         if self.analytics_dir is not None:
             # First on the stop stack, so it is closed last: after the services that log usage have stopped.
             self.usage_sink = UsageSink(self.analytics_dir).start()
@@ -190,6 +253,11 @@ class DevGateway:
 
         moto = AtomicMotoServer(port=self.ports.moto).start()
         self._stack.append(moto)
+        restored = self._restore(region) if self.state_dir is not None else None
+        snapshots = None
+        if self.state_dir is not None:
+            snapshots = _Snapshots(moto, self.state_dir / local_state.SNAPSHOT_NAME, region, self.snapshot_every_s)
+            self._stack.append(snapshots)  # stopped after everything started later: their writes are in it
         os.environ["AWS_ENDPOINT_URL_DYNAMODB"] = moto.endpoint_url
         os.environ["AWS_ENDPOINT_URL_COGNITO_IDENTITY_PROVIDER"] = moto.endpoint_url
         config = Config(retries={"mode": "standard", "max_attempts": 3}, max_pool_connections=64)
@@ -200,6 +268,8 @@ class DevGateway:
             (answer_cache.table_spec, answer_cache.TTL_ATTRIBUTE, tables["cache"]),
             (streams.table_spec, streams.TTL_ATTRIBUTE, tables["streams"]),
         ):
+            if restored is not None and name in restored.table_names:
+                continue  # kept from the last run
             # A fresh gateway starts empty, even when an earlier one in this process (tests) used the names:
             # moto keeps its state per process.
             with contextlib.suppress(dynamodb.exceptions.ResourceNotFoundException):
@@ -210,9 +280,14 @@ class DevGateway:
             )
 
         cognito = boto3.client("cognito-idp", region_name=region, config=config)
-        pool: LocalPool = provision(cognito, self.settings, name=prefix)
-        self.pool = pool
-        demo = seed_demo_user(cognito, pool, self.settings) if self.seed_user else None
+        kept = existing_pool(cognito, self.settings, name=prefix, among=restored.pool_ids) if restored else None
+        pool: LocalPool = kept or provision(cognito, self.settings, name=prefix)
+        self.pool, self.restored = pool, kept is not None
+        demo = seed_demo_user(cognito, pool, self.settings, password=self._demo_password()) if self.seed_user else None
+        if demo is not None and self.state_dir is not None:
+            _write_private(self.state_dir / DEMO_FILE, json.dumps({"username": demo[0], "password": demo[1]}))
+        if snapshots is not None:
+            snapshots.track([pool.user_pool_id], list(tables.values()))
 
         bedrock = BedrockEmulator(
             port=self.ports.bedrock, pacing_s=self.pacing_s, upstream_openai=self.upstream_openai
@@ -353,16 +428,77 @@ class DevGateway:
         headers.pop("Strict-Transport-Security")
         return headers
 
+    def _restore(self, region: str) -> local_state.Restored | None:
+        assert self.state_dir is not None
+        snapshot = self.state_dir / local_state.SNAPSHOT_NAME
+        if self.fresh:
+            snapshot.unlink(missing_ok=True)
+            (self.state_dir / DEMO_FILE).unlink(missing_ok=True)
+            return None
+        if not snapshot.is_file():
+            return None
+        try:
+            return local_state.restore(snapshot, region)
+        except local_state.SnapshotUnreadableError as err:
+            aside = local_state.set_aside(snapshot)
+            self.state_note = f"{err}; started clean (the old snapshot is kept as {aside})"
+            return None
+
+    def _demo_password(self) -> str | None:
+        if self.demo_password is not None:
+            return self.demo_password
+        if self.state_dir is None or not (self.state_dir / DEMO_FILE).is_file():
+            return None
+        try:
+            kept = json.loads((self.state_dir / DEMO_FILE).read_text())
+        except (OSError, ValueError):
+            return None
+        return kept.get("password") if isinstance(kept, dict) and isinstance(kept.get("password"), str) else None
+
     def stop(self) -> None:
         while self._stack:
             self._stack.pop().stop()
         self.lambdas = {}
 
     def write_info(self, directory: Path = STATE_DIR) -> Path:
+        """This instance's endpoints in ``dev-<events port>.json``, and in ``dev.json``: clients' default is the
+        instance started last. Returns the dev.json path; `remove_info` undoes it at a clean stop."""
         directory.mkdir(exist_ok=True)
+        text = json.dumps(self.info, indent=2) + "\n"
+        (directory / self._instance_file()).write_text(text)
         path = directory / "dev.json"
-        path.write_text(json.dumps(self.info, indent=2) + "\n")
+        path.write_text(text)
         return path
+
+    def remove_info(self, directory: Path = STATE_DIR) -> None:
+        """Remove this instance's file; dev.json, if it named this instance, then names another one still
+        running (the newest), or goes."""
+        (directory / self._instance_file()).unlink(missing_ok=True)
+        default = directory / "dev.json"
+        try:
+            if json.loads(default.read_text()) != self.info:
+                return  # another instance is the default now
+        except (OSError, ValueError):
+            return
+        others = sorted(directory.glob("dev-*.json"), key=lambda p: p.stat().st_mtime)
+        if others:
+            default.write_text(others[-1].read_text())
+        else:
+            default.unlink(missing_ok=True)
+
+    def _instance_file(self) -> str:
+        return f"dev-{urlsplit(self.info['http']).port}.json"
+
+
+DEMO_FILE = "demo-user.json"
+
+
+def _write_private(path: Path, text: str) -> None:
+    """A file only this user can read (it holds a password)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.touch(mode=0o600, exist_ok=True)
+    path.chmod(0o600)
+    path.write_text(text + "\n")
 
 
 @contextmanager

@@ -22,7 +22,7 @@ import string
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,6 +43,8 @@ DEMO_USERNAME = "demo@example.com"
 
 # The symbols Cognito's password policy counts (and moto's check of it).
 _PASSWORD_SYMBOLS = "^$*.[]{}()?\"!@#%&/\\,><':;|_~`=+-"
+# Symbols that mean nothing to a shell, inside or outside quotes: the demo password is typed and pasted.
+SHELL_SAFE_SYMBOLS = "-_.,+=@%:"
 _MAX_TOKEN_CHARS = 16_384  # far above any Cognito token; bounds the work spent on junk
 _MAX_JWKS_BYTES = 64 * 1024
 _ACCEPTED_ALG = "RS256"
@@ -153,14 +155,38 @@ def provision(client: Any, settings: StackSettings, *, name: str = "ai-gateway-d
         EnableTokenRevocation=True,
     )["UserPoolClient"]["ClientId"]
 
-    for tier in settings.tiers:
-        client.create_group(
-            GroupName=tier.name,
-            UserPoolId=user_pool_id,
-            Precedence=tier.precedence,
-            Description=f"ai-gateway tier {tier.name}",
-        )
+    _ensure_tier_groups(client, user_pool_id, settings)
+    return _local_pool(client, user_pool_id, client_id, settings)
 
+
+def existing_pool(client: Any, settings: StackSettings, *, name: str, among: Collection[str]) -> LocalPool | None:
+    """The pool `provision` made under `name`, one of the pool ids `among` (those restored from a snapshot), its
+    tier groups brought in line with today's settings; None when there is none."""
+    pools = client.list_user_pools(MaxResults=60)["UserPools"]
+    user_pool_id = next((p["Id"] for p in pools if p["Name"] == name and p["Id"] in among), None)
+    if user_pool_id is None:
+        return None
+    clients = client.list_user_pool_clients(UserPoolId=user_pool_id, MaxResults=60)["UserPoolClients"]
+    client_id = next((c["ClientId"] for c in clients if c["ClientName"] == f"{name}-client"), None)
+    if client_id is None:
+        return None
+    _ensure_tier_groups(client, user_pool_id, settings)
+    return _local_pool(client, user_pool_id, client_id, settings)
+
+
+def _ensure_tier_groups(client: Any, user_pool_id: str, settings: StackSettings) -> None:
+    """One group per tier, with the tier's precedence (a tier added to the stack file since the last run too)."""
+    groups = {g["GroupName"]: g for g in client.list_groups(UserPoolId=user_pool_id, Limit=60)["Groups"]}
+    for tier in settings.tiers:
+        args = {"GroupName": tier.name, "UserPoolId": user_pool_id, "Precedence": tier.precedence,
+                "Description": f"ai-gateway tier {tier.name}"}
+        if tier.name not in groups:
+            client.create_group(**args)
+        elif groups[tier.name].get("Precedence") != tier.precedence:
+            client.update_group(**args)
+
+
+def _local_pool(client: Any, user_pool_id: str, client_id: str, settings: StackSettings) -> LocalPool:
     region = client.meta.region_name
     endpoint = client.meta.endpoint_url.rstrip("/")
     return LocalPool(
@@ -246,10 +272,12 @@ def refresh(client: Any, pool: LocalPool, refresh_token: str) -> Tokens:
 
 
 def seed_demo_user(
-    client: Any, pool: LocalPool, settings: StackSettings, *, username: str = DEMO_USERNAME
+    client: Any, pool: LocalPool, settings: StackSettings, *, username: str = DEMO_USERNAME,
+    password: str | None = None,
 ) -> tuple[str, str]:
-    """A user in the default tier with a fresh strong password; reuses (and re-passwords) an existing one."""
-    password = generate_password()
+    """A user in the default tier with `password` (default: a fresh strong one, with only shell-safe symbols);
+    an existing one is given that password and put back in the default tier."""
+    password = password or generate_password(symbols=SHELL_SAFE_SYMBOLS)
     try:
         add_user(client, pool, username, password, tier=settings.default_tier)
     except client.exceptions.UsernameExistsException:
@@ -259,11 +287,11 @@ def seed_demo_user(
     return username, password
 
 
-def generate_password(length: int = 24) -> str:
+def generate_password(length: int = 24, *, symbols: str = _PASSWORD_SYMBOLS) -> str:
     """A random password meeting the pool's policy (upper, lower, digit, symbol, >= the minimum length)."""
     if length < PASSWORD_MIN_LENGTH:
         raise ValueError(f"password length must be at least {PASSWORD_MIN_LENGTH}")
-    classes = (string.ascii_uppercase, string.ascii_lowercase, string.digits, _PASSWORD_SYMBOLS)
+    classes = (string.ascii_uppercase, string.ascii_lowercase, string.digits, symbols)
     alphabet = "".join(classes)
     chars = [secrets.choice(c) for c in classes] + [secrets.choice(alphabet) for _ in range(length - len(classes))]
     secrets.SystemRandom().shuffle(chars)

@@ -83,9 +83,9 @@ class _CorsForCognito:
 
 
 class _SerializedApp:
-    def __init__(self, app: WsgiApp) -> None:
+    def __init__(self, app: WsgiApp, lock: threading.Lock) -> None:
         self._app = app
-        self._lock = threading.Lock()
+        self._lock = lock
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
         with self._lock:
@@ -100,10 +100,12 @@ class AtomicMotoServer:
         self._host, self._port = host, port
         self._server: BaseWSGIServer | None = None
         self._thread: threading.Thread | None = None
+        self.quiet = threading.Lock()
+        """Held while a request is applied: hold it to see moto's state between requests (a snapshot)."""
 
     def start(self) -> AtomicMotoServer:
         logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request is noise here
-        app = _CorsForCognito(_SerializedApp(DomainDispatcherApplication(create_backend_app)))
+        app = _CorsForCognito(_SerializedApp(DomainDispatcherApplication(create_backend_app), self.quiet))
         self._server = make_server(self._host, self._port, app, threaded=True, request_handler=MotoRequestHandler)
         self._thread = threading.Thread(target=self._server.serve_forever, name="moto", daemon=True)
         self._thread.start()
