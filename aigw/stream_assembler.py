@@ -1,7 +1,7 @@
 """One answer's events put back in order: the client half of the resumable-stream contract.
 
 Every `responses` event carries `seq` (0, 1, 2 … per request); a replay may merge consecutive deltas into one
-that carries `firstSeq`..`seq`. The rule (README, client contract): keep an event when its `firstSeq` (else its
+that carries `firstSeq`..`seq`. The rule (docs/request-path.md): keep an event when its `firstSeq` (else its
 `seq`) is the next one expected; drop what is already had; hold what is ahead until the hole before it is filled
 (by the live stream catching up, or by a resume with ``afterSeq = last_seq``). A merged delta that overlaps what
 was already delivered is trimmed by the text of the seqs already had (remembered per seq), so a replay that

@@ -431,7 +431,7 @@ class SettingsError(ValueError):
                 if path and path != "region"
                 else "pulumi config set aws:region <region>"
                 if path
-                else "see the README's configuration table"
+                else "see the configuration table in docs/request-path.md"
             )
             lines.append(f"{key}: {message} (fix: {fix})")
         super().__init__("invalid stack configuration:\n  " + "\n  ".join(lines))

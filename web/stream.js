@@ -1,4 +1,4 @@
-// One answer's events put back in order: the page's half of the resumable-stream contract (README, client
+// One answer's events put back in order: the page's half of the resumable-stream contract (docs/request-path.md, client
 // contract). The same rule as aigw/stream_assembler.py, which `aigw chat` uses; a browser test feeds both the
 // same shuffled, duplicated events and expects the same result.
 //

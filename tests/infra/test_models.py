@@ -181,7 +181,7 @@ def test_the_deploy_docs_say_how_to_enable_third_party_models() -> None:
     marketplace = [m for m in stack_models if (found := load_catalog().entry(m)) is not None and found.marketplace]
     assert marketplace, "the stacks use a third-party model: the docs must say how to enable it"
     root = CATALOG_FILE.parents[1]
-    for doc in (root / "README.md", root / "docs" / "deploy.md"):
+    for doc in (root / "docs" / "infrastructure.md", root / "docs" / "deploy.md"):
         text = doc.read_text()
         for phrase in ("aws-marketplace:Subscribe", "aws-marketplace:ViewSubscriptions", "use-case", "AccessDenied"):
             assert phrase in text, (doc.name, phrase)

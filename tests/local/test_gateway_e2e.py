@@ -2,7 +2,7 @@
 
 One gateway for the module (its own settings: the dev `free` tier, plus a `tiny` tier with a 10-second window
 small enough to hit `rate_limited` with two requests). Every test talks to it the way a client does: Cognito
-sign-in on moto, the AppSync Events WebSocket, the client contract of README.md.
+sign-in on moto, the AppSync Events WebSocket, the client contract of docs/request-path.md.
 """
 
 from __future__ import annotations
