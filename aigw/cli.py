@@ -1098,19 +1098,28 @@ def _stop(runner: Any, session: Any, prompt: str, console: Console) -> dict[str,
     return final
 
 
+UNWRAPPED = 10**9  # a width no line reaches
+
+
 async def _stream(session: Any, prompt: str, console: Console) -> dict[str, Any]:
     """Print the deltas as they arrive; return the final event (`end` or `error`)."""
+    from aigw.word_wrap import WordWrap
+
     wrote = False
+    # On a terminal, lines break between words, not where its edge falls; a pipe or a file gets the text as is.
+    wrap = WordWrap(max(20, console.width - 1)) if console.is_terminal else WordWrap(UNWRAPPED)
     final: dict[str, Any] = {"type": "error", "code": "internal", "message": "the answer ended without an end event"}
-    async for event in session.turn(prompt):
-        kind = event.get("type")
-        if kind == "delta":
-            console.print(event.get("text", ""), end="", markup=False, highlight=False, soft_wrap=True)
-            wrote = True
-        elif kind in ("end", "error"):
-            final = event
-    if wrote:
-        console.print()
+    try:
+        async for event in session.turn(prompt):
+            kind = event.get("type")
+            if kind == "delta":
+                console.print(wrap.feed(event.get("text", "")), end="", markup=False, highlight=False, soft_wrap=True)
+                wrote = True
+            elif kind in ("end", "error"):
+                final = event
+    finally:
+        if wrote:
+            console.print(wrap.flush(), markup=False, highlight=False, soft_wrap=True)  # the word held back, if any
     return final
 
 

@@ -148,3 +148,24 @@ def test_slash_commands_run_locally_and_unknown_ones_are_not_sent(gateway: DevGa
     assert "/new" in out and "(default)" in out and "tokens left in this window" in out
     assert "no.such-model is not offered" in out and "unknown command /frobnicate" in out
     assert session.messages == []  # /new cleared the history
+
+
+def test_on_a_terminal_answers_break_between_words(gateway: DevGateway) -> None:
+    console = Console(record=True, width=32, force_terminal=True)
+    words = [f"w{'x' * (i % 7)}{i}" for i in range(60)]
+    gateway.bedrock.answer = lambda body: " ".join(words)  # type: ignore[union-attr]
+    try:
+        with asyncio.Runner() as runner:
+            client = EventsClient(endpoints(gateway), token(gateway))
+            runner.run(client.__aenter__())
+            try:
+                session = runner.run(ChatSession(client).open())
+                assert cli._chat_turn(runner, session, "Wrap it", console, wait=False) is True
+            finally:
+                runner.run(client.close())
+    finally:
+        gateway.bedrock.answer = long_answer  # type: ignore[union-attr]
+    lines = console.export_text().splitlines()
+    answer_lines = [line for line in lines if line.split() and set(line.split()) <= set(words)]
+    assert " ".join(answer_lines).split() == words  # every word whole, in order
+    assert len(answer_lines) > 5 and all(len(line) <= 32 for line in answer_lines)
