@@ -82,6 +82,14 @@ function current() {
 }
 
 function newConversation() {
+  // An empty conversation is already new: it is reused (and moved to the top) rather than another added.
+  const empty = state.conversations.find((c) => c.messages.length === 0);
+  if (empty) {
+    state.conversations = [empty, ...state.conversations.filter((c) => c !== empty)];
+    state.currentId = empty.id;
+    saveConversations();
+    return empty;
+  }
   const conversation = { id: crypto.randomUUID(), title: "New conversation", updatedAt: Date.now(), messages: [] };
   state.conversations.unshift(conversation);
   state.currentId = conversation.id;
@@ -100,6 +108,7 @@ function renderConversationList() {
     button.type = "button";
     button.className = "title";
     button.textContent = c.title;
+    button.title = c.title; // the whole title, where the list cuts it
     if (c.id === state.currentId) button.setAttribute("aria-current", "true");
     button.addEventListener("click", () => switchTo(c.id));
     const rename = iconButton("✎", `Rename “${c.title}”`, () => startRename(item, c));
@@ -199,10 +208,39 @@ function scheduleText(pending) {
   });
 }
 
-/** A message's text: the user's as typed, the model's as (a safe subset of) Markdown. */
+/** A message's text: the user's as typed, the model's as (a safe subset of) Markdown, each code block with
+ * its own copy button. */
 function showText(node, message) {
-  if (message.role === "assistant") node.replaceChildren(renderMarkdown(message.text || ""));
-  else node.textContent = message.text || "";
+  if (message.role !== "assistant") {
+    node.textContent = message.text || "";
+    return;
+  }
+  node.replaceChildren(renderMarkdown(message.text || ""));
+  for (const pre of node.querySelectorAll("pre")) {
+    const code = pre.querySelector("code");
+    pre.append(copyButton("Copy", "Copy the code", () => (code ? code.textContent : "")));
+  }
+}
+
+/** A button that puts `text()` on the clipboard and says so; none where the page has no clipboard (http on
+ * another host than localhost is not a secure context). */
+function copyButton(label, name, text) {
+  if (!navigator.clipboard) return document.createTextNode("");
+  const button = document.createElement("button");
+  button.type = "button";
+  button.className = "copy";
+  button.textContent = label;
+  button.setAttribute("aria-label", name);
+  button.addEventListener("click", async () => {
+    try {
+      await navigator.clipboard.writeText(text());
+      button.textContent = "Copied";
+    } catch {
+      button.textContent = "Not copied";
+    }
+    setTimeout(() => (button.textContent = label), 2000);
+  });
+  return button;
 }
 
 function renderMeta(message, node, meta) {
@@ -213,6 +251,14 @@ function renderMeta(message, node, meta) {
     return;
   }
   meta.hidden = false;
+  // The answer's own actions, beside its meta line (not in it: the meta line is what is said about the answer).
+  node.querySelector(":scope > .actions")?.remove();
+  if (message.status !== "streaming" && message.text) {
+    const actions = document.createElement("span");
+    actions.className = "actions";
+    actions.append(copyButton("Copy", "Copy the answer", () => message.text));
+    node.append(actions);
+  }
   if (message.cached) {
     const badge = document.createElement("span");
     badge.className = "badge";
@@ -221,7 +267,10 @@ function renderMeta(message, node, meta) {
     meta.append(badge);
   }
   const parts = [];
-  if (message.model) parts.push(message.model);
+  if (message.model) {
+    parts.push((state.config && state.config.modelNames && state.config.modelNames[message.model]) || message.model);
+    meta.title = message.model; // the id, for who needs it
+  }
   if (message.status === "streaming") parts.push("answering…");
   if (message.status === "stopped") {
     parts.push(message.charged != null ? `stopped · ${message.charged.toLocaleString()} tokens charged` : "stopped");

@@ -159,7 +159,7 @@ class Page:
         self.page.goto(url)
 
     def sign_in(self, email: str) -> None:
-        self.page.get_by_label("Username").fill(email)
+        self.page.get_by_label("Email").fill(email)
         self.page.get_by_label("Password", exact=True).fill(PASSWORD)
         self.page.get_by_label("Password", exact=True).press("Enter")
         self.page.locator("#chat-view").wait_for(state="visible")
@@ -267,7 +267,8 @@ def test_sign_in_send_and_watch_the_answer_stream_in(open_page: Any, users: User
     answer = tab.wait_settled()
 
     assert answer.locator(".text").inner_text() == expected_answer(question)
-    assert answer.locator(".meta").inner_text() == FREE_MODEL
+    assert answer.locator(".meta").inner_text() == display_name(FREE_MODEL)
+    assert answer.locator(".meta").get_attribute("title") == FREE_MODEL  # the id stays at hand
     assert tab.page.locator("#messages .message.user .text").inner_text() == question
     lengths = [n for n in tab.page.evaluate("window.seenLengths") if n > 0]
     assert len(set(lengths)) >= 3 and lengths == sorted(lengths), lengths
@@ -416,10 +417,10 @@ def test_the_model_picker_offers_the_tiers_models_and_the_answer_names_the_one_u
     assert picker.locator("option").evaluate_all("os => os.map(o => o.value)") == ["", FREE_MODEL, PRO_MODEL]
     picker.select_option(FREE_MODEL)
     tab.send("Which model is this?")
-    assert tab.wait_settled().locator(".meta").inner_text() == FREE_MODEL
+    assert tab.wait_settled().locator(".meta").inner_text() == display_name(FREE_MODEL)
     picker.select_option("")
     tab.send("And now?")
-    assert tab.wait_settled().locator(".meta").inner_text() == PRO_MODEL
+    assert tab.wait_settled().locator(".meta").inner_text() == display_name(PRO_MODEL)
 
 
 def test_conversations_can_be_created_switched_renamed_and_deleted(signed_in: Any) -> None:
@@ -434,6 +435,9 @@ def test_conversations_can_be_created_switched_renamed_and_deleted(signed_in: An
     assert titles.all_inner_texts() == ["Second topic", "First topic"]
     # An empty conversation is already new: asking for another does not pile up empty ones.
     page.locator("#new-conversation").click()
+    page.locator("#new-conversation").click()
+    assert titles.all_inner_texts() == ["New conversation", "Second topic", "First topic"]
+    titles.nth(2).click()  # away to an old one, then "new" again: the empty one is reused, not another added
     page.locator("#new-conversation").click()
     assert titles.all_inner_texts() == ["New conversation", "Second topic", "First topic"]
     page.once("dialog", lambda dialog: dialog.accept())
@@ -619,7 +623,7 @@ def test_a_session_is_refreshed_before_its_tokens_expire(signed_in: Any) -> None
     assert after["expiresAt"] > page.evaluate("Date.now()") + 10 * 60_000  # a fresh hour from Cognito
     tab.send("Still signed in?")
     tab.wait_settled()
-    assert tab.answers().last.locator(".meta").inner_text() == FREE_MODEL
+    assert tab.answers().last.locator(".meta").inner_text() == display_name(FREE_MODEL)
 
     # A refresh token Cognito no longer honours ends the session on the sign-in form, saying why.
     page.evaluate("""() => {
@@ -747,7 +751,7 @@ def test_first_sign_in_new_password_then_authenticator_set_up_then_codes(
     )
     tab = open_page()
     page = tab.page
-    page.get_by_label("Username").fill(email)
+    page.get_by_label("Email").fill(email)
     page.get_by_label("Password", exact=True).fill("Temporary-Pass-4-Now")
     page.get_by_role("button", name="Sign in").click()
 
@@ -780,7 +784,7 @@ def test_first_sign_in_new_password_then_authenticator_set_up_then_codes(
 
     # From now on: password, then the app's current code.
     tab.sign_out()
-    page.get_by_label("Username").fill(email)
+    page.get_by_label("Email").fill(email)
     page.get_by_label("Password", exact=True).fill(PASSWORD)
     page.get_by_label("Password", exact=True).press("Enter")
     title.filter(has_text="Two-step sign-in").wait_for()
@@ -789,7 +793,7 @@ def test_first_sign_in_new_password_then_authenticator_set_up_then_codes(
     code.press("Enter")
     page.get_by_text("Connected").wait_for()
     tab.send("Signed in with two steps")
-    assert tab.wait_settled().locator(".meta").inner_text() == FREE_MODEL
+    assert tab.wait_settled().locator(".meta").inner_text() == display_name(FREE_MODEL)
     assert tab.problems == []
 
 
@@ -816,6 +820,7 @@ def test_a_model_failure_mid_answer_keeps_the_text_and_says_what_happened(
 # -- Markdown: what models write, never markup
 
 ALLOWED_MARKUP = {
+    "SPAN": {"class"},  # highlighting: tok-keyword, tok-string, tok-number, tok-comment
     "P": set(), "H3": set(), "H4": set(), "H5": set(), "H6": set(), "PRE": set(), "CODE": {"data-language"},
     "UL": set(), "OL": {"start"}, "LI": set(), "STRONG": set(), "EM": set(), "A": {"href", "rel", "target"},
 }
@@ -868,6 +873,22 @@ def test_markdown_never_makes_markup_of_the_text(blank_page: Any, text: str) -> 
         assert rendered["text"].count(char) == text.count(char), char
 
 
+HIGHLIGHT = """([code, language]) => import('./markdown.js').then(({ highlight }) => {
+    const box = document.createElement('div');
+    box.append(...highlight(code, language));
+    return { text: box.textContent, tags: [...box.querySelectorAll('*')].map((e) => e.tagName + '.' + e.className) };
+})"""
+
+
+@settings(max_examples=100, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.sampled_from([*"ab1_ .#/*-'\"`\\\n<>&x0", "def ", "SELECT ", "return"]), max_size=30).map("".join),
+       st.sampled_from(["python", "js", "sql", ""]))
+def test_highlighting_keeps_every_character_of_the_code(blank_page: Any, code: str, language: str) -> None:
+    rendered = blank_page.evaluate(HIGHLIGHT, [code, language])
+    assert rendered["text"] == code
+    assert set(rendered["tags"]) <= {f"SPAN.tok-{k}" for k in ("keyword", "string", "number", "comment")}
+
+
 ASSEMBLE = """(pieces) => import('./stream.js').then(({ StreamAssembler }) => {
     const assembler = new StreamAssembler();
     const out = pieces.flatMap((piece) => assembler.offer(piece));
@@ -915,6 +936,40 @@ def test_a_markdown_answer_is_formatted_and_stays_safe(signed_in: Any, tables: T
     assert tab.page.evaluate("window.injected") is None
 
 
+PYTHON_ANSWER = 'Like this:\n\n```python\ndef greet(name):\n    return "hi " + name  # 42\n```\n\nDone.'
+
+
+def test_code_is_highlighted_and_answers_and_code_blocks_have_copy_buttons(
+    signed_in: Any, tables: Tables
+) -> None:
+    tables.cache.put("Show me code", FREE_MODEL, PYTHON_ANSWER)
+    tab = signed_in(permissions=["clipboard-read", "clipboard-write"])
+    tab.send("Show me code")
+    answer = tab.wait_settled()
+    code = answer.locator("pre code")
+    assert code.inner_text() == 'def greet(name):\n    return "hi " + name  # 42'  # every character, in order
+    assert code.locator(".tok-keyword").all_inner_texts() == ["def", "return"]
+    assert code.locator(".tok-string").all_inner_texts() == ['"hi "']
+    assert code.locator(".tok-comment").all_inner_texts() == ["# 42"]
+    answer.get_by_role("button", name="Copy the code").click()
+    expect(answer.get_by_role("button", name="Copy the code")).to_have_text("Copied")
+    assert tab.page.evaluate("navigator.clipboard.readText()") == code.inner_text()
+    answer.get_by_role("button", name="Copy the answer").click()
+    assert tab.page.evaluate("navigator.clipboard.readText()") == PYTHON_ANSWER  # the Markdown as written
+    tab.page.screenshot(path=ARTIFACTS / "web-chat-code.png")
+    assert tab.problems == []
+
+
+def test_long_titles_are_shown_whole_on_hover(signed_in: Any) -> None:
+    tab = signed_in()
+    question = "Where should a platform team keep its budget alarms?"  # under the 60-character title cut
+    tab.send(question)
+    tab.wait_settled()
+    title = tab.page.locator("#conversation-list .title").first
+    assert title.get_attribute("title") == question
+    assert title.inner_text() == question  # the text is whole too; only the display is cut to fit
+
+
 def test_the_page_over_tls_signs_in_and_streams(browser: Any, tmp_path: Path) -> None:
     """`aigw dev --tls`: the page on https://localhost, the socket on wss://, under the CSP for those origins."""
     saved = dict(os.environ)
@@ -927,7 +982,7 @@ def test_the_page_over_tls_signs_in_and_streams(browser: Any, tmp_path: Path) ->
             try:
                 tab = Page(context, gw.info["web"])
                 demo = gw.info["demo_user"]
-                tab.page.get_by_label("Username").fill(demo["username"])
+                tab.page.get_by_label("Email").fill(demo["username"])
                 tab.page.get_by_label("Password", exact=True).fill(demo["password"])
                 tab.page.get_by_label("Password", exact=True).press("Enter")
                 tab.page.get_by_text("Connected").wait_for()
