@@ -412,3 +412,18 @@ def test_a_ceiling_raised_by_the_cli_admits_and_outlives_the_month(gateway: Gate
     assert next_month["payload"]["status"] == "accepted"
     usage = store.usage(STACK_KEY)
     assert usage is not None and usage.limits.monthly_usd == 3.0 and usage.spent_micro_usd > 0
+
+
+def test_the_share_of_the_ceiling_used_is_of_the_live_ceiling(
+    gateway: Gateway, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store = priced(gateway, stack_monthly_usd=0.01)  # the setting: 10,000 µUSD
+    ceiling_admin(gateway, store, 0.01).set_stack_ceiling(0.02)  # the live ceiling: 20,000 µUSD
+    capsys.readouterr()
+    gateway.publish(ask(requestId="shared"))
+    gateway.run_jobs()
+    out = capsys.readouterr().out
+    end = gateway.events()[-1]
+    cost = PRICE.cost(end["usage"]["input"], end["usage"]["output"])
+    [share] = _emf(out, "StackBudgetUsedPercent")
+    assert share["StackBudgetUsedPercent"] == [pytest.approx(100 * cost / 20_000, abs=1e-3)]
