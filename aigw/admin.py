@@ -34,6 +34,7 @@ from aigw import local_cognito
 from aigw.client import Endpoints, EventsClient, token_sub
 from aigw.stream_assembler import StreamAssembler
 from components.settings import SettingsError, StackSettings
+from runtime.budgets import team_of
 from runtime.cache import AnswerCache, CacheEntry, ImportReport
 from runtime.config import TierSettings
 from runtime.errors import InvalidInputError
@@ -70,6 +71,8 @@ class Target:
     default_tier: str | None = None
     cache_namespace: str = "default"
     cache_ttl_days: int = 30
+    # The stack ceiling's starting value from the stack file; None: the gateway does not check a stack ceiling.
+    stack_monthly_usd: float | None = None
     description: str = ""
 
     @property
@@ -189,6 +192,7 @@ class Target:
             default_tier=settings.default_tier,
             cache_namespace=settings.cache_namespace,
             cache_ttl_days=settings.cache_ttl_days,
+            stack_monthly_usd=settings.stack_monthly_usd,
         )
 
     def with_flags(self, **flags: str | None) -> Target:
@@ -340,7 +344,7 @@ def add_user(
 
 
 def list_users(cognito: Any, target: Target) -> list[dict[str, Any]]:
-    """Every user as `{username, sub, tiers, tier}`; `tier` is the one the gateway applies."""
+    """Every user as `{username, sub, tiers, tier, team}`; `tier` is the one the gateway applies."""
     pool = target.pool(cognito)
     users = local_cognito.list_users(cognito, pool)
     for user in users:
@@ -377,6 +381,7 @@ class UsageView:
     tier: TierSettings
     overridden: bool
     usage: Usage
+    team: str | None = None
 
 
 def show_limits(cognito: Any, meter: Meter, target: Target, user: str) -> LimitsView:
@@ -425,7 +430,25 @@ def clear_limits(cognito: Any, meter: Meter, target: Target, user: str) -> Limit
 def usage(cognito: Any, meter: Meter, target: Target, user: str) -> UsageView:
     found = resolve_user(cognito, target, user)
     tier = target.tier_for(found.groups)
-    return UsageView(found, tier, meter.get_override(found.sub) is not None, meter.usage(found.sub, tier.limits))
+    overridden = meter.get_override(found.sub) is not None
+    return UsageView(found, tier, overridden, meter.usage(found.sub, tier.limits), team_of(list(found.groups)))
+
+
+def usage_report(view: UsageView) -> dict[str, Any]:
+    """A user's own meter as JSON: tokens used, remaining and the limit, in the window and this month. (The meter
+    counts tokens only; what a user's requests cost in USD is counted at their team's and the stack's level.)"""
+    u, limits = view.usage, view.usage.limits
+    return {
+        "email": view.user.email,
+        "sub": view.user.sub,
+        "tier": view.tier.name,
+        "limits_from": "override" if view.overridden else "tier",
+        "team_name": view.team,
+        "window": {"seconds": limits.window_seconds, "used": u.window_used, "remaining": u.window_remaining,
+                   "limit": limits.window_tokens},
+        "month": {"used": u.month_used, "remaining": u.month_remaining, "limit": limits.monthly_tokens},
+        "reserved": u.reserved,
+    }
 
 
 # -- answer cache

@@ -615,26 +615,47 @@ users_app = typer.Typer(help="Users of the gateway and their tiers (Cognito).", 
 app.add_typer(users_app, name="users")
 
 
+Json = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of text.")]
+
+
+def _print_json(value: Any) -> None:
+    typer.echo(json.dumps(value, indent=2, sort_keys=True))
+
+
 @users_app.command("add")
-@_acts_on("user_pool_id")
+@_acts_on("user_pool_id", "metering_table")
 def users_add(
     email: Annotated[str, typer.Argument(help="The user's email address (their sign-in name).")],
     tier: Annotated[
         str | None, typer.Option("--tier", help="Tier group \\[default: the stack's default tier].")
     ] = None,
+    team: Annotated[str | None, typer.Option("--team", help="The team whose budget the user spends.")] = None,
     password: Annotated[
         str | None, typer.Option("--password", help="Permanent password \\[default: generated and printed].")
     ] = None,
+    as_json: Json = False,
     *,
     target: Any,
 ) -> None:
-    """Create a confirmed user with a permanent password, in a tier."""
+    """Create a confirmed user with a permanent password, in a tier (and a team)."""
     from aigw import admin
+    from aigw.teams import Admin
 
     with _handled():
+        teams = Admin.of(target) if team is not None else None
+        if teams is not None and team is not None:
+            teams.require_team(team)  # before the user exists: a bad team leaves no half-made user
         address, sub, secret = admin.add_user(target.cognito(), target, email, tier=tier, password=password)
+        if teams is not None and team is not None:
+            teams.set_team(sub, team)
+    tier_name = tier or target.default_tier
+    if as_json:
+        _print_json({"email": address, "sub": sub, "tier": tier_name, "team": team,
+                     "password": secret if password is None else None})
+        return
     console = Console()
-    console.print(f"added [bold]{address}[/bold] (sub {sub}) to tier {tier or target.default_tier}")
+    console.print(f"added [bold]{address}[/bold] (sub {sub}) to tier {tier_name}"
+                  + (f" and team {team}" if team else ""))
     if password is None:
         console.print(f"password: {secret}", markup=False, highlight=False)
 
@@ -642,22 +663,28 @@ def users_add(
 @users_app.command("list")
 @_acts_on("user_pool_id")
 def users_list(
+    as_json: Json = False,
     *,
     target: Any,
 ) -> None:
-    """Every user with their sub and tier."""
+    """Every user with their sub, tier and team."""
     from aigw import admin
 
     with _handled():
-        users = admin.list_users(target.cognito(), target)
+        users = sorted(admin.list_users(target.cognito(), target), key=lambda u: u["username"])
+    if as_json:
+        _print_json([{"email": u["username"], "sub": u["sub"], "tier": u["tier"], "tier_groups": u["tiers"],
+                      "team": u["team"]} for u in users])
+        return
     table = Table(title=f"{len(users)} users — {target.description}")
     table.add_column("email", no_wrap=True)
     table.add_column("sub", no_wrap=True)
     table.add_column("tier")
     table.add_column("tier groups")
-    for user in sorted(users, key=lambda u: u["username"]):
+    table.add_column("team")
+    for user in users:
         groups = ", ".join(user["tiers"]) or "(none: default tier)"
-        table.add_row(user["username"], user["sub"], user["tier"], groups)
+        table.add_row(user["username"], user["sub"], user["tier"], groups, user["team"] or "-")
     Console().print(table)
 
 
@@ -666,6 +693,7 @@ def users_list(
 def users_set_tier(
     user: Annotated[str, typer.Argument(help="Email or sub.")],
     tier: Annotated[str, typer.Argument(help="The new tier.")],
+    as_json: Json = False,
     *,
     target: Any,
 ) -> None:
@@ -674,7 +702,37 @@ def users_set_tier(
 
     with _handled():
         found = admin.set_tier(target.cognito(), target, user, tier)
+    if as_json:
+        _print_json({"email": found.email, "sub": found.sub, "tier": tier, "effective": "next sign-in"})
+        return
     Console().print(f"{found.email} is now in tier [bold]{tier}[/bold] (from their next sign-in)")
+
+
+@users_app.command("set-team")
+@_acts_on("user_pool_id", "metering_table")
+def users_set_team(
+    user: Annotated[str, typer.Argument(help="Email or sub.")],
+    team: Annotated[str | None, typer.Argument(help="The team (omit with --none).")] = None,
+    no_team: Annotated[bool, typer.Option("--none", help="Take the user out of their team.")] = False,
+    as_json: Json = False,
+    *,
+    target: Any,
+) -> None:
+    """Move a user to a team (a user is in at most one: out of the old one). Takes effect at their next sign-in."""
+    from aigw.admin import AdminError
+    from aigw.teams import NEXT_SIGN_IN, Admin
+
+    with _handled():
+        if (team is None) == (not no_team):
+            raise AdminError("name the team, or pass --none to take the user out of their team (not both)")
+        found, former = Admin.of(target).set_team(user, team)
+    if as_json:
+        _print_json({"email": found.email, "sub": found.sub, "team": team, "former_team": former,
+                     "effective": "next sign-in"})
+        return
+    moved = f"now in team [bold]{team}[/bold]" if team else "now in no team"
+    was = f" (was {former})" if former and former != team else ""
+    Console().print(f"{found.email} is {moved}{was}; {NEXT_SIGN_IN}")
 
 
 # -- aigw limits / aigw usage
@@ -758,18 +816,69 @@ def limits_clear(
     Console().print(f"override of {view.user.email} cleared: tier {view.tier.name} limits apply")
 
 
+def _money(usd: float | None) -> str:
+    return "no limit" if usd is None else f"${usd:,.6f}".rstrip("0").rstrip(".") if usd < 0.01 else f"${usd:,.2f}"
+
+
+def _count(tokens: int | None) -> str:
+    return "no limit" if tokens is None else _int(tokens)
+
+
+def _budget_rows(table: Table, label: str, view: dict[str, Any]) -> None:
+    """Two rows of a level's month (USD, tokens): spent, remaining, limit."""
+    table.add_row(f"{label} USD", _money(view["spent"]["usd"]), _money(view["remaining"]["usd"]),
+                  _money(view["limit"]["usd"]))
+    table.add_row(f"{label} tokens", _int(view["spent"]["tokens"]), _count(view["remaining"]["tokens"]),
+                  _count(view["limit"]["tokens"]))
+
+
+def _budget_table(title: str) -> Table:
+    table = Table(title=title)
+    for column, justify in (("", "left"), ("spent", "right"), ("remaining", "right"), ("limit", "right")):
+        table.add_column(column, justify=justify)  # type: ignore[arg-type]
+    return table
+
+
 @app.command()
 @_acts_on("user_pool_id", "metering_table")
 def usage(
-    user: Annotated[str, typer.Argument(help="Email or sub.")],
+    user: Annotated[str | None, typer.Argument(help="Email or sub.")] = None,
+    team: Annotated[str | None, typer.Option("--team", help="A team's month instead of a user's.")] = None,
+    as_json: Json = False,
     *,
     target: Any,
 ) -> None:
-    """Tokens a user used and has left, in the rolling window and this UTC month."""
+    """What a user used and has left (window and month, and their team's and the stack's budgets), or a team's."""
     from aigw import admin
+    from aigw.admin import AdminError
+    from aigw.teams import Admin
 
     with _handled():
-        view = admin.usage(target.cognito(), target.meter(), target, user)
+        if (user is None) == (team is None):
+            raise AdminError("name a user (email or sub) or a team (--team NAME), one of the two")
+        budgets = Admin.of(target)
+        if team is not None:
+            budgets.require_team(team)
+            team_view = budgets.team(team)
+        else:
+            assert user is not None
+            view = admin.usage(budgets.cognito, target.meter(), target, user)
+            report = admin.usage_report(view)
+            if view.team is not None:
+                report["team"] = budgets.team(view.team)
+            if target.stack_monthly_usd is not None:
+                report["stack"] = budgets.stack()
+    if team is not None:
+        if as_json:
+            _print_json(team_view)
+            return
+        table = _budget_table(f"team {team} — {team_view['month']} (UTC), {team_view['members']} member(s)")
+        _budget_rows(table, "month", team_view)
+        Console().print(table)
+        return
+    if as_json:
+        _print_json(report)
+        return
     u, limits = view.usage, view.usage.limits
     source = "override" if view.overridden else f"tier {view.tier.name}"
     table = Table(title=f"usage of {view.user.email}")
@@ -778,11 +887,175 @@ def usage(
     table.add_row(f"window ({limits.window_seconds} s)", _int(u.window_used), _int(u.window_remaining),
                   _int(limits.window_tokens))
     table.add_row("month (UTC)", _int(u.month_used), _int(u.month_remaining), _int(limits.monthly_tokens))
+    if "team" in report:
+        _budget_rows(table, f"team {view.team}", report["team"])
+    if "stack" in report:
+        _budget_rows(table, "stack", report["stack"])
     console = Console()
     console.print(table)
-    console.print(f"tier {view.tier.name}; limits from {source}")
+    console.print(f"tier {view.tier.name}; limits from {source}" + (f"; team {view.team}" if view.team else ""))
     if u.reserved:
         console.print(f"{_int(u.reserved)} tokens are reserved by answers in progress")
+
+
+# -- aigw teams
+
+teams_app = typer.Typer(help="Teams (Cognito groups team:NAME) and their monthly budgets.", no_args_is_help=True)
+app.add_typer(teams_app, name="teams")
+MonthlyUsd = Annotated[float | None, typer.Option("--monthly-usd", help="Monthly limit in USD.")]
+MonthlyTokens = Annotated[int | None, typer.Option("--monthly-tokens", help="Monthly limit in tokens.")]
+
+
+def _teams_table(title: str, teams: list[dict[str, Any]]) -> Table:
+    table = Table(title=title)
+    table.add_column("team", no_wrap=True)
+    table.add_column("members", justify="right")
+    for column in ("USD limit", "USD spent", "USD left", "token limit", "tokens spent", "tokens left"):
+        table.add_column(column, justify="right")
+    for team in teams:
+        limit, spent, left = team["limit"], team["spent"], team["remaining"]
+        table.add_row(team["name"], str(team["members"]), _money(limit["usd"]), _money(spent["usd"]),
+                      _money(left["usd"]), _count(limit["tokens"]), _int(spent["tokens"]), _count(left["tokens"]))
+    return table
+
+
+@teams_app.command("add")
+@_acts_on("user_pool_id", "metering_table")
+def teams_add(
+    name: Annotated[str, typer.Argument(help="Lower-case letters, digits and hyphens.")],
+    monthly_usd: MonthlyUsd = None,
+    monthly_tokens: MonthlyTokens = None,
+    as_json: Json = False,
+    *,
+    target: Any,
+) -> None:
+    """Create a team: its Cognito group team:NAME and its budget (spending is counted even without limits)."""
+    from aigw.teams import Admin, check_limits, check_team_name
+
+    with _handled():
+        check_team_name(name)
+        team = Admin.of(target).add_team(name, check_limits(monthly_usd, monthly_tokens))
+    if as_json:
+        _print_json(team)
+        return
+    Console().print(_teams_table(f"team {name} added — {target.description}", [team]))
+    Console().print(f"add members with `aigw users set-team EMAIL {name}` or `aigw users add EMAIL --team {name}`")
+
+
+@teams_app.command("list")
+@_acts_on("user_pool_id", "metering_table")
+def teams_list(
+    as_json: Json = False,
+    *,
+    target: Any,
+) -> None:
+    """Every team: members, limits, and what was spent and remains this UTC month."""
+    from aigw.teams import Admin
+
+    with _handled():
+        teams = Admin.of(target).teams()
+    if as_json:
+        _print_json(teams)
+        return
+    Console().print(_teams_table(f"{len(teams)} teams — {target.description}", teams))
+
+
+@teams_app.command("set-budget")
+@_acts_on("user_pool_id", "metering_table")
+def teams_set_budget(
+    name: Annotated[str, typer.Argument(help="The team.")],
+    monthly_usd: MonthlyUsd = None,
+    no_monthly_usd: Annotated[bool, typer.Option("--no-monthly-usd", help="No USD limit.")] = False,
+    monthly_tokens: MonthlyTokens = None,
+    no_monthly_tokens: Annotated[bool, typer.Option("--no-monthly-tokens", help="No token limit.")] = False,
+    as_json: Json = False,
+    *,
+    target: Any,
+) -> None:
+    """Change a team's monthly limits (live; this month's spending is kept, unmentioned limits too)."""
+    from aigw.teams import Admin
+
+    with _handled():
+        team = Admin.of(target).set_team_budget(
+            name, monthly_usd=monthly_usd, no_monthly_usd=no_monthly_usd, monthly_tokens=monthly_tokens,
+            no_monthly_tokens=no_monthly_tokens,
+        )
+    if as_json:
+        _print_json(team)
+        return
+    Console().print(_teams_table(f"team {name} — {target.description}", [team]))
+
+
+@teams_app.command("remove")
+@_acts_on("user_pool_id", "metering_table")
+def teams_remove(
+    name: Annotated[str, typer.Argument(help="The team.")],
+    force: Annotated[bool, typer.Option("--force", help="Take its members out of the team first.")] = False,
+    as_json: Json = False,
+    *,
+    target: Any,
+) -> None:
+    """Delete a team (group and budget); refused while it has members, unless --force."""
+    from aigw.teams import NEXT_SIGN_IN, Admin
+
+    with _handled():
+        members = Admin.of(target).remove_team(name, force=force)
+    if as_json:
+        _print_json({"removed": name, "members_removed": [m.email for m in members]})
+        return
+    Console().print(f"team {name} removed" + (
+        f"; {len(members)} member(s) taken out of it ({NEXT_SIGN_IN})" if members else ""))
+
+
+# -- aigw budgets
+
+budgets_app = typer.Typer(help="The stack's monthly USD ceiling.", no_args_is_help=True)
+app.add_typer(budgets_app, name="budgets")
+
+
+def _show_stack(stack: dict[str, Any], description: str) -> None:
+    if not stack["enabled"]:
+        Console().print(f"no stack ceiling on {description}: stackMonthlyUsd is not set in its settings")
+    table = _budget_table(f"stack ceiling — {stack['month']} (UTC), {description}")
+    _budget_rows(table, "month", stack)
+    Console().print(table)
+
+
+@budgets_app.command("show")
+@_acts_on("user_pool_id", "metering_table")
+def budgets_show(
+    as_json: Json = False,
+    *,
+    target: Any,
+) -> None:
+    """The stack ceiling: its limit, what was spent and what remains this UTC month."""
+    from aigw.teams import Admin
+
+    with _handled():
+        stack = Admin.of(target).stack()
+    if as_json:
+        _print_json(stack)
+        return
+    _show_stack(stack, target.description)
+
+
+@budgets_app.command("set")
+@_acts_on("user_pool_id", "metering_table")
+def budgets_set(
+    stack_monthly_usd: Annotated[float, typer.Option("--stack-monthly-usd", help="The new ceiling in USD.")],
+    as_json: Json = False,
+    *,
+    target: Any,
+) -> None:
+    """Change the live stack ceiling (kept until the next change; the stack's settings only give its start)."""
+    from aigw.teams import Admin
+
+    with _handled():
+        stack = Admin.of(target).set_stack_ceiling(stack_monthly_usd)
+    if as_json:
+        _print_json(stack)
+        return
+    _show_stack(stack, target.description)
 
 
 # -- aigw cache

@@ -31,6 +31,7 @@ from jwt.algorithms import RSAAlgorithm
 
 from aigw.events_server import AuthError as EventsAuthError
 from components.settings import StackSettings
+from runtime.budgets import team_of
 from runtime.errors import GatewayError
 
 # As `components.identity`: Cognito accepts 6, the component never goes below 8 and defaults to 12.
@@ -242,7 +243,9 @@ def set_tier(client: Any, pool: LocalPool, username: str, tier: str) -> None:
 
 
 def list_users(client: Any, pool: LocalPool) -> list[dict[str, Any]]:
-    """Every user as `{username, sub, tiers}`: `username` is the sign-in email, `tiers` strongest first."""
+    """Every user as `{username, sub, tiers, team}`: `username` is the sign-in email, `tiers` strongest first,
+    `team` the `team:<name>` group's name (or None)."""
+
     rank = {name: i for i, name in enumerate(pool.tiers)}
     users: list[dict[str, Any]] = []
     for page in client.get_paginator("list_users").paginate(UserPoolId=pool.user_pool_id):
@@ -255,6 +258,7 @@ def list_users(client: Any, pool: LocalPool) -> list[dict[str, Any]]:
                 "username": attributes.get("email", user["Username"]),
                 "sub": attributes.get("sub", user["Username"]),
                 "tiers": tiers,
+                "team": team_of([g["GroupName"] for g in groups]),
             })
     return users
 

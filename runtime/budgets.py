@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from botocore.exceptions import ClientError
@@ -99,10 +99,15 @@ def budgets_view(remaining: Mapping[str, Remaining]) -> dict[str, Any]:
 
 @dataclass(frozen=True, slots=True)
 class Remaining:
-    """What remains of one level's month (µUSD and tokens; `UNLIMITED` where no limit is set)."""
+    """What remains of one level's month (µUSD and tokens; `UNLIMITED` where no limit is set).
+
+    `limit_micro_usd`: the level's live USD limit, when the answer carried it (a settle's does; None: not known
+    or no limit). The stack's share-used metric divides by it, since `aigw budgets set` may have moved the ceiling
+    from the settings' starting value. Not part of equality: two answers with the same remainders are the same."""
 
     micro_usd: int
     tokens: int
+    limit_micro_usd: int | None = field(default=None, compare=False)
 
     def as_event(self) -> dict[str, Any]:
         return {
@@ -274,14 +279,15 @@ class Budgets:
                     ":t": _n(tokens - hold.tokens),
                     ":m": {"S": hold.month},
                 },
-                ReturnValues="UPDATED_NEW",  # what remains, in the same round trip
+                ReturnValues="ALL_NEW",  # what remains, and the live limit, in the same round trip
             )
         except ClientError as err:
             if not condition_failed(err):
                 raise
             return None
         values = updated.get("Attributes", {})
-        return Remaining(_int(values, "ru", UNLIMITED), _int(values, "rt", UNLIMITED))
+        limit = _int(values, "lu", 0) if "lu" in values else None
+        return Remaining(_int(values, "ru", UNLIMITED), _int(values, "rt", UNLIMITED), limit_micro_usd=limit)
 
     # -- administration
 

@@ -336,11 +336,11 @@ class Worker:
         price = self.config.price(job.model_id)
         if price is None or job.cached_answer is not None:
             return  # unpriced: no figure to report; a prepared answer calls no model
-        ceiling = self.config.stack_monthly_usd
         used_pct = None
-        if ceiling and outcome.stack_remaining is not None:
-            spent = ceiling * budget_levels.MICRO - outcome.stack_remaining.micro_usd
-            used_pct = round(100 * max(0.0, spent) / (ceiling * budget_levels.MICRO), 3)
+        if self.config.stack_monthly_usd and (left := outcome.stack_remaining) is not None:
+            # The live ceiling (`aigw budgets set` may have moved it), else the settings' starting value.
+            ceiling = left.limit_micro_usd or self.config.stack_monthly_usd * budget_levels.MICRO
+            used_pct = round(100 * max(0.0, ceiling - left.micro_usd) / ceiling, 3)
         try:
             usd = price.cost(outcome.input_tokens, outcome.output_tokens) / budget_levels.MICRO
             observability.record_spend(team=job.team, usd=usd, stack_used_pct=used_pct)

@@ -283,6 +283,11 @@ def test_from_stack_reads_pulumi_outputs_or_asks_for_flags(tmp_path: Path) -> No
         (["users", "add"], {"--dev-json", "--stack", "--stack-file", "--region", "--user-pool-id"}),
         (["limits", "set"], {"--dev-json", "--stack", "--region", "--user-pool-id", "--metering-table"}),
         (["cache", "put"], {"--dev-json", "--stack", "--region", "--cache-table"}),
+        (["teams", "add"], {"--dev-json", "--stack", "--region", "--user-pool-id", "--metering-table", "--json"}),
+        (["teams", "remove"], {"--dev-json", "--stack", "--metering-table", "--force", "--json"}),
+        (["users", "set-team"], {"--dev-json", "--stack", "--user-pool-id", "--none", "--json"}),
+        (["budgets", "set"], {"--dev-json", "--stack", "--stack-file", "--stack-monthly-usd", "--json"}),
+        (["usage"], {"--dev-json", "--stack", "--team", "--json"}),
     ],
 )
 def test_every_admin_command_offers_the_target_options_and_shows_its_defaults(

@@ -130,7 +130,12 @@ def test_users_tiers_and_listing(idp: Any, pool: LocalPool, verifier: JwtVerifie
     email = _email()
     sub = add_user(idp, pool, email, PASSWORD, tier="free")
     listed = {u["username"]: u for u in list_users(idp, pool)}
-    assert listed[email] == {"username": email, "sub": sub, "tiers": ["free"]}
+    assert listed[email] == {"username": email, "sub": sub, "tiers": ["free"], "team": None}
+    idp.create_group(GroupName="team:platform", UserPoolId=pool.user_pool_id)
+    idp.admin_add_user_to_group(UserPoolId=pool.user_pool_id, Username=email, GroupName="team:platform")
+    listed = {u["username"]: u for u in list_users(idp, pool)}
+    assert listed[email]["team"] == "platform" and listed[email]["tiers"] == ["free"]  # a team is not a tier
+    idp.delete_group(GroupName="team:platform", UserPoolId=pool.user_pool_id)
 
     set_tier(idp, pool, email, "pro")
     assert {u["username"]: u for u in list_users(idp, pool)}[email]["tiers"] == ["pro"]

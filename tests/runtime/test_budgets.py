@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from runtime import protocol
 from runtime.budgets import (
     MICRO,
+    STACK_KEY,
     UNLIMITED,
     BudgetLimits,
     Budgets,
@@ -370,3 +371,59 @@ def test_a_failing_budget_write_gives_back_the_other_levels_hold_and_the_users_r
     monkeypatch.setattr(store, "reserve", real_reserve)
     [retried] = gateway.publish(ask(requestId="faulted"), groups=TEAM)  # the same requestId runs: it was forgotten
     assert retried["payload"]["status"] == "accepted"
+
+
+# --- the ceiling `aigw budgets set` writes --------------------------------------------------------------------
+
+
+def ceiling_admin(gateway: Gateway, store: Budgets, setting_usd: float) -> Any:
+    """What `aigw budgets set` acts through, on this gateway's table, for a stack whose settings set the ceiling."""
+    from aigw.admin import Target
+    from aigw.teams import Admin
+
+    target = Target(region="us-east-1", metering_table=gateway.config.metering_table, stack_monthly_usd=setting_usd)
+    return Admin(cognito=None, budgets=store, target=target)
+
+
+def test_a_ceiling_lowered_by_the_cli_refuses_though_the_setting_would_admit(gateway: Gateway) -> None:
+    store = priced(gateway, stack_monthly_usd=1.0)
+    [first] = gateway.publish(ask(requestId="before"))
+    assert first["payload"]["status"] == "accepted"  # the item now exists, started from the setting's $1
+    gateway.run_jobs()
+    ceiling_admin(gateway, store, 1.0).set_stack_ceiling(0.000001)
+    [refused] = gateway.publish(ask(requestId="after"))
+    assert refused["error"].startswith("quota_exhausted") and gateway.events()[-1]["scope"] == "stack"
+    gateway.publish({"action": "usage", "requestId": "u"})
+    assert gateway.events()[-1]["budgets"]["stack"]["usd"] == 0  # the usage action reads the same, lowered, ceiling
+
+
+def test_a_ceiling_raised_by_the_cli_admits_and_outlives_the_month(gateway: Gateway) -> None:
+    store = priced(gateway, stack_monthly_usd=0.000001)  # the setting alone: nothing fits
+    [refused] = gateway.publish(ask(requestId="r0"))
+    assert refused["error"].startswith("quota_exhausted")
+    shown = ceiling_admin(gateway, store, 0.000001).set_stack_ceiling(3.0)
+    assert shown["limit"]["usd"] == 3.0 and shown["enabled"] is True
+    [admitted] = gateway.publish(ask(requestId="r1"))
+    assert admitted["payload"]["status"] == "accepted"
+    gateway.run_jobs()
+    # A new month rolls the counters over from the item's limit, not from the setting.
+    gateway.clock.t += 31 * 86_400
+    [next_month] = gateway.publish(ask(requestId="r2"))
+    assert next_month["payload"]["status"] == "accepted"
+    usage = store.usage(STACK_KEY)
+    assert usage is not None and usage.limits.monthly_usd == 3.0 and usage.spent_micro_usd > 0
+
+
+def test_the_share_of_the_ceiling_used_is_of_the_live_ceiling(
+    gateway: Gateway, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store = priced(gateway, stack_monthly_usd=0.01)  # the setting: 10,000 µUSD
+    ceiling_admin(gateway, store, 0.01).set_stack_ceiling(0.02)  # the live ceiling: 20,000 µUSD
+    capsys.readouterr()
+    gateway.publish(ask(requestId="shared"))
+    gateway.run_jobs()
+    out = capsys.readouterr().out
+    end = gateway.events()[-1]
+    cost = PRICE.cost(end["usage"]["input"], end["usage"]["output"])
+    [share] = _emf(out, "StackBudgetUsedPercent")
+    assert share["StackBudgetUsedPercent"] == [pytest.approx(100 * cost / 20_000, abs=1e-3)]
