@@ -283,7 +283,8 @@ class DevGateway:
         kept = existing_pool(cognito, self.settings, name=prefix, among=restored.pool_ids) if restored else None
         pool: LocalPool = kept or provision(cognito, self.settings, name=prefix)
         self.pool, self.restored = pool, kept is not None
-        demo = seed_demo_user(cognito, pool, self.settings, password=self._demo_password()) if self.seed_user else None
+        demo = seed_demo_user(cognito, pool, self.settings, password=self._demo_password(),
+                              reset_tier=not self.restored) if self.seed_user else None
         if demo is not None and self.state_dir is not None:
             _write_private(self.state_dir / DEMO_FILE, json.dumps({"username": demo[0], "password": demo[1]}))
         if snapshots is not None:

@@ -277,17 +277,19 @@ def refresh(client: Any, pool: LocalPool, refresh_token: str) -> Tokens:
 
 def seed_demo_user(
     client: Any, pool: LocalPool, settings: StackSettings, *, username: str = DEMO_USERNAME,
-    password: str | None = None,
+    password: str | None = None, reset_tier: bool = True,
 ) -> tuple[str, str]:
     """A user in the default tier with `password` (default: a fresh strong one, with only shell-safe symbols);
-    an existing one is given that password and put back in the default tier."""
+    an existing one is given that password and, with `reset_tier`, put back in the default tier (a restored
+    pool keeps the tier an operator gave the demo user)."""
     password = password or generate_password(symbols=SHELL_SAFE_SYMBOLS)
     try:
         add_user(client, pool, username, password, tier=settings.default_tier)
     except client.exceptions.UsernameExistsException:
         client.admin_set_user_password(UserPoolId=pool.user_pool_id, Username=username, Password=password,
                                        Permanent=True)
-        set_tier(client, pool, username, settings.default_tier)
+        if reset_tier:
+            set_tier(client, pool, username, settings.default_tier)
     return username, password
 
 

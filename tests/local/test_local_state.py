@@ -5,6 +5,7 @@ Also the instance files (`dev-<port>.json`, `dev.json` naming a running one) and
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import socket
 import string
@@ -18,7 +19,7 @@ from botocore.exceptions import ClientError
 from aigw import local_state
 from aigw.client import EventsClient, sign_in
 from aigw.dev import DEMO_FILE, DevGateway, PortInUseError, Ports, running
-from aigw.local_cognito import SHELL_SAFE_SYMBOLS, add_user
+from aigw.local_cognito import SHELL_SAFE_SYMBOLS, add_user, set_tier
 from components.settings import StackSettings
 from runtime.cache import AnswerCache
 from runtime.metering import Limits, Meter
@@ -27,6 +28,12 @@ from tests.local.test_dev_gateway import endpoints
 ROOT = Path(__file__).resolve().parents[2]
 SETTINGS = StackSettings.from_stack_file(ROOT / "Pulumi.dev.yaml")
 PASSWORD = "Correct-Horse-9-Battery"
+
+
+def _claims(token: str) -> str:
+    """A JWT's payload (the gateway verifies it; here we only read what the pool put in it)."""
+    payload = token.split(".")[1]
+    return base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)).decode()
 
 
 def tables(gw: DevGateway) -> tuple[Meter, AnswerCache]:
@@ -64,6 +71,7 @@ def test_a_restart_keeps_users_tokens_limits_cache_and_usage_and_fresh_forgets_t
         spent = ask(first, tokens["IdToken"], "Hello before the restart")[-1]
         pool_id, client_id = first.info["cognito"]["user_pool_id"], first.info["cognito"]["client_id"]
         demo = first.info["demo_user"]
+        set_tier(idp, first.pool, demo["username"], "pro")  # an operator's change to the demo user
 
     with start(state) as second:
         assert second.restored and second.state_note is None
@@ -78,7 +86,8 @@ def test_a_restart_keeps_users_tokens_limits_cache_and_usage_and_fresh_forgets_t
         meter, cache = tables(second)
         assert cache.get("What is ai-gateway?", "amazon.nova-lite-v1:0") is not None
         assert sign_in(endpoints(second), "ada@example.com", PASSWORD)["IdToken"]  # the password too
-        assert sign_in(endpoints(second), demo["username"], demo["password"])["IdToken"]
+        demo_tokens = sign_in(endpoints(second), demo["username"], demo["password"])
+        assert json.loads(_claims(demo_tokens["IdToken"]))["cognito:groups"] == ["pro"]  # not put back in free
 
     with start(state, fresh=True) as clean:
         assert not clean.restored
