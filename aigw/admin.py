@@ -543,30 +543,33 @@ class ChatSession:
     async def finish_cancelled(self, timeout_s: float = 10.0) -> dict[str, Any]:
         """After `cancel` (the turn's reading was interrupted): the request's final event, `end` with
         `stopReason: cancelled` (or its end, had it finished first); the turn is not kept in the history."""
-        assert self._queue is not None, "open() first"
         request_id, self._request_id = self._request_id, None
         if request_id is None:
             return {}
+        return await self._wait_for(
+            lambda e: e.get("requestId") == request_id and e.get("type") in ("end", "error"),
+            timeout_s, "the end of the cancelled answer",
+        )
+
+    async def usage(self, timeout_s: float = 10.0) -> dict[str, Any]:
+        """The caller's own limits and what remains (`action: usage`): the `usage` event."""
+        request_id = uuid.uuid4().hex
+        await self._action({"action": "usage", "requestId": request_id})
+        return await self._wait_for(lambda e: e.get("requestId") == request_id, timeout_s, "usage answer")
+
+    async def _wait_for(self, wanted: Callable[[dict[str, Any]], bool], timeout_s: float, what: str) -> dict[str, Any]:
+        """The next event `wanted` accepts, skipping others (late events of earlier turns) until the deadline."""
+        assert self._queue is not None, "open() first"
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         while (left := deadline - loop.time()) > 0:
-            event = await asyncio.wait_for(self._queue.get(), left)
-            if event.get("requestId") == request_id and event.get("type") in ("end", "error"):
+            try:
+                event = await asyncio.wait_for(self._queue.get(), left)
+            except TimeoutError:
+                break
+            if wanted(event):
                 return event
-        raise TimeoutError(f"no end of the cancelled answer within {timeout_s:.0f} s")
-
-    async def usage(self) -> dict[str, Any]:
-        """The caller's own limits and what remains (`action: usage`): the `usage` event."""
-        assert self._queue is not None, "open() first"
-        request_id = uuid.uuid4().hex
-        await self.client.publish(self.channel, [{"action": "usage", "requestId": request_id}])
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + 10
-        while (left := deadline - loop.time()) > 0:
-            event = await asyncio.wait_for(self._queue.get(), left)
-            if event.get("requestId") == request_id:
-                return event
-        raise TimeoutError("no usage answer within 10 s")
+        raise TimeoutError(f"no {what} within {timeout_s:.0f} s")
 
     async def _action(self, action: dict[str, Any]) -> None:
         if not self.client.connected:
@@ -600,10 +603,9 @@ class ChatSession:
                         self._request_id = None
                         yield _fallback_error(refused, wait_s)
                         return
-                    if not refused and not self.client.connected:
-                        await self.client.reconnect()
-                        await self._resume(request_id, assembler.last_seq)
-                    elif not refused and assembler.has_gap and now - gap_since > self.gap_wait_s:
+                    # A drop is resumed at once (`_action` reconnects); a hole once the live stream had its chance.
+                    dropped = not self.client.connected
+                    if not refused and (dropped or (assembler.has_gap and now - gap_since > self.gap_wait_s)):
                         await self._resume(request_id, assembler.last_seq)
                         gap_since = now
                     continue
