@@ -31,6 +31,20 @@ def endpoints(gw: DevGateway) -> Endpoints:
     return Endpoints(info["http"], info["realtime"], info["region"], c["endpoint"], c["user_pool_id"], c["client_id"])
 
 
+def demo_answer_kinds(gw: DevGateway, text: str, conversation_id: str, ends: Endpoints | None = None) -> list[str]:
+    """The demo user signs in and asks `text`: the answer's event types in order."""
+    ends = ends or endpoints(gw)
+    demo = gw.info["demo_user"]
+    token = sign_in(ends, demo["username"], demo["password"])["IdToken"]
+
+    async def one_answer() -> list[str]:
+        async with EventsClient(ends, token) as client:
+            messages = [{"role": "user", "content": [{"text": text}]}]
+            return [e["type"] async for e in client.ask(messages, conversation_id=conversation_id)]
+
+    return asyncio.run(one_answer())
+
+
 def test_a_signed_in_user_gets_a_streamed_answer(gateway: DevGateway) -> None:
     demo = gateway.info["demo_user"]
     token = sign_in(endpoints(gateway), demo["username"], demo["password"])["IdToken"]
@@ -49,15 +63,7 @@ def test_a_signed_in_user_gets_a_streamed_answer(gateway: DevGateway) -> None:
 
 
 def test_each_function_runs_in_its_own_processes_as_the_stack_sizes_it(gateway: DevGateway) -> None:
-    demo = gateway.info["demo_user"]
-    token = sign_in(endpoints(gateway), demo["username"], demo["password"])["IdToken"]
-
-    async def one_answer() -> list[str]:
-        async with EventsClient(endpoints(gateway), token) as client:
-            messages = [{"role": "user", "content": [{"text": "Which process answers?"}]}]
-            return [e["type"] async for e in client.ask(messages, conversation_id="conv-processes")]
-
-    assert asyncio.run(one_answer())[-1] == "end"
+    assert demo_answer_kinds(gateway, "Which process answers?", "conv-processes")[-1] == "end"
     sizes = gateway.settings.functions
     pools = gateway.lambdas
     assert sorted(pools) == ["gatekeeper", "subscribe", "worker"]
@@ -75,15 +81,7 @@ def test_threads_mode_runs_the_same_handlers_in_this_process() -> None:
     try:
         with running(settings, ports=Ports(0, 0, 0, 0), pacing_s=0.0, stack="threads", handlers_in="threads") as gw:
             assert gw.lambdas == {}
-            demo = gw.info["demo_user"]
-            token = sign_in(endpoints(gw), demo["username"], demo["password"])["IdToken"]
-
-            async def one_answer() -> list[str]:
-                async with EventsClient(endpoints(gw), token) as client:
-                    messages = [{"role": "user", "content": [{"text": "In threads?"}]}]
-                    return [e["type"] async for e in client.ask(messages, conversation_id="conv-threads")]
-
-            kinds = asyncio.run(one_answer())
+            kinds = demo_answer_kinds(gw, "In threads?", "conv-threads")
     finally:
         os.environ.clear()
         os.environ.update(saved)
@@ -122,13 +120,5 @@ def test_the_python_client_trusts_a_tls_gateway_through_dev_json(tmp_path: Path)
     with running(settings, ports=Ports(0, 0, 0, 0), pacing_s=0.0, tls=True, tls_dir=tmp_path, stack="tlstest") as gw:
         ends = Endpoints.from_dev_json(gw.write_info(tmp_path))
         assert ends.realtime.startswith("wss://localhost:") and ends.ca_file
-        demo = gw.info["demo_user"]
-        token = sign_in(ends, demo["username"], demo["password"])["IdToken"]
-
-        async def one_answer() -> list[str]:
-            async with EventsClient(ends, token) as client:
-                messages = [{"role": "user", "content": [{"text": "Over TLS?"}]}]
-                return [e["type"] async for e in client.ask(messages, conversation_id="tls-1")]
-
-        kinds = asyncio.run(one_answer())
+        kinds = demo_answer_kinds(gw, "Over TLS?", "tls-1", ends)
     assert kinds[0] == "start" and kinds[-1] == "end"
