@@ -660,3 +660,24 @@ def from_recorded(records: Iterable[Any]) -> list[PolicyResource]:
     Stack rules see a resource's *outputs* during `pulumi up`, so those are used: they hold the mocked `id`
     that a bucket-scoped resource's `bucket` input refers to."""
     return [policy_resource(r.type, r.name, getattr(r, "outputs", None) or r.inputs) for r in records]
+
+
+def evaluate(stack: str, records: Iterable[Any]) -> list[tuple[str, str, str]]:
+    """Every rule of the pack over `aigw.mocks.Recorded`s of one stack: (rule, resource or urn, message) per
+    violation. What `pulumi preview --policy-pack policy` would report, offline (`aigw plan`, the tests)."""
+    records = list(records)
+    config = {"stack": stack}
+    found: list[tuple[str, str, str]] = []
+    for rule in ALL_RULES:
+        if isinstance(rule, ResourceValidationPolicy):
+            for r in records:
+                rule.validate(
+                    resource_args(r.type, r.inputs, name=r.name, config=config),
+                    lambda message, urn=None, rule=rule, r=r: found.append((rule.name, r.name, message)),
+                )
+        else:
+            rule.validate(
+                stack_args(from_recorded(records), config=config),
+                lambda message, urn=None, rule=rule: found.append((rule.name, urn or "", message)),
+            )
+    return found

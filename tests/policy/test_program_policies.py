@@ -7,29 +7,14 @@ import dataclasses
 from typing import Any
 
 import pytest
-from pulumi_policy import ResourceValidationPolicy, StackValidationPolicy
 
 from aigw.mocks import Recorded
-from policy.rules import ALL_RULES, from_recorded, resource_args, stack_args
+from policy.rules import evaluate
 from tests.infra.test_program import CERTIFICATE_ARN, STACKS, program, program_with_domain
 
 
 def violations(stack: str, resources: list[Recorded]) -> list[tuple[str, str, str]]:
-    config = {"stack": stack}
-    found: list[tuple[str, str, str]] = []
-    for rule in ALL_RULES:
-        if isinstance(rule, ResourceValidationPolicy):
-            for r in resources:
-                rule.validate(
-                    resource_args(r.type, r.inputs, name=r.name, config=config),
-                    lambda message, urn=None, rule=rule, r=r: found.append((rule.name, r.name, message)),
-                )
-        elif isinstance(rule, StackValidationPolicy):
-            rule.validate(
-                stack_args(from_recorded(resources), config=config),
-                lambda message, urn=None, rule=rule: found.append((rule.name, urn or "", message)),
-            )
-    return found
+    return evaluate(stack, resources)
 
 
 @pytest.mark.parametrize("stack", STACKS)
