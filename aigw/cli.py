@@ -8,7 +8,7 @@ import functools
 import inspect
 import json
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict
 from enum import StrEnum
@@ -17,6 +17,7 @@ from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.prompt import Prompt
 from rich.table import Table
 
@@ -159,15 +160,30 @@ def dev(
         console.print(f"stopped; the state is kept in {state_dir}")
 
 
+class PlanFormat(StrEnum):
+    table = "table"
+    markdown = "markdown"
+
+
 @app.command()
 def plan(
     stack: Annotated[Stack, typer.Option("--stack", help="Which stack file to plan.")] = Stack.dev,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the inventory (or the cost report) as JSON.")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the snapshot (or the diff, or the cost report) as JSON.")
+    ] = False,
+    diff_base: Annotated[
+        str | None,
+        typer.Option("--diff", metavar="BASE", help="What changes against BASE: a git ref (its own program is run "
+                     "under mocks) or a file saved from `aigw plan --json`."),
+    ] = None,
+    output: Annotated[
+        PlanFormat, typer.Option("--format", help="table for a terminal, markdown for a pull-request comment.")
+    ] = PlanFormat.table,
     cost: Annotated[
         bool, typer.Option("--cost", help="Estimate the monthly cost for a usage profile instead of listing.")
     ] = False,
     profile: Annotated[
-        str, typer.Option("--profile", metavar="idle|light|team|FILE", help="Usage profile for --cost.")
+        str, typer.Option("--profile", metavar="idle|light|team|FILE", help="Usage profile for --cost and --diff.")
     ] = "light",
     prices: Annotated[
         Path | None,
@@ -176,34 +192,109 @@ def plan(
 ) -> None:
     """What a stack would create, grouped by component: the real program under mocks, offline.
 
-    With --cost: the monthly cost of the stack under a usage profile (fixed vs per-request, by service).
+    With --diff BASE: resources added, changed (property by property) and removed, IAM grants, the cost delta
+    and the policy pack's verdict. With --cost: the monthly cost of the stack under a usage profile.
     """
-    from aigw.plan import ROOT, inventory, run_stack
+    from aigw.plan import ROOT, base_snapshot, key_settings, run_stack, snapshot
+    from aigw.plan_diff import PlanDiffError, diff, shown
     from components.settings import SettingsError, StackSettings
 
     try:
         mocks = run_stack(stack.value)
+        settings = StackSettings.from_stack_file(ROOT / f"Pulumi.{stack.value}.yaml")
         if cost:
-            settings = StackSettings.from_stack_file(ROOT / f"Pulumi.{stack.value}.yaml")
-    except SettingsError as err:
-        typer.echo(str(err), err=True)
-        raise typer.Exit(2) from None
-    if cost:
-        _plan_cost(mocks, settings, stack.value, profile, prices, as_json)
+            _plan_cost(mocks, settings, stack.value, profile, prices, as_json)
+            return
+        head = snapshot(stack.value, mocks=mocks, profile=profile, prices=prices)
+        if diff_base is not None:
+            change = diff(base_snapshot(diff_base, stack.value, profile=profile, prices=prices), head)
+    except (SettingsError, PlanDiffError) as err:
+        _fail(str(err), 2)
+    if diff_base is not None:
+        _print_diff(change, as_json, output)
         return
-    items = inventory(mocks)
     if as_json:
-        typer.echo(json.dumps([asdict(i) for i in items], indent=2, default=str))
+        typer.echo(json.dumps(head.to_dict(), indent=2))
         return
-    table = Table(title=f"ai-gateway {stack.value}: {len(items)} resources")
+    if output is PlanFormat.markdown:
+        typer.echo(_inventory_markdown(stack.value, head))
+        return
+    table = Table(title=f"ai-gateway {stack.value}: {len(head.resources)} resources")
     for column in ("component", "type", "name", "key settings"):
-        table.add_column(column)
-    for item in sorted(items, key=lambda i: (i.component, i.type, i.name)):
-        settings = ", ".join(f"{k}={v}" for k, v in item.settings.items() if k != "name")
-        table.add_row(item.component or "-", item.type.removeprefix("aws:"), item.name, settings)
+        table.add_column(column, overflow="fold")
+    for resource in sorted(head.resources, key=lambda r: (r.component, r.type, r.name)):
+        table.add_row(resource.component or "-", resource.type.removeprefix("aws:"), resource.name,
+                      ", ".join(f"{k}={shown(v)}" for k, v in key_settings(resource).items() if k != "name"))
     console = Console()
     console.print(table)
-    _print_models(console, StackSettings.from_stack_file(ROOT / f"Pulumi.{stack.value}.yaml"))
+    console.print(f"policy pack: {_verdict(head.violations, head.rules)}", highlight=False)
+    _print_models(console, settings)
+
+
+def _verdict(violations: Sequence[Any], rules: int) -> str:
+    if not violations:
+        return f"passes all {rules} rules"
+    return f"{len(violations)} violation(s): " + "; ".join(f"{v.rule} on {v.resource}" for v in violations)
+
+
+def _inventory_markdown(stack: str, head: Any) -> str:
+    from aigw.plan import key_settings
+    from aigw.plan_diff import markdown_cell, markdown_code, shown
+
+    lines = [f"### ai-gateway {stack}: {len(head.resources)} resources", "",
+             f"- **Policy pack**: {_verdict(head.violations, head.rules)}", "",
+             "| component | type | name | key settings |", "|---|---|---|---|"]
+    for r in sorted(head.resources, key=lambda r: (r.component, r.type, r.name)):
+        settings = ", ".join(f"{k}={shown(v)}" for k, v in key_settings(r).items() if k != "name")
+        lines.append(f"| {markdown_cell(r.component or '-')} | {markdown_cell(r.type.removeprefix('aws:'))} | "
+                     f"{markdown_code(r.name)} | {markdown_cell(settings)} |")
+    return "\n".join(lines)
+
+
+def _print_diff(change: Any, as_json: bool, output: PlanFormat) -> None:
+    from aigw.plan_diff import cost_by_service, cost_line, is_broad, markdown, policy_line, shown, summary_line, usd
+
+    if as_json:
+        typer.echo(json.dumps(asdict(change), indent=2, default=str))
+        return
+    if output is PlanFormat.markdown:
+        typer.echo(markdown(change))
+        return
+    console = Console()
+    console.print(f"[bold]{escape(summary_line(change))}[/bold]")
+    mark = "[green]✓[/green]" if not change.violations else "[red]✗[/red]"
+    console.print(f"policy pack {mark} {escape(policy_line(change))}")
+    for v in change.violations:
+        console.print(f"  {'[red]new[/red] ' if v in change.new_violations else ''}{escape(v.rule)} on "
+                      f"{escape(v.resource)}: {escape(v.message)}")
+    console.print(f"cost: {escape(cost_line(change))}", highlight=False)
+    for service, before, after in cost_by_service(change):
+        console.print(f"  {service}: {usd(before)} → {usd(after)} ({usd(after - before, signed=True)})",
+                      highlight=False)
+    for iam in change.iam:
+        console.print(f"IAM {escape(iam.resource)}")
+        for grant in iam.added:
+            console.print(f"  [green]+[/green] {'[yellow]broad:[/yellow] ' if is_broad(grant) else ''}"
+                          f"{escape(grant)}", highlight=False)
+        for grant in iam.removed:
+            console.print(f"  [red]-[/red] {escape(grant)}", highlight=False)
+    if change.added or change.removed:
+        table = Table(title="resources added and removed")
+        for column in ("", "type", "name", "component"):
+            table.add_column(column, overflow="fold")
+        for sign, resources in (("[green]+[/green]", change.added), ("[red]-[/red]", change.removed)):
+            for r in resources:
+                table.add_row(sign, r.type.removeprefix("aws:"), r.name, r.component or "-")
+        console.print(table)
+    if change.changed:
+        table = Table(title="resources changed")
+        for column in ("resource", "property", "before", "after"):
+            table.add_column(column, overflow="fold")
+        for resource, changes in change.changed:
+            for number, c in enumerate(changes):
+                table.add_row(resource.label if number == 0 else "", c.path, shown(c.before), shown(c.after))
+            table.add_section()
+        console.print(table)
 
 
 def _print_models(console: Console, settings: Any) -> None:
@@ -215,7 +306,7 @@ def _print_models(console: Console, settings: Any) -> None:
     table = Table(title=f"models (catalog taken {load_catalog().taken}; USD per 1M tokens, {settings.region})")
     for column, justify in (("model", "left"), ("name", "left"), ("tiers", "left"), ("lifecycle", "left"),
                             ("context", "right"), ("max output", "right"), ("input", "right"), ("output", "right")):
-        table.add_column(column, justify=justify)  # type: ignore[arg-type]
+        table.add_column(column, justify=justify, overflow="fold")  # type: ignore[arg-type]
     for row in rows:
         lifecycle = row.lifecycle if row.warning is None else f"[yellow]{row.lifecycle}[/yellow]"
         price = [f"{usd:.4g}" if usd is not None else "-" for usd in (row.usd_per_1m_input, row.usd_per_1m_output)]

@@ -346,7 +346,10 @@ def _object_bytes(inputs: Mapping[str, Any]) -> float | None:
     content = inputs.get("content")
     if isinstance(content, str):
         return float(len(content.encode("utf-8")))
-    path = getattr(inputs.get("source"), "path", None)
+    source = inputs.get("source")
+    if isinstance(source, Mapping) and isinstance(source.get("bytes"), int | float):  # a digest (plan --diff's base)
+        return float(source["bytes"])
+    path = getattr(source, "path", None)
     if isinstance(path, str) and Path(path).is_file():
         return float(Path(path).stat().st_size)
     return None

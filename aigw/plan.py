@@ -13,6 +13,17 @@ from pathlib import Path
 from typing import Any
 
 from aigw.mocks import Recorded, RecordingMocks, run
+from aigw.plan_diff import (
+    CostSummary,
+    PlanDiffError,
+    Resource,
+    Snapshot,
+    Violation,
+    checkout,
+    run_base_program,
+    snapshot_resources,
+    with_tempdir,
+)
 from components.settings import PROJECT, stack_file_values
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -72,23 +83,13 @@ class Item:
     settings: dict[str, Any]
 
 
+def key_settings(resource: Resource) -> dict[str, Any]:
+    """The inputs a reviewer wants to see for the resource's type (all of them are in the snapshot)."""
+    return {k: resource.inputs[k] for k in KEY_SETTINGS.get(resource.type, ("name",)) if k in resource.inputs}
+
+
 def inventory(mocks: RecordingMocks) -> list[Item]:
-    by_key = {(r.type, r.name): r for r in mocks.resources}
-
-    def top_component(resource: Recorded) -> str:
-        parent, found = resource.parent, ""
-        while parent is not None and parent in by_key:
-            found = f"{parent[1]} ({parent[0].split(':')[-1]})"
-            parent = by_key[parent].parent
-        return found
-
-    items = []
-    for r in mocks.resources:
-        if not r.type.startswith("aws:"):
-            continue  # components themselves are the groups
-        keys = KEY_SETTINGS.get(r.type, ("name",))
-        items.append(Item(r.type, r.name, top_component(r), {k: r.inputs[k] for k in keys if k in r.inputs}))
-    return items
+    return [Item(r.type, r.name, r.component, key_settings(r)) for r in snapshot_resources(mocks.resources)]
 
 
 @dataclass(frozen=True)
@@ -126,3 +127,63 @@ def model_rows(settings: Any, today: date | None = None) -> list[ModelRow]:
             warning=check_model(model, today=today, catalog=catalog),
         ))  # fmt: skip
     return rows
+
+
+# -- snapshots, for `aigw plan --json` and `--diff`
+
+
+def snapshot(stack: str, root: Path = ROOT, *, mocks: RecordingMocks | None = None, profile: str = "light",
+             prices: Path | None = None, source: str = "working tree") -> Snapshot:
+    """What `stack` declares in the tree at `root` (run here unless `mocks` are given), with the policy pack's
+    verdict and the monthly cost under `profile`."""
+    return _snapshot(stack, root, mocks or run_stack(stack, root), profile, prices, source)
+
+
+def base_snapshot(base: str, stack: str, *, profile: str = "light", prices: Path | None = None,
+                  repo: Path = ROOT) -> Snapshot:
+    """The base of a diff: a saved `aigw plan --json` file, or a git ref whose own program is run under mocks."""
+    path = Path(base)
+    if path.is_file():
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError) as err:
+            raise PlanDiffError(f"{base} is not readable JSON: {err}") from None
+        saved = Snapshot.from_dict(data, source=base)
+        if saved.stack != stack:
+            raise PlanDiffError(f"{base} is a snapshot of stack {saved.stack!r}, not {stack!r}")
+        return saved
+    with with_tempdir() as folder:
+        tree = Path(folder)
+        checkout(base, repo, tree)
+        if not (tree / "__main__.py").is_file() or not (tree / f"Pulumi.{stack}.yaml").is_file():
+            raise PlanDiffError(f"{base} has no __main__.py or Pulumi.{stack}.yaml: not a tree of this project")
+        config = stack_config(stack, tree)
+        region = config.get("aws:region", "us-east-1")
+        records = run_base_program(tree, stack, config, region)
+        mocks = RecordingMocks(region=region, resources=[
+            Recorded(r["type"], r["name"], r["inputs"], tuple(r["parent"]) if r["parent"] else None, r["outputs"])
+            for r in records
+        ])  # fmt: skip
+        return _snapshot(stack, tree, mocks, profile, prices, base)
+
+
+def _snapshot(stack: str, root: Path, mocks: RecordingMocks, profile: str, prices: Path | None,
+              source: str) -> Snapshot:
+    from aigw.cost import DEFAULT_PRICES, CostError, estimate, load_prices, load_profile
+    from components.settings import SettingsError, StackSettings
+    from policy.rules import ALL_RULES, evaluate
+
+    violations = tuple(Violation(*v) for v in evaluate(stack, mocks.resources))
+    cost, note = None, ""
+    try:
+        settings = StackSettings.from_stack_file(root / f"Pulumi.{stack}.yaml")
+        report = estimate(mocks, settings, load_profile(profile), load_prices(prices or DEFAULT_PRICES))
+    except (SettingsError, CostError) as err:  # a base older than today's settings or prices
+        note = f"{source}: {err}"
+    else:
+        by_service: dict[str, float] = {}
+        for line in report.lines:
+            by_service[line.service] = by_service.get(line.service, 0.0) + line.monthly_usd
+        cost = CostSummary(report.profile, report.total_usd, report.fixed_usd, by_service)
+    return Snapshot(stack=stack, resources=snapshot_resources(mocks.resources, root), violations=violations,
+                    rules=len(ALL_RULES), cost=cost, cost_note=note, source=source)

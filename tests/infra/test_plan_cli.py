@@ -12,19 +12,35 @@ from aigw.cli import app
 def test_plan_json_lists_every_resource_by_component() -> None:
     result = CliRunner().invoke(app, ["plan", "--stack", "prod", "--json"])
     assert result.exit_code == 0, result.output
-    items = json.loads(result.output)
+    snapshot = json.loads(result.output)  # what --diff reads back: every input, the policy verdict, the cost
+    items = snapshot["resources"]
     components = {i["component"] for i in items}
     assert {"identity (Identity)", "functions (Functions)", "events (EventsApi)", "guardrail (Guardrail)"} <= components
     functions = [i for i in items if i["type"] == "aws:lambda/function:Function"]
-    assert {f["settings"]["architectures"][0] for f in functions} == {"arm64"}
+    assert {f["inputs"]["architectures"][0] for f in functions} == {"arm64"}
+    assert all(isinstance(f["inputs"]["memorySize"], int) for f in functions)  # 256, not 256.0
     # No reservations by default: a new account (10 executions, 100 kept unreserved) could not deploy them.
-    assert all(f["settings"].get("reservedConcurrentExecutions") is None for f in functions)
+    assert all(f["inputs"].get("reservedConcurrentExecutions") is None for f in functions)
+    assert snapshot["stack"] == "prod" and snapshot["violations"] == [] and snapshot["rules"] == 16
+    assert snapshot["cost"]["profile"] == "light" and snapshot["cost"]["total_usd"] > snapshot["cost"]["fixed_usd"]
 
 
 def test_plan_table_for_dev_has_no_guardrail() -> None:
     result = CliRunner().invoke(app, ["plan", "--stack", "dev"])
     assert result.exit_code == 0, result.output
     assert "ai-gateway dev" in result.output and "Guardrail" not in result.output
+    assert "policy pack: passes all 16 rules" in result.output
+
+
+def test_plan_settings_are_whole_and_integers_read_as_integers() -> None:
+    narrow = CliRunner().invoke(app, ["plan", "--stack", "prod"], env={"COLUMNS": "120"})
+    assert narrow.exit_code == 0, narrow.output
+    assert "memorySize=256," in narrow.output and "256.0" not in narrow.output
+    assert "…" not in narrow.output  # folded onto more lines, never cut
+    markdown = CliRunner().invoke(app, ["plan", "--stack", "prod", "--format", "markdown"])
+    assert markdown.output.startswith("### ai-gateway prod: ") and "| component | type | name | key settings |" in (
+        markdown.output)
+    assert "| functions (Functions) | lambda/function:Function | `ai-gateway-prod-worker` | " in markdown.output
 
 
 def test_plan_lists_each_model_with_its_lifecycle() -> None:
