@@ -68,12 +68,13 @@ def test_permissions_are_least_privilege_and_oidc_is_scoped_to_the_jobs_that_use
             for step in steps(job, OIDC_ACTION):
                 assert re.fullmatch(r"\$\{\{ vars\.[A-Z_]+ \}\}", step["with"]["role-to-assume"]), step
                 assert "aws-access-key-id" not in step["with"]  # OIDC, never stored keys
-            if permissions.get("pull-requests") == "write":
-                assert any(s["with"].get("comment-on-pr") is True for s in steps(job, PULUMI_ACTION)), job_name
+            if permissions.get("pull-requests") == "write":  # granted only to a job that comments
+                pulumi_comments = any(s["with"].get("comment-on-pr") is True for s in steps(job, PULUMI_ACTION))
+                assert pulumi_comments or any("/comments" in s.get("run", "") for s in job["steps"]), job_name
 
 
 def test_preview_runs_the_policy_pack_for_both_stacks() -> None:
-    [job] = load("preview.yml")["jobs"].values()
+    job = load("preview.yml")["jobs"]["preview"]
     assert job["strategy"]["matrix"]["stack"] == ["dev", "prod"]
     [pulumi] = steps(job, PULUMI_ACTION)
     assert pulumi["with"]["command"] == "preview"
@@ -82,6 +83,46 @@ def test_preview_runs_the_policy_pack_for_both_stacks() -> None:
     assert pulumi["with"]["comment-on-pr"] is True
     names = [s.get("uses", "").split("@")[0] for s in job["steps"]]
     assert names.index(OIDC_ACTION) < names.index(PULUMI_ACTION)  # credentials before Pulumi
+
+
+def test_plan_diff_runs_offline_for_every_pull_request_and_comments_only_where_it_can() -> None:
+    job = load("preview.yml")["jobs"]["plan-diff"]
+    assert "if" not in job  # forks too: it needs no secrets
+    assert not steps(job, OIDC_ACTION) and not steps(job, PULUMI_ACTION)
+    assert "secrets." not in yaml.safe_dump(job)
+    [checkout] = steps(job, "actions/checkout")
+    assert checkout["with"]["fetch-depth"] == 0  # the base commit is archived from the clone
+    [diff] = [s for s in job["steps"] if "aigw plan" in s.get("run", "")]
+    assert diff["env"] == {"BASE_SHA": "${{ github.event.pull_request.base.sha }}"}
+    assert "${{" not in diff["run"]  # expressions reach the shell as variables, never spliced into it
+    [comment] = [s for s in job["steps"] if "/comments" in s.get("run", "")]
+    assert comment["if"] == "github.event.pull_request.head.repo.full_name == github.repository"
+    assert "${{" not in comment["run"]
+
+
+def test_the_plan_diff_step_writes_a_markdown_diff_of_both_stacks(tmp_path: Path) -> None:
+    # Runs the workflow's own shell against this clone, with HEAD as the "base" (a working tree may differ from it).
+    job = load("preview.yml")["jobs"]["plan-diff"]
+    [diff] = [s for s in job["steps"] if "aigw plan" in s.get("run", "")]
+    if not (ROOT / ".venv" / "bin" / "aigw").exists():
+        pytest.skip("needs the project's .venv")
+    summary = tmp_path / "summary.md"
+    work = tmp_path / "work"
+    work.mkdir()
+    script = diff["run"].replace(".venv/bin/aigw", str(ROOT / ".venv" / "bin" / "aigw"))
+    env = {"PATH": "/usr/bin:/bin", "BASE_SHA": "HEAD", "GITHUB_STEP_SUMMARY": str(summary), "HOME": str(tmp_path)}
+    result = subprocess.run(
+        ["bash", "-e", "-c", f"cd {ROOT} && {script.replace('plan-diff.md', str(work / 'plan-diff.md'))}"],
+        capture_output=True, text=True, timeout=180, env=env, check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    body = (work / "plan-diff.md").read_text()
+    assert body.startswith("<!-- aigw-plan-diff -->\n")
+    assert summary.read_text() == body
+    for stack in ("dev", "prod"):
+        heading = rf"^### ai-gateway {stack}: \d+ to add, \d+ to change, \d+ to remove against HEAD "
+        assert re.search(heading, body, re.M)
+    assert body.count("**Policy pack**") == 2
 
 
 def test_deploy_goes_dev_then_approved_prod() -> None:
