@@ -14,12 +14,21 @@ are for; ``lu``/``lt`` the monthly limits (µUSD / tokens; absent: no limit); ``
 month; ``su``/``sk`` what was spent (reservations included until settled). The first reservation of a new month
 rolls the counters over (one conditional update on the old month). No item: no budget at that level.
 
+A level may also have a rolling window in tokens (``lw``), with the user meter's semantics: time is cut into 10 s
+buckets and tokens charged to bucket ``j`` count until ``(j + N + 1) * 10`` (``N`` = 60 for the 10-minute window),
+so the window is never lenient and conservative by at most one bucket. The item keeps ``b<j>`` (tokens charged to
+bucket ``j``, for the live buckets only), ``wc`` (the current bucket) and ``wr`` (the window's limit minus every
+kept bucket). A reservation is still one conditional UpdateItem (``wc = now's bucket AND wr >= :t``); the first
+one in a new bucket first *advances* the item (one conditional update: expired buckets are credited back to ``wr``
+and removed, on the condition that none of them changed), so an item holds at most N + 1 buckets (~1 KB).
+
 Money is counted in micro-dollars (integers): a token's price in µUSD is its price per 1M tokens in USD.
 """
 
 from __future__ import annotations
 
 import math
+import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -27,7 +36,8 @@ from typing import Any, Literal
 
 from botocore.exceptions import ClientError
 
-from runtime.metering.core import month_key, next_month_start
+from runtime.errors import MeterContentionError
+from runtime.metering.core import WINDOW_RESOLUTION_S, bucket_of, month_key, next_month_start
 from runtime.tables import condition_failed
 
 Scope = Literal["user", "team", "stack"]
@@ -38,6 +48,9 @@ UNLIMITED = 10**15  # what "remains" under a limit that is not set
 _NO_LIMIT_ABOVE = UNLIMITED // 2
 STACK_KEY = "stack"
 TEAM_GROUP_PREFIX = "team:"  # a Cognito group `team:<name>` makes its members the team's
+WINDOW_SECONDS = 600  # a budget's rolling window: the same 10 minutes as the tiers'
+WINDOW_BUCKETS = WINDOW_SECONDS // WINDOW_RESOLUTION_S
+_BUCKET = re.compile(r"b([0-9]+)")  # buckets count from 1970: never negative
 
 
 # --- the pure part --------------------------------------------------------------------------------------------
@@ -108,12 +121,18 @@ class Remaining:
     micro_usd: int
     tokens: int
     limit_micro_usd: int | None = field(default=None, compare=False)
+    window_tokens: int = UNLIMITED  # what remains of the rolling window (UNLIMITED: the level has none)
+    # The window's live buckets (bucket, tokens), for how long a refused request waits; () without a window.
+    window_buckets: tuple[tuple[int, int], ...] = field(default=(), compare=False)
 
     def as_event(self) -> dict[str, Any]:
-        return {
+        event = {
             "usd": None if self.micro_usd > _NO_LIMIT_ABOVE else round(max(0, self.micro_usd) / MICRO, 6),
             "tokens": None if self.tokens > _NO_LIMIT_ABOVE else max(0, self.tokens),
         }
+        if self.window_tokens <= _NO_LIMIT_ABOVE:
+            event["window"] = max(0, self.window_tokens)
+        return event
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,20 +143,61 @@ class Hold:
     month: str
     micro_usd: int
     tokens: int
+    bucket: int | None = None  # the window bucket the tokens were charged to (None: the level has no window)
 
     def fields(self) -> dict[str, Any]:
-        return {"key": self.key, "month": self.month, "micro_usd": self.micro_usd, "tokens": self.tokens}
+        return {"key": self.key, "month": self.month, "micro_usd": self.micro_usd, "tokens": self.tokens,
+                "bucket": self.bucket}
 
 
 def granted_within(price: Price | None, remaining: Remaining, input_tokens: int, granted: int) -> int:
-    """The output grant capped so input + output fit what remains (in tokens and, when priced, in µUSD)."""
-    by_tokens = remaining.tokens - input_tokens
+    """The output grant capped so input + output fit what remains (in the month's and the window's tokens and,
+    when priced, in µUSD)."""
+    by_tokens = min(remaining.tokens, remaining.window_tokens) - input_tokens
     by_money = price.output_within(remaining.micro_usd, input_tokens) if price is not None else UNLIMITED
     return max(0, min(granted, by_tokens, by_money))
 
 
 def retry_after_month(now: float) -> float:
     return next_month_start(now) - now
+
+
+def bucket_exit(bucket: int) -> int:
+    """The first instant at which tokens charged to `bucket` no longer count against a budget's window."""
+    return (bucket + WINDOW_BUCKETS + 1) * WINDOW_RESOLUTION_S
+
+
+def is_live(bucket: int, current: int) -> bool:
+    return bucket >= current - WINDOW_BUCKETS
+
+
+def window_left(kept_remaining: int, buckets: Mapping[int, int], now: float) -> int:
+    """What remains of the window at `now`: the item's ``wr`` (limit minus every kept bucket) plus what the buckets
+    that have left the window since the item was last advanced held."""
+    current = bucket_of(now)
+    return kept_remaining + sum(spent for b, spent in buckets.items() if not is_live(b, current))
+
+
+def window_fits_in(buckets: Mapping[int, int], window_remaining: int, need: int, now: float) -> float | None:
+    """Seconds until `need` tokens fit the window as its live buckets leave it (0: they fit now; None: never,
+    as when `need` is above the limit itself)."""
+    current = bucket_of(now)
+    left = window_left(window_remaining, buckets, now)
+    if left >= need:
+        return 0.0
+    for bucket, spent in sorted((b, n) for b, n in buckets.items() if is_live(b, current)):
+        left += spent
+        if left >= need:
+            return max(0.0, bucket_exit(bucket) - now)
+    return None
+
+
+def refusing_limit(price: Price | None, remaining: Remaining, input_tokens: int, need_output: int) -> str:
+    """Which of a level's limits a request of `input_tokens` + `need_output` does not fit: "month" when the month
+    cannot take it (a refusal until next month, whatever the window), else "window"."""
+    by_tokens = remaining.tokens - input_tokens
+    by_money = price.output_within(remaining.micro_usd, input_tokens) if price is not None else UNLIMITED
+    return "month" if min(by_tokens, by_money) < need_output else "window"
 
 
 # --- the adapter ----------------------------------------------------------------------------------------------
@@ -147,6 +207,7 @@ def retry_after_month(now: float) -> float:
 class BudgetLimits:
     monthly_usd: float | None = None
     monthly_tokens: int | None = None
+    window_tokens: int | None = None  # tokens per rolling `WINDOW_SECONDS`
 
     @property
     def micro_usd(self) -> int:
@@ -165,6 +226,7 @@ class BudgetUsage:
     spent_micro_usd: int
     spent_tokens: int
     remaining: Remaining
+    window_spent_tokens: int = 0  # in the rolling window (0 without one)
 
 
 def _n(value: int) -> dict[str, str]:
@@ -175,7 +237,30 @@ def _int(item: Mapping[str, Any], name: str, default: int) -> int:
     return int(item[name]["N"]) if name in item else default
 
 
-def _budget_item(key: str, limits: BudgetLimits, month: str, spent_c: int, spent_t: int) -> dict[str, Any]:
+def _buckets(item: Mapping[str, Any]) -> dict[int, int]:
+    """The window buckets an item keeps: bucket -> tokens."""
+    return {int(m.group(1)): int(v["N"]) for name, v in item.items() if (m := _BUCKET.fullmatch(name))}
+
+
+def _remaining(item: Mapping[str, Any], now: float) -> Remaining:
+    """What remains of a level, from its item as read or returned (the window as of `now`)."""
+    limit = _int(item, "lu", 0) if "lu" in item else None
+    if "lw" not in item:
+        return Remaining(_int(item, "ru", UNLIMITED), _int(item, "rt", UNLIMITED), limit_micro_usd=limit)
+    buckets = _buckets(item)
+    current = bucket_of(now)
+    return Remaining(
+        _int(item, "ru", UNLIMITED),
+        _int(item, "rt", UNLIMITED),
+        limit_micro_usd=limit,
+        window_tokens=window_left(_int(item, "wr", 0), buckets, now),
+        window_buckets=tuple(sorted((b, n) for b, n in buckets.items() if is_live(b, current))),
+    )
+
+
+def _budget_item(
+    key: str, limits: BudgetLimits, month: str, spent_c: int, spent_t: int, buckets: Mapping[int, int], now: float
+) -> dict[str, Any]:
     item: dict[str, Any] = {
         "pk": {"S": key},
         "mk": {"S": month},
@@ -188,7 +273,22 @@ def _budget_item(key: str, limits: BudgetLimits, month: str, spent_c: int, spent
         item["lu"] = _n(limits.micro_usd)
     if limits.monthly_tokens is not None:
         item["lt"] = _n(limits.tokens)
+    if limits.window_tokens is not None:
+        current = bucket_of(now)
+        live = {b: spent for b, spent in buckets.items() if is_live(b, current)}
+        item |= {"lw": _n(limits.window_tokens), "wc": _n(max([current, *live])),
+                 "wr": _n(limits.window_tokens - sum(live.values()))}
+        item |= {f"b{b}": _n(spent) for b, spent in live.items()}
     return item
+
+
+def _unchanged(item: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+    """A condition that holds while the item is exactly as read (absent, when it was)."""
+    if not item:
+        return "attribute_not_exists(pk)", {}
+    names = sorted(n for n in item if n != "pk")
+    values = {f":v{i}": item[n] for i, n in enumerate(names)}
+    return " AND ".join(f"{n} = :v{i}" for i, n in enumerate(names)), values
 
 
 class Budgets:
@@ -198,35 +298,56 @@ class Budgets:
         self.table_name = table_name
         self.client = client
         self.clock = clock
+        # The levels last seen with a window: their reservations take the window too. A guess kept per process
+        # (a Lambda container), corrected by the first refusal that shows otherwise, so a level without a window
+        # never pays for one and a windowed one costs one more round trip only in a new container.
+        self._windowed: set[str] = set()
 
     # -- the request path
 
     def reserve(
         self, key: str, micro_usd: int, tokens: int, default: BudgetLimits | None = None
     ) -> Hold | Remaining | None:
-        """Take `micro_usd` and `tokens` from the level's month: the Hold, or what remains when they do not fit,
-        or None when the level has no budget (no item, and no `default` to start one with, as the stack's
-        ceiling from its settings). One UpdateItem; a month's first, or a level's very first, costs one more."""
-        month = month_key(self.clock())
-        for _ in range(3):
+        """Take `micro_usd` and `tokens` from the level's month (and window, when it has one): the Hold, or what
+        remains when they do not fit, or None when the level has no budget (no item, and no `default` to start one
+        with, as the stack's ceiling from its settings). One UpdateItem; a month's first, a window bucket's first
+        or a level's very first costs one more. `MeterContentionError` when the level kept changing under it."""
+        now = self.clock()
+        month, bucket = month_key(now), bucket_of(now)
+        for _ in range(6):
+            windowed = key in self._windowed
+            update = "SET ru = ru - :c, rt = rt - :t"
+            condition = "mk = :m AND ru >= :c AND rt >= :t"
+            values: dict[str, Any] = {":c": _n(micro_usd), ":t": _n(tokens), ":m": {"S": month}}
+            if windowed:
+                update += f", wr = wr - :t ADD su :c, sk :t, b{bucket} :t"
+                condition += " AND wc = :k AND wr >= :t"
+                values[":k"] = _n(bucket)
+            else:
+                update += " ADD su :c, sk :t"
+                condition += " AND attribute_not_exists(lw)"
             old = self._conditional_update(
-                key,
-                UpdateExpression="SET ru = ru - :c, rt = rt - :t ADD su :c, sk :t",
-                ConditionExpression="mk = :m AND ru >= :c AND rt >= :t",
-                ExpressionAttributeValues={":c": _n(micro_usd), ":t": _n(tokens), ":m": {"S": month}},
+                key, UpdateExpression=update, ConditionExpression=condition, ExpressionAttributeValues=values,
                 ReturnValuesOnConditionCheckFailure="ALL_OLD",
             )
             if old is None:
-                return Hold(key, month, micro_usd, tokens)
+                return Hold(key, month, micro_usd, tokens, bucket if windowed else None)
             if not old:
                 if default is None:
                     return None
                 self._start(key, default, month)
-            elif old["mk"]["S"] == month:
-                return Remaining(_int(old, "ru", UNLIMITED), _int(old, "rt", UNLIMITED))
-            else:
+            elif ("lw" in old) != windowed:
+                (self._windowed.add if "lw" in old else self._windowed.discard)(key)
+            elif old["mk"]["S"] != month:
                 self._roll_over(key, old, month)  # or someone else did: either way, reserve on the new month
-        return Remaining(0, 0)  # unreachable in practice: a month rolls over once
+            elif windowed and (current := _int(old, "wc", bucket)) != bucket:
+                if current > bucket:
+                    bucket = current  # another clock is ahead: charge its bucket (it leaves the window later)
+                else:
+                    self._advance(key, old, bucket)  # or someone else did
+            else:
+                return _remaining(old, now)
+        raise MeterContentionError(f"budget {key} kept changing; retry shortly")
 
     def _conditional_update(self, key: str, **request: Any) -> dict[str, Any] | None:
         """One conditional UpdateItem: None when it was applied, else the item as it was ({} when absent)."""
@@ -242,7 +363,7 @@ class Budgets:
         try:
             self.client.put_item(
                 TableName=self.table_name,
-                Item=_budget_item(key, limits, month, 0, 0),
+                Item=_budget_item(key, limits, month, 0, 0, {}, self.clock()),
                 ConditionExpression="attribute_not_exists(pk)",
             )
         except ClientError as err:
@@ -250,6 +371,7 @@ class Budgets:
                 raise  # else another request started it first
 
     def _roll_over(self, key: str, old: Mapping[str, Any], month: str) -> None:
+        """A new month: its counters start from the limits (the window, which does not care for months, stays)."""
         self._conditional_update(
             key,
             UpdateExpression="SET mk = :m, ru = :lu, rt = :lt, su = :zero, sk = :zero",
@@ -263,44 +385,79 @@ class Budgets:
             },
         )
 
+    def _advance(self, key: str, old: Mapping[str, Any], bucket: int) -> None:
+        """Move the window's current bucket to `bucket`: the buckets that left the window are credited back to
+        ``wr`` and removed, on the condition that the current bucket and each of them are as read (a settle that
+        changed one in between makes this try again, so no token is credited twice or lost)."""
+        expired = {b: spent for b, spent in _buckets(old).items() if not is_live(b, bucket)}
+        values: dict[str, Any] = {":k": _n(bucket), ":old": old["wc"], ":freed": _n(sum(expired.values()))}
+        condition = ["wc = :old"]
+        for b, spent in expired.items():
+            condition.append(f"b{b} = :b{b}")
+            values[f":b{b}"] = _n(spent)
+        remove = f" REMOVE {', '.join(f'b{b}' for b in expired)}" if expired else ""
+        self._conditional_update(
+            key, UpdateExpression=f"SET wc = :k, wr = wr + :freed{remove}",
+            ConditionExpression=" AND ".join(condition), ExpressionAttributeValues=values,
+        )
+
     def settle(self, hold: Hold, micro_usd: int, tokens: int) -> Remaining | None:
         """Replace a hold with the truth (0, 0 to release it) and say what remains of the level's month.
-        A hold of a month that has ended changes nothing (None)."""
-        try:
-            updated = self.client.update_item(
-                TableName=self.table_name,
-                Key={"pk": {"S": hold.key}},
-                UpdateExpression="ADD ru :back_c, rt :back_t, su :c, sk :t",
-                ConditionExpression="mk = :m",
-                ExpressionAttributeValues={
-                    ":back_c": _n(hold.micro_usd - micro_usd),
-                    ":back_t": _n(hold.tokens - tokens),
-                    ":c": _n(micro_usd - hold.micro_usd),
-                    ":t": _n(tokens - hold.tokens),
-                    ":m": {"S": hold.month},
-                },
-                ReturnValues="ALL_NEW",  # what remains, and the live limit, in the same round trip
-            )
-        except ClientError as err:
-            if not condition_failed(err):
-                raise
-            return None
-        values = updated.get("Attributes", {})
-        limit = _int(values, "lu", 0) if "lu" in values else None
-        return Remaining(_int(values, "ru", UNLIMITED), _int(values, "rt", UNLIMITED), limit_micro_usd=limit)
+
+        The month's part changes nothing once that month has ended, the window's part nothing once its bucket has
+        left the window (or the window was removed); None when the month's part did not apply."""
+        back = {":back_t": _n(hold.tokens - tokens), ":t": _n(tokens - hold.tokens)}
+        month_part = ("ru :back_c, rt :back_t, su :c, sk :t", "mk = :m",
+                      {**back, ":back_c": _n(hold.micro_usd - micro_usd), ":c": _n(micro_usd - hold.micro_usd),
+                       ":m": {"S": hold.month}})
+        attempts = [month_part]
+        if hold.bucket is not None:
+            window_part = (f"wr :back_t, b{hold.bucket} :t", f"attribute_exists(b{hold.bucket})", back)
+            both = (f"{month_part[0]}, {window_part[0]}", f"{month_part[1]} AND {window_part[1]}", month_part[2])
+            attempts = [both, month_part, window_part]
+        for update, condition, values in attempts:
+            try:
+                updated = self.client.update_item(
+                    TableName=self.table_name,
+                    Key={"pk": {"S": hold.key}},
+                    UpdateExpression=f"ADD {update}",
+                    ConditionExpression=condition,
+                    ExpressionAttributeValues=values,
+                    ReturnValues="ALL_NEW",  # what remains, and the live limit, in the same round trip
+                )
+            except ClientError as err:
+                if not condition_failed(err):
+                    raise
+                continue
+            # Settled at the window alone: its month is over, so nothing remains of it to say.
+            return None if values is back else _remaining(updated.get("Attributes", {}), self.clock())
+        return None
 
     # -- administration
 
     def set_limits(self, key: str, limits: BudgetLimits) -> None:
-        """Set a level's monthly limits; what remains this month moves by the change (spending is kept)."""
-        month = month_key(self.clock())
-        current = self.usage(key)
-        spent_c = current.spent_micro_usd if current and current.month == month else 0
-        spent_t = current.spent_tokens if current and current.month == month else 0
-        item = _budget_item(key, limits, month, spent_c, spent_t)
-        # Admin writes are rare; a reservation landing between the read and this put is lost from `su` only if
-        # it raced this very call — acceptable for an operator action, and never over-admitting (ru is recomputed).
-        self.client.put_item(TableName=self.table_name, Item=item)
+        """Set a level's limits; what remains this month (and of the window) moves by the change: spending and the
+        window's live buckets are kept. Written on the condition that the item is as read, so a reservation in
+        between is never lost (it is read again)."""
+        for _ in range(6):
+            now = self.clock()
+            month = month_key(now)
+            old = self.client.get_item(
+                TableName=self.table_name, Key={"pk": {"S": key}}, ConsistentRead=True).get("Item") or {}
+            current = old.get("mk", {}).get("S") == month
+            spent_c, spent_t = (_int(old, "su", 0), _int(old, "sk", 0)) if current else (0, 0)
+            item = _budget_item(key, limits, month, spent_c, spent_t, _buckets(old), now)
+            condition, values = _unchanged(old)
+            try:
+                self.client.put_item(TableName=self.table_name, Item=item, ConditionExpression=condition,
+                                     **({"ExpressionAttributeValues": values} if values else {}))
+            except ClientError as err:
+                if not condition_failed(err):
+                    raise
+                continue
+            self._windowed.discard(key)
+            return
+        raise MeterContentionError(f"budget {key} kept changing; try again")
 
     def remove(self, key: str) -> None:
         self.client.delete_item(TableName=self.table_name, Key={"pk": {"S": key}})
@@ -309,19 +466,24 @@ class Budgets:
         item = self.client.get_item(TableName=self.table_name, Key={"pk": {"S": key}}, ConsistentRead=True).get("Item")
         if not item:
             return None
+        now = self.clock()
         limits = BudgetLimits(
             monthly_usd=_int(item, "lu", 0) / MICRO if "lu" in item else None,
             monthly_tokens=_int(item, "lt", 0) if "lt" in item else None,
+            window_tokens=_int(item, "lw", 0) if "lw" in item else None,
         )
-        current = item["mk"]["S"] == month_key(self.clock())
+        current = item["mk"]["S"] == month_key(now)
         spent_c, spent_t = (_int(item, "su", 0), _int(item, "sk", 0)) if current else (0, 0)
+        window = _remaining(item, now)
         return BudgetUsage(
             key=key,
-            month=item["mk"]["S"] if current else month_key(self.clock()),
+            month=item["mk"]["S"] if current else month_key(now),
             limits=limits,
             spent_micro_usd=spent_c,
             spent_tokens=spent_t,
-            remaining=Remaining(limits.micro_usd - spent_c, limits.tokens - spent_t),
+            remaining=Remaining(limits.micro_usd - spent_c, limits.tokens - spent_t,
+                                window_tokens=window.window_tokens, window_buckets=window.window_buckets),
+            window_spent_tokens=sum(n for _, n in window.window_buckets),
         )
 
     def teams(self) -> list[str]:

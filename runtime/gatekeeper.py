@@ -332,22 +332,30 @@ class Gatekeeper:
         answers = [f.exception() or f.result() for f in futures]
         holds = [a for a in answers if isinstance(a, Hold)]
         try:
-            if failure := next((a for a in answers if isinstance(a, BaseException)), None):
-                raise failure
+            for (scope, _, _), answer in zip(levels, answers, strict=True):
+                if isinstance(answer, MeterContentionError):
+                    raise self._contention(scope) from None
+                if isinstance(answer, BaseException):
+                    raise answer
             short = [(level[0], a) for level, a in zip(levels, answers, strict=True) if isinstance(a, Remaining)]
             if not short:
                 return holds, granted
             fitted = min(budget_levels.granted_within(price, r, input_tokens, granted) for _, r in short)
             if fitted < min_output:
-                raise self._budget_refusal(decision, *short[0])
+                scope, remaining = min(short, key=lambda s: budget_levels.granted_within(
+                    price, s[1], input_tokens, granted))
+                raise self._budget_refusal(decision, scope, remaining, price, input_tokens, min_output)
             for hold in holds:
                 budgets.settle(hold, cost(fitted), input_tokens + fitted)
-            holds = [Hold(h.key, h.month, cost(fitted), input_tokens + fitted) for h in holds]
+            holds = [Hold(h.key, h.month, cost(fitted), input_tokens + fitted, h.bucket) for h in holds]
             for scope, _ in short:
                 key, default = next((k, d) for s, k, d in levels if s == scope)
-                again = budgets.reserve(key, cost(fitted), input_tokens + fitted, default)
+                try:
+                    again = budgets.reserve(key, cost(fitted), input_tokens + fitted, default)
+                except MeterContentionError:
+                    raise self._contention(scope) from None
                 if isinstance(again, Remaining):
-                    raise self._budget_refusal(decision, scope, again)
+                    raise self._budget_refusal(decision, scope, again, price, input_tokens, min_output)
                 if isinstance(again, Hold):
                     holds.append(again)
             return holds, fitted
@@ -355,18 +363,36 @@ class Gatekeeper:
             self._give_back(sub, holds, decision.reservation_id)
             raise
 
-    def _budget_refusal(self, decision: Any, scope: Scope, remaining: Remaining) -> Rejection:
+    def _contention(self, scope: Scope) -> Rejection:
+        """A budget item that kept changing under the reservation (a window's bucket turning over under many
+        writers): a refusal to retry shortly, never `internal`."""
+        return Rejection("rate_limited", "too many requests at once; retry shortly", retry_after_s=1.0,
+                         refusal_reason="contention", scope=scope)
+
+    def _budget_refusal(
+        self, decision: Any, scope: Scope, remaining: Remaining, price: Any, input_tokens: int, min_output: int
+    ) -> Rejection:
+        """The refusal naming the level and which of its limits: the month (until the next one) or the rolling
+        window (until enough of its buckets leave it; a request larger than the window itself is invalid)."""
         whose = "your team's" if scope == "team" else "this gateway's"
-        return Rejection(
-            "quota_exhausted",
-            f"{whose} monthly budget is used up",
-            retry_after_s=budget_levels.retry_after_month(self.clock()),
-            window=decision.window_remaining + decision.reserved_tokens,
-            month=decision.month_remaining + decision.reserved_tokens,
-            refusal_reason=scope,
-            scope=scope,
-            budgets={scope: remaining.as_event()},
-        )
+        now = self.clock()
+        common: dict[str, Any] = {
+            "window": decision.window_remaining + decision.reserved_tokens,
+            "month": decision.month_remaining + decision.reserved_tokens,
+            "scope": scope,
+            "budgets": {scope: remaining.as_event()},
+        }
+        if budget_levels.refusing_limit(price, remaining, input_tokens, min_output) == "month":
+            return Rejection("quota_exhausted", f"{whose} monthly budget is used up",
+                             retry_after_s=budget_levels.retry_after_month(now), refusal_reason=scope, **common)
+        reason = "team_window" if scope == "team" else scope  # only a team's budget has a window
+        wait = budget_levels.window_fits_in(
+            dict(remaining.window_buckets), remaining.window_tokens, input_tokens + min_output, now)
+        if wait is None:
+            return Rejection("invalid_request", f"this request is larger than {whose} rolling-window budget "
+                             "allows; shorten it or ask for fewer tokens", refusal_reason=reason, **common)
+        return Rejection("rate_limited", f"{whose} budget for the last few minutes is used up",
+                         retry_after_s=wait, refusal_reason=reason, **common)
 
     def _give_back(self, sub: str, holds: Sequence[Hold], reservation_id: str) -> bool:
         """Release what was reserved for a request that will not run: every budget hold, then the user's

@@ -123,7 +123,8 @@ UNKNOWN_MODEL = "unknown"
 USAGE_SCHEMA_VERSION = 2  # 2: team
 USAGE_RECORD_TYPE = "usage"
 OUTCOMES = ("completed", "cached", "refused", "error")
-REFUSAL_REASONS = ("window", "monthly", "team", "stack", "contention")  # contention: too many at once
+# team: its month; team_window: its rolling window; contention: too many at once.
+REFUSAL_REASONS = ("window", "monthly", "team", "team_window", "stack", "contention")
 
 USAGE_FIELD_TYPES = ("string", "int", "bigint", "boolean", "timestamp")
 

@@ -176,7 +176,8 @@ class WorkerJob(BaseModel):
     admitted_at: float
     cached_answer: str | None = None
     expired_reservations: int = 0  # leases the admission found expired, for the ExpiredReservations metric
-    # Team and stack reservations (runtime.budgets.Hold fields: key, month, micro_usd, tokens), settled with the truth.
+    # Team and stack reservations (runtime.budgets.Hold fields: key, month, micro_usd, tokens, bucket), settled with
+    # the truth.
     budget_holds: tuple[dict[str, Any], ...] = ()
     team: str | None = None  # the user's team, for its usage record and spend metric
 

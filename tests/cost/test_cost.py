@@ -90,9 +90,9 @@ def test_hand_computed_profile_line_by_line_on_prod() -> None:
         ("DynamoDB", "point-in-time recovery"): 100 * 2048 / GB * p["dynamodb.pitr_gb_month"],
         ("CloudWatch", "log ingestion"): log_gb * p["cloudwatch.logs_ingest_gb"],
         ("CloudWatch", "log storage"): log_gb * 90 / 30 * p["cloudwatch.logs_storage_gb_month"],
-        # 3 models × (5 metrics + 5 refusal reasons + 3 error codes) + 4 error codes of model "unknown"
+        # 3 models × (5 metrics + 6 refusal reasons + 3 error codes) + 4 error codes of model "unknown"
         # + SpendUsd of team "none" + StackBudgetUsedPercent (prod has a ceiling)
-        ("CloudWatch", "custom metrics"): 45 * p["cloudwatch.custom_metric_month"],
+        ("CloudWatch", "custom metrics"): 48 * p["cloudwatch.custom_metric_month"],
         ("CloudWatch", "dashboards"): 1 * p["cloudwatch.dashboard_month"],
         # 3 error-rate alarms reading 4 metrics each + 8 single-metric alarms (one the stack ceiling's)
         ("CloudWatch", "alarms (standard)"): 20 * p["cloudwatch.alarm_standard_month"],

@@ -1,9 +1,11 @@
 """No level is ever over its limit: a Hypothesis state machine over team and stack budgets on moto.
 
 Members of one team (and users in none) publish in concurrent bursts through a thread-safe gatekeeper; workers
-answer the admitted requests in any order; the team's budget is raised; months end. After every step:
+answer the admitted requests in any order; the team's budget is raised; minutes pass; months end. After every step:
 
-- no level has spent more than its limit (team USD month, stack ceiling);
+- no level has spent more than its limit (team USD month, team token window, stack ceiling);
+- the team's window holds, bucket by bucket, exactly the tokens of the requests admitted in its live buckets (held
+  while running, the truth once answered);
 - what each level counts as spent is exactly the holds of the requests still running plus the real cost of those
   answered, this month (nothing leaked by a refusal's compensation, nothing settled twice);
 - each user's meter holds exactly what their running requests reserved.
@@ -23,8 +25,8 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from aigw.emulators.appsync_receiver import AppSyncReceiver
 from aigw.emulators.bedrock import BedrockEmulator
 from runtime import observability, protocol
-from runtime.budgets import STACK_KEY, BudgetLimits, budget_key
-from runtime.metering.core import month_key, next_month_start
+from runtime.budgets import STACK_KEY, BudgetLimits, budget_key, is_live
+from runtime.metering.core import bucket_of, month_key, next_month_start
 from tests.runtime.test_budgets import PRICE, concurrent_gatekeeper, priced, publish_as
 from tests.runtime.test_request_path import CREDS, Gateway
 
@@ -32,6 +34,7 @@ TEAM_KEY = budget_key("team", "platform")
 USERS = [f"00000000-0000-4000-8000-{i:012d}" for i in range(8)]
 TEAM_MEMBERS = set(USERS[:5])  # the other three are in no team: only the stack ceiling applies to them
 CEILING_MICRO_USD = 20_000  # µUSD: about 7 requests of ~2,700 held (input + 512 output tokens)
+TEAM_WINDOW_TOKENS = 1_600  # about 3 requests of ~530 tokens held in any 10 minutes
 
 
 class BudgetMachine(RuleBasedStateMachine):
@@ -46,7 +49,7 @@ class BudgetMachine(RuleBasedStateMachine):
         self.gateway = Gateway(self.dynamodb, self.receiver, self.bedrock)
         self.store = priced(self.gateway, stack_monthly_usd=CEILING_MICRO_USD / 1e6)
         self.team_limit = 12_000
-        self.store.set_limits(TEAM_KEY, BudgetLimits(monthly_usd=self.team_limit / 1e6))
+        self.store.set_limits(TEAM_KEY, self._team_limits())
         self.keeper, self.admitted = concurrent_gatekeeper(self.gateway, self.store)
         self.running: list[protocol.WorkerJob] = []
         self.answered: list[protocol.WorkerJob] = []
@@ -82,11 +85,18 @@ class BudgetMachine(RuleBasedStateMachine):
     @rule(extra=st.integers(1, 5_000))
     def the_team_budget_is_raised(self, extra: int) -> None:
         self.team_limit += extra
-        self.store.set_limits(TEAM_KEY, BudgetLimits(monthly_usd=self.team_limit / 1e6))
+        self.store.set_limits(TEAM_KEY, self._team_limits())
+
+    @rule(seconds=st.sampled_from([5, 10, 60, 300, 600, 610]))
+    def time_passes(self, seconds: int) -> None:
+        self.gateway.clock.t += seconds
 
     @rule()
     def a_month_ends(self) -> None:
         self.gateway.clock.t = next_month_start(self.gateway.clock()) + 3_600
+
+    def _team_limits(self) -> BudgetLimits:
+        return BudgetLimits(monthly_usd=self.team_limit / 1e6, window_tokens=TEAM_WINDOW_TOKENS)
 
     # -- the promises
 
@@ -112,6 +122,25 @@ class BudgetMachine(RuleBasedStateMachine):
             spent = usage.spent_micro_usd if usage and usage.month == self._month() else 0
             assert spent <= limit, (key, spent, limit)
             assert spent == self._expected_spent(key), key
+
+    @invariant()
+    def the_team_window_holds_exactly_its_live_requests_and_never_more_than_its_limit(self) -> None:
+        now_bucket, actual = bucket_of(self.gateway.clock()), self._tokens()
+        expected: dict[int, int] = defaultdict(int)
+        for done, jobs in ((False, self.running), (True, self.answered)):
+            for job in jobs:
+                for hold in job.budget_holds:
+                    if hold["key"] == TEAM_KEY and is_live(hold["bucket"], now_bucket):
+                        expected[hold["bucket"]] += actual[job.request_id] if done else hold["tokens"]
+        usage = self.store.usage(TEAM_KEY)
+        assert usage is not None
+        kept = dict(usage.remaining.window_buckets)
+        assert {b: n for b, n in kept.items() if n} == {b: n for b, n in expected.items() if n}
+        assert usage.window_spent_tokens <= TEAM_WINDOW_TOKENS
+        assert usage.remaining.window_tokens == TEAM_WINDOW_TOKENS - usage.window_spent_tokens
+
+    def _tokens(self) -> dict[str, int]:
+        return {r.request_id: r.input_tokens + r.output_tokens for r in self.records if r.input_tokens}
 
     @invariant()
     def each_users_meter_holds_what_their_running_requests_reserved(self) -> None:
