@@ -916,11 +916,14 @@ def _count(tokens: int | None) -> str:
 
 
 def _budget_rows(table: Table, label: str, view: dict[str, Any]) -> None:
-    """Two rows of a level's month (USD, tokens): spent, remaining, limit."""
+    """A level's month (USD, tokens) and, when it has one, its window (tokens): spent, remaining, limit."""
     table.add_row(f"{label} USD", _money(view["spent"]["usd"]), _money(view["remaining"]["usd"]),
                   _money(view["limit"]["usd"]))
     table.add_row(f"{label} tokens", _int(view["spent"]["tokens"]), _count(view["remaining"]["tokens"]),
                   _count(view["limit"]["tokens"]))
+    if (window := view.get("window")) and window["limit"] is not None:
+        table.add_row(f"{label} window ({window['seconds']} s)", _int(window["spent"]), _int(window["remaining"]),
+                      _int(window["limit"]))
 
 
 def _budget_table(title: str) -> Table:
@@ -995,18 +998,25 @@ teams_app = typer.Typer(help="Teams (Cognito groups team:NAME) and their monthly
 app.add_typer(teams_app, name="teams")
 MonthlyUsd = Annotated[float | None, typer.Option("--monthly-usd", help="Monthly limit in USD.")]
 MonthlyTokens = Annotated[int | None, typer.Option("--monthly-tokens", help="Monthly limit in tokens.")]
+WindowTokens = Annotated[
+    int | None, typer.Option("--window-tokens", help="Limit in tokens per rolling 10 minutes, for all members.")
+]
 
 
 def _teams_table(title: str, teams: list[dict[str, Any]]) -> Table:
     table = Table(title=title)
     table.add_column("team", no_wrap=True)
     table.add_column("members", justify="right")
-    for column in ("USD limit", "USD spent", "USD left", "token limit", "tokens spent", "tokens left"):
+    for column in ("USD limit", "USD spent", "USD left", "token limit", "tokens spent", "tokens left",
+                   "10-min window left"):
         table.add_column(column, justify="right")
     for team in teams:
-        limit, spent, left = team["limit"], team["spent"], team["remaining"]
+        limit, spent, left, window = team["limit"], team["spent"], team["remaining"], team["window"]
+        window_left = ("no limit" if window["limit"] is None
+                       else f"{_int(window['remaining'])} of {_int(window['limit'])}")
         table.add_row(team["name"], str(team["members"]), _money(limit["usd"]), _money(spent["usd"]),
-                      _money(left["usd"]), _count(limit["tokens"]), _int(spent["tokens"]), _count(left["tokens"]))
+                      _money(left["usd"]), _count(limit["tokens"]), _int(spent["tokens"]), _count(left["tokens"]),
+                      window_left)
     return table
 
 
@@ -1016,6 +1026,7 @@ def teams_add(
     name: Annotated[str, typer.Argument(help="Lower-case letters, digits and hyphens.")],
     monthly_usd: MonthlyUsd = None,
     monthly_tokens: MonthlyTokens = None,
+    window_tokens: WindowTokens = None,
     as_json: Json = False,
     *,
     target: Any,
@@ -1025,7 +1036,7 @@ def teams_add(
 
     with _handled():
         check_team_name(name)
-        team = Admin.of(target).add_team(name, check_limits(monthly_usd, monthly_tokens))
+        team = Admin.of(target).add_team(name, check_limits(monthly_usd, monthly_tokens, window_tokens))
     if as_json:
         _print_json(team)
         return
@@ -1059,17 +1070,19 @@ def teams_set_budget(
     no_monthly_usd: Annotated[bool, typer.Option("--no-monthly-usd", help="No USD limit.")] = False,
     monthly_tokens: MonthlyTokens = None,
     no_monthly_tokens: Annotated[bool, typer.Option("--no-monthly-tokens", help="No token limit.")] = False,
+    window_tokens: WindowTokens = None,
+    no_window_tokens: Annotated[bool, typer.Option("--no-window-tokens", help="No rolling-window limit.")] = False,
     as_json: Json = False,
     *,
     target: Any,
 ) -> None:
-    """Change a team's monthly limits (live; this month's spending is kept, unmentioned limits too)."""
+    """Change a team's limits (live; this month's spending and the window's are kept, unmentioned limits too)."""
     from aigw.teams import Admin
 
     with _handled():
         team = Admin.of(target).set_team_budget(
             name, monthly_usd=monthly_usd, no_monthly_usd=no_monthly_usd, monthly_tokens=monthly_tokens,
-            no_monthly_tokens=no_monthly_tokens,
+            no_monthly_tokens=no_monthly_tokens, window_tokens=window_tokens, no_window_tokens=no_window_tokens,
         )
     if as_json:
         _print_json(team)
@@ -1407,15 +1420,23 @@ def _chat_command(runner: Any, session: Any, command: str, console: Console) -> 
 
 
 def _budgets_text(budgets: Any) -> str:
-    """What a team's / the gateway's month has left, in USD: '' when no such budget applies."""
+    """What a team's / the gateway's month has left in USD (and a team's window in tokens): '' when no such
+    budget applies."""
     if not isinstance(budgets, dict):
         return ""
     parts = []
     for scope, label in (("team", "your team"), ("stack", "this gateway")):
         left = budgets.get(scope)
-        if isinstance(left, dict) and isinstance(left.get("usd"), int | float):
-            name = f" {left['name']}" if scope == "team" and left.get("name") else ""
-            parts.append(f"{label}{name}: ${left['usd']:,.2f} left this month")
+        if not isinstance(left, dict):
+            continue
+        name = f" {left['name']}" if scope == "team" and left.get("name") else ""
+        figures = []
+        if isinstance(left.get("usd"), int | float):
+            figures.append(f"${left['usd']:,.2f} left this month")
+        if isinstance(left.get("window"), int):
+            figures.append(f"{_int(left['window'])} tokens left in 10 minutes")
+        if figures:
+            parts.append(f"{label}{name}: {', '.join(figures)}")
     return "; ".join(parts)
 
 

@@ -26,6 +26,7 @@ from runtime.budgets import (
     MICRO,
     STACK_KEY,
     TEAM_GROUP_PREFIX,
+    WINDOW_SECONDS,
     BudgetLimits,
     Budgets,
     BudgetUsage,
@@ -57,13 +58,17 @@ def team_group(name: str) -> str:
     return TEAM_GROUP_PREFIX + name
 
 
-def check_limits(monthly_usd: float | None, monthly_tokens: int | None) -> BudgetLimits:
+def check_limits(
+    monthly_usd: float | None, monthly_tokens: int | None, window_tokens: int | None = None
+) -> BudgetLimits:
     """Limits an operator may set: positive amounts (zero would refuse every request; say `remove` instead)."""
     if monthly_usd is not None and not (monthly_usd > 0 and monthly_usd < 1e8):
         raise AdminError(f"--monthly-usd must be a positive amount of dollars (below 100,000,000), got {monthly_usd}")
     if monthly_tokens is not None and not 0 < monthly_tokens < 10**14:
         raise AdminError(f"--monthly-tokens must be a positive number of tokens, got {monthly_tokens}")
-    return BudgetLimits(monthly_usd=monthly_usd, monthly_tokens=monthly_tokens)
+    if window_tokens is not None and not 0 < window_tokens < 10**14:
+        raise AdminError(f"--window-tokens must be a positive number of tokens, got {window_tokens}")
+    return BudgetLimits(monthly_usd=monthly_usd, monthly_tokens=monthly_tokens, window_tokens=window_tokens)
 
 
 def changed_limits(
@@ -73,18 +78,26 @@ def changed_limits(
     no_monthly_usd: bool = False,
     monthly_tokens: int | None = None,
     no_monthly_tokens: bool = False,
+    window_tokens: int | None = None,
+    no_window_tokens: bool = False,
 ) -> BudgetLimits:
-    """The limits after `set-budget`: each unit set, cleared (`--no-...`) or, when not mentioned, kept."""
-    if no_monthly_usd and monthly_usd is not None:
-        raise AdminError("--monthly-usd and --no-monthly-usd contradict each other: pass one")
-    if no_monthly_tokens and monthly_tokens is not None:
-        raise AdminError("--monthly-tokens and --no-monthly-tokens contradict each other: pass one")
-    if not (no_monthly_usd or no_monthly_tokens) and monthly_usd is None and monthly_tokens is None:
-        raise AdminError("nothing to change: pass --monthly-usd, --monthly-tokens, --no-monthly-usd or "
-                         "--no-monthly-tokens")
-    usd = None if no_monthly_usd else (monthly_usd if monthly_usd is not None else current.monthly_usd)
-    tokens = None if no_monthly_tokens else (monthly_tokens if monthly_tokens is not None else current.monthly_tokens)
-    return check_limits(usd, tokens)
+    """The limits after `set-budget`: each one set, cleared (`--no-...`) or, when not mentioned, kept."""
+    changes = {"monthly-usd": (monthly_usd, no_monthly_usd), "monthly-tokens": (monthly_tokens, no_monthly_tokens),
+               "window-tokens": (window_tokens, no_window_tokens)}
+    for flag, (value, clear) in changes.items():
+        if clear and value is not None:
+            raise AdminError(f"--{flag} and --no-{flag} contradict each other: pass one")
+    if all(value is None and not clear for value, clear in changes.values()):
+        raise AdminError("nothing to change: pass " + ", ".join(f"--{f}" for f in changes) + " or a --no-… of one")
+
+    def new(value: Any, clear: bool, kept: Any) -> Any:
+        return None if clear else (value if value is not None else kept)
+
+    return check_limits(
+        new(monthly_usd, no_monthly_usd, current.monthly_usd),
+        new(monthly_tokens, no_monthly_tokens, current.monthly_tokens),
+        new(window_tokens, no_window_tokens, current.window_tokens),
+    )
 
 
 def _usd(micro_usd: int) -> float:
@@ -92,15 +105,16 @@ def _usd(micro_usd: int) -> float:
 
 
 def budget_view(usage: BudgetUsage | None, month: str, default: BudgetLimits | None = None) -> dict[str, Any]:
-    """One level's month: limit, spent and remaining in USD and tokens (None: no limit in that unit).
+    """One level's month: limit, spent and remaining in USD and tokens (None: no limit in that unit), and its
+    rolling window in tokens.
 
     Without an item (no request yet this level's lifetime) nothing is spent and the `default` limits apply."""
     if usage is None:
         limits = default or BudgetLimits()
-        spent_usd, spent_tokens = 0, 0
+        spent_usd, spent_tokens, window_spent = 0, 0, 0
     else:
         limits, month = usage.limits, usage.month
-        spent_usd, spent_tokens = usage.spent_micro_usd, usage.spent_tokens
+        spent_usd, spent_tokens, window_spent = usage.spent_micro_usd, usage.spent_tokens, usage.window_spent_tokens
     # Spending can pass a limit lowered below it: what remains is then 0, never negative.
     remaining_usd = None if limits.monthly_usd is None else _usd(max(0, limits.micro_usd - spent_usd))
     remaining_tokens = None if limits.monthly_tokens is None else max(0, limits.tokens - spent_tokens)
@@ -109,6 +123,13 @@ def budget_view(usage: BudgetUsage | None, month: str, default: BudgetLimits | N
         "limit": {"usd": limits.monthly_usd, "tokens": limits.monthly_tokens},
         "spent": {"usd": _usd(spent_usd), "tokens": spent_tokens},
         "remaining": {"usd": remaining_usd, "tokens": remaining_tokens},
+        # The rolling window, in tokens (limit and remaining None: the level has no window).
+        "window": {
+            "seconds": WINDOW_SECONDS,
+            "limit": limits.window_tokens,
+            "spent": window_spent,
+            "remaining": None if limits.window_tokens is None else max(0, limits.window_tokens - window_spent),
+        },
     }
 
 

@@ -34,6 +34,7 @@ from aigw.emulators.bedrock import BedrockEmulator
 from aigw.emulators.moto_server import AtomicMotoServer
 from runtime.budgets import MICRO, BudgetLimits, budget_key
 from runtime.metering import Limits
+from runtime.metering.core import WINDOW_RESOLUTION_S
 from tests.runtime.test_budgets import TEAM, concurrent_gatekeeper, priced, publish_as
 from tests.runtime.test_request_path import CREDS, Gateway, ask
 
@@ -72,10 +73,13 @@ class _CallTimeline:
 def round_trips(dynamodb: Any, gateway: Gateway, runs: int = 30) -> dict[str, Any]:
     timeline = _CallTimeline(dynamodb)
     figures: dict[str, Any] = {}
-    for levels, groups in (("user", []), ("user+team+stack", TEAM)):
+    team_limits = {"user+team+stack": BudgetLimits(monthly_usd=100.0),
+                   "user+team with a window+stack": BudgetLimits(monthly_usd=100.0, window_tokens=10**9)}
+    for levels, groups in (("user", []), *((name, TEAM) for name in team_limits)):
         store = priced(gateway, stack_monthly_usd=1_000.0 if groups else None)
-        store.set_limits(budget_key("team", "platform"), BudgetLimits(monthly_usd=100.0))
+        store.set_limits(budget_key("team", "platform"), team_limits.get(levels, BudgetLimits()))
         store.reserve("stack", 0, 0, BudgetLimits(monthly_usd=1_000.0))  # started: a month's first is one more
+        store.reserve(budget_key("team", "platform"), 0, 0)  # this process has seen the level (and its window)
         trips, calls, latency = [], [], []
         for i in range(runs):
             timeline.take()
@@ -95,11 +99,16 @@ def round_trips(dynamodb: Any, gateway: Gateway, runs: int = 30) -> dict[str, An
     return figures
 
 
-def hot_team(gateway: Gateway, members: int = 64) -> dict[str, Any]:
+def hot_team(gateway: Gateway, members: int = 64, *, window: bool = False) -> dict[str, Any]:
+    """64 members at once against a small team budget: the month's USD, or (`window`) a rolling window of tokens
+    whose bucket turns over just as they arrive, so every one of them finds the item to advance first."""
     store = priced(gateway)
     key = budget_key("team", f"hot-{uuid.uuid4().hex[:6]}")
-    limit = 20_000  # µUSD: about 7 requests of 2,700 µUSD (input + 512 output tokens)
-    store.set_limits(key, BudgetLimits(monthly_usd=limit / MICRO))
+    limit = 20_000  # µUSD, or tokens in the window: about 7 requests of 2,700 µUSD, or 37 of ~530 tokens
+    store.set_limits(key, BudgetLimits(window_tokens=limit) if window else BudgetLimits(monthly_usd=limit / MICRO))
+    if window:
+        store.reserve(key, 0, 0)
+        gateway.clock.t += WINDOW_RESOLUTION_S
     keeper, jobs = concurrent_gatekeeper(gateway, store)
     users = [str(uuid.uuid4()) for _ in range(members)]
     groups = [f"team:{key.removeprefix('team#')}"]
@@ -108,13 +117,15 @@ def hot_team(gateway: Gateway, members: int = 64) -> dict[str, Any]:
         answers = list(pool.map(lambda u: publish_as(keeper, u, groups, "r"), users))
     elapsed = time.perf_counter() - t0
     outcomes = Counter(a["payload"]["status"] if "payload" in a else a["error"].split(":")[0] for a in answers)
-    held = sum(h["micro_usd"] for j in jobs for h in j.budget_holds)
+    unit = "tokens" if window else "micro_usd"
+    held = sum(h[unit] for j in jobs for h in j.budget_holds)
     return {
         "requests": members,
         "outcomes": dict(outcomes),
-        "limit_micro_usd": limit,
-        "held_micro_usd": held,
-        "over_admitted_micro_usd": max(0, held - limit),
+        "contention_refusals": sum("too many requests at once" in a.get("error", "") for a in answers),
+        f"limit_{unit}": limit,
+        f"held_{unit}": held,
+        f"over_admitted_{unit}": max(0, held - limit),
         "share_used": round(held / limit, 3),
         "wall_s_against_moto": round(elapsed, 2),
     }
@@ -160,6 +171,8 @@ def main() -> None:
             report = {
                 "admitted_path": round_trips(dynamodb, Gateway(dynamodb, receiver, bedrock)),
                 "64_members_of_one_team": hot_team(Gateway(dynamodb, receiver, bedrock)),
+                "64_members_of_one_team_window_turning_over": hot_team(
+                    Gateway(dynamodb, receiver, bedrock), window=True),
                 "64_requests_of_one_user": hot_user(Gateway(dynamodb, receiver, bedrock)),
             }
     print(json.dumps(report, indent=2))

@@ -338,7 +338,7 @@ function showUsage(event) {
 
 const USD = new Intl.NumberFormat("en-US", { style: "currency", currency: "USD" });
 
-/** "Team platform: $4.20 left this month", when the user is in a team with a dollar budget. */
+/** "Team platform: $4.20 left this month", when the user is in a team with a budget (dollars, tokens, window). */
 function showTeamBudget(budgets) {
   const line = $("budget-team");
   const team = budgets && budgets.team;
@@ -349,6 +349,7 @@ function showTeamBudget(budgets) {
   const parts = [];
   if (typeof team.usd === "number") parts.push(`${USD.format(Math.max(0, team.usd))} left this month`);
   if (typeof team.tokens === "number") parts.push(`${team.tokens.toLocaleString()} tokens left this month`);
+  if (typeof team.window === "number") parts.push(`${team.window.toLocaleString()} tokens left in 10 minutes`);
   if (parts.length === 0) return;
   line.textContent = `Team ${team.name}: ${parts.join(", ")}`;
   line.hidden = false;

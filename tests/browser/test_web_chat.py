@@ -532,14 +532,15 @@ def test_the_bars_show_the_users_own_limits_and_team_budget_at_sign_in(
     team = f"web{uuid.uuid4().hex[:6]}"
     users.idp.create_group(GroupName=f"team:{team}", UserPoolId=users.pool.user_pool_id)
     users.idp.admin_add_user_to_group(UserPoolId=users.pool.user_pool_id, Username=email, GroupName=f"team:{team}")
-    tables.budgets.set_limits(budget_key("team", team), BudgetLimits(monthly_usd=4.2))
+    tables.budgets.set_limits(budget_key("team", team), BudgetLimits(monthly_usd=4.2, window_tokens=9_000))
     tab = open_page()
     tab.sign_in(email)
     # Before any answer: the override's figures, not the tier's, and the team's month in dollars.
     expect(tab.page.locator("#budget-window-text")).to_have_text("7,000 tokens left")
     expect(tab.page.locator("#budget-month-text")).to_have_text("100,000 tokens left")
     assert tab.page.locator("#budget-window").get_attribute("max") == "7000"
-    expect(tab.page.locator("#budget-team")).to_have_text(f"Team {team}: $4.20 left this month")
+    expect(tab.page.locator("#budget-team")).to_have_text(
+        f"Team {team}: $4.20 left this month, 9,000 tokens left in 10 minutes")
     tab.page.screenshot(path=ARTIFACTS / "web-chat-budgets.png")
     assert tab.problems == []
 

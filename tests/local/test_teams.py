@@ -55,10 +55,11 @@ def test_team_names_that_are_refused_say_what_a_name_may_be(name: str, why: str)
 
 def test_limits_must_be_positive() -> None:
     assert check_limits(0.01, None) == BudgetLimits(monthly_usd=0.01)
-    refused = ((0.0, None, "--monthly-usd"), (-1.0, None, "--monthly-usd"), (None, 0, "--monthly-tokens"))
-    for usd, tokens, flag in refused:
+    refused = ((0.0, None, None, "--monthly-usd"), (-1.0, None, None, "--monthly-usd"),
+               (None, 0, None, "--monthly-tokens"), (None, None, 0, "--window-tokens"))
+    for usd, tokens, window, flag in refused:
         with pytest.raises(AdminError, match=flag):
-            check_limits(usd, tokens)
+            check_limits(usd, tokens, window)
 
 
 def test_set_budget_changes_what_is_named_and_keeps_the_rest() -> None:
@@ -67,8 +68,14 @@ def test_set_budget_changes_what_is_named_and_keeps_the_rest() -> None:
     assert changed_limits(current, no_monthly_usd=True) == BudgetLimits(None, 1_000)
     assert changed_limits(current, monthly_tokens=5, no_monthly_usd=True) == BudgetLimits(None, 5)
     assert changed_limits(current, no_monthly_tokens=True) == BudgetLimits(10.0, None)
+    windowed = changed_limits(current, window_tokens=300)
+    assert windowed == BudgetLimits(10.0, 1_000, window_tokens=300)
+    assert changed_limits(windowed, monthly_usd=1.0) == BudgetLimits(1.0, 1_000, window_tokens=300)
+    assert changed_limits(windowed, no_window_tokens=True) == current
     with pytest.raises(AdminError, match="contradict"):
         changed_limits(current, monthly_usd=1.0, no_monthly_usd=True)
+    with pytest.raises(AdminError, match="--window-tokens and --no-window-tokens contradict"):
+        changed_limits(current, window_tokens=1, no_window_tokens=True)
     with pytest.raises(AdminError, match="nothing to change"):
         changed_limits(current)
 
@@ -81,10 +88,22 @@ def test_a_budget_view_counts_in_dollars_and_tokens_and_never_shows_a_negative_r
         "limit": {"usd": 0.01, "tokens": None},
         "spent": {"usd": 0.0125, "tokens": 300},
         "remaining": {"usd": 0.0, "tokens": None},
+        "window": {"seconds": 600, "limit": None, "spent": 0, "remaining": None},
     }
     # No item yet: nothing spent, the default's limits (the stack's setting).
     fresh = budget_view(None, "2026-12", BudgetLimits(monthly_usd=5.0))
     assert fresh["spent"] == {"usd": 0.0, "tokens": 0} and fresh["remaining"] == {"usd": 5.0, "tokens": None}
+
+
+def test_aigw_chat_says_what_the_team_and_the_gateway_have_left() -> None:
+    from aigw.cli import _budgets_text
+
+    budgets = {"team": {"name": "platform", "usd": 4.2, "tokens": None, "window": 1_500},
+               "stack": {"usd": 1_999.5, "tokens": None}}
+    assert _budgets_text(budgets) == ("your team platform: $4.20 left this month, 1,500 tokens left in 10 minutes; "
+                                      "this gateway: $1,999.50 left this month")
+    assert _budgets_text({"team": {"name": "t", "usd": None, "tokens": None}}) == ""
+    assert _budgets_text(None) == ""
 
 
 # --- the commands ---------------------------------------------------------------------------------------------
@@ -129,6 +148,14 @@ def test_teams_add_list_set_budget_remove(dev_json: Path) -> None:
     assert changed["limit"] == {"usd": 12.5, "tokens": 900}  # the USD limit, not mentioned, is kept
     changed = as_json(aigw(dev_json, "teams", "set-budget", "research", "--no-monthly-usd", "--json"))
     assert changed["limit"] == {"usd": None, "tokens": 900}
+
+    windowed = as_json(aigw(dev_json, "teams", "set-budget", "research", "--window-tokens", "5000", "--json"))
+    assert windowed["window"] == {"seconds": 600, "limit": 5000, "spent": 0, "remaining": 5000}
+    assert windowed["limit"] == {"usd": None, "tokens": 900}  # the month's limits are kept
+    text = aigw(dev_json, "teams", "list")
+    assert re.search(r"research\s.*5,000 of 5,000", text.stdout), text.stdout
+    unwindowed = as_json(aigw(dev_json, "teams", "set-budget", "research", "--no-window-tokens", "--json"))
+    assert unwindowed["window"]["limit"] is None
 
     assert as_json(aigw(dev_json, "teams", "remove", "ops", "--json")) == {"removed": "ops", "members_removed": []}
     names = [t["name"] for t in as_json(aigw(dev_json, "teams", "list", "--json"))]
@@ -269,3 +296,26 @@ def test_a_teams_spent_budget_refuses_its_member_with_scope_team_and_usage_shows
     assert mine["stack"]["spent"]["usd"] == pytest.approx(after_one["spent"]["usd"])  # the teammates: team only
     table = aigw(dev_json, "usage", "a@x.dev")
     assert table.exit_code == 0 and "team platform USD" in table.stdout and "stack USD" in table.stdout
+
+
+def test_a_teams_window_refuses_its_member_for_minutes_not_the_month_and_usage_shows_it(dev_json: Path) -> None:
+    added = as_json(aigw(dev_json, "teams", "add", "burst", "--window-tokens", "2000", "--json"))
+    assert added["window"]["limit"] == 2000
+    assert aigw(dev_json, "users", "add", "w@x.dev", "--team", "burst", "--password", PASSWORD).exit_code == 0
+
+    first = chat_once(dev_json, "w@x.dev", "hello")
+    assert first["type"] == "end", first
+    used = first["usage"]["input"] + first["usage"]["output"]
+    assert first["budgets"]["team"] == {"name": "burst", "usd": None, "tokens": None, "window": 2000 - used}
+    # A teammate's request holds the rest of the window.
+    store, key = budgets_of(dev_json), budget_key("team", "burst")
+    assert isinstance(store.reserve(key, 0, 2000 - used), Hold)
+
+    refused = chat_once(dev_json, "w@x.dev", "and now?")
+    assert refused["type"] == "error" and refused["code"] == "rate_limited", refused
+    assert refused["scope"] == "team" and refused["budgets"]["team"]["window"] == 0
+    assert 0 < refused["retryAfterSeconds"] <= 610
+    shown = as_json(aigw(dev_json, "usage", "--team", "burst", "--json"))
+    assert shown["window"] == {"seconds": 600, "limit": 2000, "spent": 2000, "remaining": 0}
+    table = aigw(dev_json, "usage", "--team", "burst")
+    assert table.exit_code == 0 and re.search(r"window \(600 s\)\s.*2,000\s.*0\s.*2,000", table.stdout), table.stdout
