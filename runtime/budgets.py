@@ -47,6 +47,7 @@ UNLIMITED = 10**15  # what "remains" under a limit that is not set
 # limit" (half of UNLIMITED: $500M or 5e14 tokens a month, beyond any real budget and any real month's spend).
 _NO_LIMIT_ABOVE = UNLIMITED // 2
 STACK_KEY = "stack"
+USER_SPEND_PREFIX = "spend#"
 TEAM_GROUP_PREFIX = "team:"  # a Cognito group `team:<name>` makes its members the team's
 WINDOW_SECONDS = 600  # a budget's rolling window: the same 10 minutes as the tiers'
 WINDOW_BUCKETS = WINDOW_SECONDS // WINDOW_RESOLUTION_S
@@ -93,20 +94,29 @@ def team_of(groups: object) -> str | None:
 
 
 def budget_key(scope: Scope, name: str | None = None) -> str:
-    return STACK_KEY if scope == "stack" else f"team#{name}"
+    """``stack``, ``team#<name>`` or ``spend#<sub>`` (a user's USD month: their tokens are the meter's item,
+    ``user#<sub>``, which this must not be)."""
+    if scope == "stack":
+        return STACK_KEY
+    return f"team#{name}" if scope == "team" else f"{USER_SPEND_PREFIX}{name}"
 
 
 def scope_of(key: str) -> tuple[Scope, str | None]:
-    """The level a budget key names: ("stack", None) or ("team", name)."""
-    return ("stack", None) if key == STACK_KEY else ("team", key.removeprefix("team#"))
+    """The level a budget key names: ("stack", None), ("team", name) or ("user", sub)."""
+    if key == STACK_KEY:
+        return "stack", None
+    if key.startswith(USER_SPEND_PREFIX):
+        return "user", key.removeprefix(USER_SPEND_PREFIX)
+    return "team", key.removeprefix("team#")
 
 
 def budgets_view(remaining: Mapping[str, Remaining]) -> dict[str, Any]:
-    """What clients see of the levels' months, by key: {"team": {"name", "usd", "tokens"}, "stack": {…}}."""
+    """What clients see of the levels' months, by key: {"team": {"name", "usd", "tokens"}, "stack": {…},
+    "user": {"usd", "tokens"}} (the user's own USD month; its tokens are the meter's, so null here)."""
     view: dict[str, Any] = {}
     for key, left in remaining.items():
         scope, name = scope_of(key)
-        view[scope] = {"name": name, **left.as_event()} if name is not None else left.as_event()
+        view[scope] = {"name": name, **left.as_event()} if scope == "team" else left.as_event()
     return view
 
 
@@ -144,10 +154,11 @@ class Hold:
     micro_usd: int
     tokens: int
     bucket: int | None = None  # the window bucket the tokens were charged to (None: the level has no window)
+    limit: int | None = None  # µUSD: the caller's limit it was reserved under (a user's month), else the item's
 
     def fields(self) -> dict[str, Any]:
         return {"key": self.key, "month": self.month, "micro_usd": self.micro_usd, "tokens": self.tokens,
-                "bucket": self.bucket}
+                "bucket": self.bucket, "limit": self.limit}
 
 
 def granted_within(price: Price | None, remaining: Remaining, input_tokens: int, granted: int) -> int:
@@ -242,15 +253,17 @@ def _buckets(item: Mapping[str, Any]) -> dict[int, int]:
     return {int(m.group(1)): int(v["N"]) for name, v in item.items() if (m := _BUCKET.fullmatch(name))}
 
 
-def _remaining(item: Mapping[str, Any], now: float) -> Remaining:
-    """What remains of a level, from its item as read or returned (the window as of `now`)."""
-    limit = _int(item, "lu", 0) if "lu" in item else None
+def _remaining(item: Mapping[str, Any], now: float, spend_limit: int | None = None) -> Remaining:
+    """What remains of a level, from its item as read or returned (the window as of `now`); under a caller's
+    `spend_limit` (µUSD), that limit less what the item says was spent."""
+    limit = spend_limit if spend_limit is not None else (_int(item, "lu", 0) if "lu" in item else None)
+    micro_usd = _int(item, "ru", UNLIMITED) if spend_limit is None else spend_limit - _int(item, "su", 0)
     if "lw" not in item:
-        return Remaining(_int(item, "ru", UNLIMITED), _int(item, "rt", UNLIMITED), limit_micro_usd=limit)
+        return Remaining(micro_usd, _int(item, "rt", UNLIMITED), limit_micro_usd=limit)
     buckets = _buckets(item)
     current = bucket_of(now)
     return Remaining(
-        _int(item, "ru", UNLIMITED),
+        micro_usd,
         _int(item, "rt", UNLIMITED),
         limit_micro_usd=limit,
         window_tokens=window_left(_int(item, "wr", 0), buckets, now),
@@ -306,12 +319,16 @@ class Budgets:
     # -- the request path
 
     def reserve(
-        self, key: str, micro_usd: int, tokens: int, default: BudgetLimits | None = None
+        self, key: str, micro_usd: int, tokens: int, default: BudgetLimits | None = None,
+        spend_limit: int | None = None,
     ) -> Hold | Remaining | None:
         """Take `micro_usd` and `tokens` from the level's month (and window, when it has one): the Hold, or what
         remains when they do not fit, or None when the level has no budget (no item, and no `default` to start one
         with, as the stack's ceiling from its settings). One UpdateItem; a month's first, a window bucket's first
-        or a level's very first costs one more. `MeterContentionError` when the level kept changing under it."""
+        or a level's very first costs one more. `MeterContentionError` when the level kept changing under it.
+
+        `spend_limit` (µUSD): the limit is the caller's, not the item's — a user's USD month lives in their tier or
+        override, so it follows them without a write; the item then only counts what was spent (``su``)."""
         now = self.clock()
         month, bucket = month_key(now), bucket_of(now)
         for _ in range(6):
@@ -319,6 +336,9 @@ class Budgets:
             update = "SET ru = ru - :c, rt = rt - :t"
             condition = "mk = :m AND ru >= :c AND rt >= :t"
             values: dict[str, Any] = {":c": _n(micro_usd), ":t": _n(tokens), ":m": {"S": month}}
+            if spend_limit is not None:
+                condition = "mk = :m AND su <= :most AND rt >= :t"  # spent + cost within the caller's limit
+                values[":most"] = _n(spend_limit - micro_usd)
             if windowed:
                 update += f", wr = wr - :t ADD su :c, sk :t, b{bucket} :t"
                 condition += " AND wc = :k AND wr >= :t"
@@ -331,7 +351,7 @@ class Budgets:
                 ReturnValuesOnConditionCheckFailure="ALL_OLD",
             )
             if old is None:
-                return Hold(key, month, micro_usd, tokens, bucket if windowed else None)
+                return Hold(key, month, micro_usd, tokens, bucket if windowed else None, spend_limit)
             if not old:
                 if default is None:
                     return None
@@ -346,7 +366,7 @@ class Budgets:
                 else:
                     self._advance(key, old, bucket)  # or someone else did
             else:
-                return _remaining(old, now)
+                return _remaining(old, now, spend_limit)
         raise MeterContentionError(f"budget {key} kept changing; retry shortly")
 
     def _conditional_update(self, key: str, **request: Any) -> dict[str, Any] | None:
@@ -430,7 +450,7 @@ class Budgets:
                     raise
                 continue
             # Settled at the window alone: its month is over, so nothing remains of it to say.
-            return None if values is back else _remaining(updated.get("Attributes", {}), self.clock())
+            return None if values is back else _remaining(updated.get("Attributes", {}), self.clock(), hold.limit)
         return None
 
     # -- administration

@@ -58,6 +58,7 @@ class TierSettings(_Camel):
     window_seconds: int = 600
     min_output_tokens: int = Field(default=64, gt=0)
     max_output_tokens: int = Field(default=2048, gt=0)
+    monthly_usd: float | None = Field(default=None, gt=0, lt=1e8)  # each user's own USD month (priced models)
     models: tuple[str, ...] = Field(min_length=1)
     default_model: str | None = None
 
@@ -74,7 +75,8 @@ class TierSettings(_Camel):
 
     @property
     def limits(self) -> Limits:
-        return Limits(self.window_tokens, self.monthly_tokens, self.window_seconds, self.min_output_tokens)
+        return Limits(self.window_tokens, self.monthly_tokens, self.window_seconds, self.min_output_tokens,
+                      self.monthly_usd)
 
 
 class RuntimeConfig(BaseModel):

@@ -26,7 +26,7 @@ from typing import Any
 from runtime import budgets as budget_levels
 from runtime import channels, observability, protocol, streams
 from runtime.appsync_publish import MAX_EVENTS_PER_PUBLISH
-from runtime.budgets import BudgetLimits, Budgets, Hold, Remaining, Scope
+from runtime.budgets import MICRO, UNLIMITED, BudgetLimits, Budgets, Hold, Remaining, Scope
 from runtime.cache import AnswerCache
 from runtime.config import RuntimeConfig, TierSettings
 from runtime.errors import ChannelForbiddenError, InvalidInputError, InvalidRequestError, MeterContentionError
@@ -169,10 +169,16 @@ class Gatekeeper:
         return {"requestId": action.request_id, "status": "resumed"}
 
     def _usage_event(self, sub: str, tier: TierSettings, request_id: str, team: str | None) -> dict[str, Any]:
-        """What the caller may still spend: their own effective limits, and their team's and the stack's month."""
+        """What the caller may still spend: their own effective limits (and USD month, when they have one), and
+        their team's and the stack's month."""
         used = self.meter.usage(sub, tier.limits)
         remaining: dict[str, Remaining] = {}
         if self.budgets is not None:
+            if (user_usd := used.limits.monthly_usd) is not None:
+                limit = round(user_usd * MICRO)
+                mine = self.budgets.usage(budget_levels.budget_key("user", sub))
+                spent = mine.spent_micro_usd if mine else 0
+                remaining[budget_levels.budget_key("user", sub)] = Remaining(limit - spent, UNLIMITED)
             if team is not None and (team_usage := self.budgets.usage(budget_levels.budget_key("team", team))):
                 remaining[team_usage.key] = team_usage.remaining
             if self.config.stack_monthly_usd is not None:
@@ -312,27 +318,32 @@ class Gatekeeper:
         request, its user's too, is given back and the refusal names that level. Should a write fail, everything
         reserved for the request is given back too before the error goes on (the caller answers `internal`).
         """
-        levels: list[tuple[Scope, str, BudgetLimits | None]] = []
-        if team is not None:
-            levels.append(("team", budget_levels.budget_key("team", team), None))
-        if self.config.stack_monthly_usd is not None:
-            levels.append(("stack", budget_levels.STACK_KEY, BudgetLimits(monthly_usd=self.config.stack_monthly_usd)))
-        if self.budgets is None or not levels:
-            return [], granted
         budgets, price = self.budgets, self.config.price(model_id)
+        # (scope, key, the limits an absent item starts from, the caller's own µUSD limit).
+        levels: list[tuple[Scope, str, BudgetLimits | None, int | None]] = []
+        if (user_usd := decision.limits.monthly_usd) is not None and price is not None:
+            # The user's own USD month: the limit is their tier's or override's, the item only counts spending.
+            levels.append(("user", budget_levels.budget_key("user", sub), BudgetLimits(), round(user_usd * MICRO)))
+        if team is not None:
+            levels.append(("team", budget_levels.budget_key("team", team), None, None))
+        if self.config.stack_monthly_usd is not None:
+            levels.append(("stack", budget_levels.STACK_KEY, BudgetLimits(monthly_usd=self.config.stack_monthly_usd),
+                           None))
+        if budgets is None or not levels:
+            return [], granted
 
         def cost(output: int) -> int:
             return price.cost(input_tokens, output) if price is not None else 0
 
         # Each level's answer on its own: when one fails, what the others took is known, and so given back.
         futures = [
-            self._levels.submit(budgets.reserve, key, cost(granted), input_tokens + granted, default)
-            for _, key, default in levels
+            self._levels.submit(budgets.reserve, key, cost(granted), input_tokens + granted, default, limit)
+            for _, key, default, limit in levels
         ]
         answers = [f.exception() or f.result() for f in futures]
         holds = [a for a in answers if isinstance(a, Hold)]
         try:
-            for (scope, _, _), answer in zip(levels, answers, strict=True):
+            for (scope, *_), answer in zip(levels, answers, strict=True):
                 if isinstance(answer, MeterContentionError):
                     raise self._contention(scope) from None
                 if isinstance(answer, BaseException):
@@ -347,11 +358,11 @@ class Gatekeeper:
                 raise self._budget_refusal(decision, scope, remaining, price, input_tokens, min_output)
             for hold in holds:
                 budgets.settle(hold, cost(fitted), input_tokens + fitted)
-            holds = [Hold(h.key, h.month, cost(fitted), input_tokens + fitted, h.bucket) for h in holds]
+            holds = [Hold(h.key, h.month, cost(fitted), input_tokens + fitted, h.bucket, h.limit) for h in holds]
             for scope, _ in short:
-                key, default = next((k, d) for s, k, d in levels if s == scope)
+                key, default, limit = next((k, d, li) for s, k, d, li in levels if s == scope)
                 try:
-                    again = budgets.reserve(key, cost(fitted), input_tokens + fitted, default)
+                    again = budgets.reserve(key, cost(fitted), input_tokens + fitted, default, limit)
                 except MeterContentionError:
                     raise self._contention(scope) from None
                 if isinstance(again, Remaining):
@@ -374,7 +385,7 @@ class Gatekeeper:
     ) -> Rejection:
         """The refusal naming the level and which of its limits: the month (until the next one) or the rolling
         window (until enough of its buckets leave it; a request larger than the window itself is invalid)."""
-        whose = "your team's" if scope == "team" else "this gateway's"
+        whose = {"user": "your", "team": "your team's", "stack": "this gateway's"}[scope]
         now = self.clock()
         common: dict[str, Any] = {
             "window": decision.window_remaining + decision.reserved_tokens,
@@ -384,7 +395,8 @@ class Gatekeeper:
         }
         if budget_levels.refusing_limit(price, remaining, input_tokens, min_output) == "month":
             return Rejection("quota_exhausted", f"{whose} monthly budget is used up",
-                             retry_after_s=budget_levels.retry_after_month(now), refusal_reason=scope, **common)
+                             retry_after_s=budget_levels.retry_after_month(now),
+                             refusal_reason="monthly" if scope == "user" else scope, **common)  # user: their month
         reason = "team_window" if scope == "team" else scope  # only a team's budget has a window
         wait = budget_levels.window_fits_in(
             dict(remaining.window_buckets), remaining.window_tokens, input_tokens + min_output, now)

@@ -53,18 +53,25 @@ def _is_int(value: object) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class Limits:
-    """Token limits of one tier or one user override."""
+    """Token limits of one tier or one user override, and optionally a monthly limit in USD.
+
+    The meter counts tokens only; `monthly_usd` rides along so that the gatekeeper finds the user's effective USD
+    month (the override's, else the tier's) in the same read, and reserves it at the user's budget item."""
 
     window_tokens: int
     monthly_tokens: int
     window_seconds: int = 600
     min_output_tokens: int = 64
+    monthly_usd: float | None = None
 
     def __post_init__(self) -> None:
         for name in ("window_tokens", "monthly_tokens", "window_seconds", "min_output_tokens"):
             value = getattr(self, name)
             if not _is_int(value) or value <= 0:
                 raise InvalidLimitsError(f"{name} must be a positive integer, got {value!r}")
+        usd = self.monthly_usd
+        if usd is not None and (isinstance(usd, bool) or not isinstance(usd, int | float) or not 0 < usd < 1e8):
+            raise InvalidLimitsError(f"monthly_usd must be a positive amount below 100,000,000, got {usd!r}")
         if self.window_seconds % WINDOW_RESOLUTION_S or self.window_seconds > MAX_WINDOW_SECONDS:
             raise InvalidLimitsError(
                 f"window_seconds must be a multiple of {WINDOW_RESOLUTION_S} up to {MAX_WINDOW_SECONDS}, "
@@ -224,8 +231,12 @@ def check_token_count(name: str, value: object, *, positive: bool = False) -> in
 
 
 def effective_limits(state: MeterState, tier_limits: Limits) -> Limits:
-    """A per-user override, when stored, takes precedence over the tier's limits."""
-    return state.override or tier_limits
+    """A per-user override, when stored, takes precedence over the tier's limits; an override without a USD month
+    keeps the tier's (setting a user's tokens does not lift the tier's spending cap)."""
+    override = state.override
+    if override is None:
+        return tier_limits
+    return override if override.monthly_usd is not None else replace(override, monthly_usd=tier_limits.monthly_usd)
 
 
 def window_used(state: MeterState, limits: Limits, now: float) -> int:

@@ -17,7 +17,8 @@ rs        M     open entries: ``{reservation_id: {ch, lu, ku, st, q}}`` live (an
 dn        M     settled entries, compacted: ``{reservation_id: [charged, requestId?]}``; remembered until
                 `settled_keep_until` (derived from the id) so a second settle, or a retried requestId, is a
                 duplicate and not a second charge
-ov        M     per-user override ``{wt, mt, ws, mo}`` (window/monthly tokens, window seconds, min output)
+ov        M     per-user override ``{wt, mt, ws, mo, mu}`` (window/monthly tokens, window seconds, min output,
+                monthly µUSD when set)
 xc        N     expired leases, cumulative
 os        N     tokens settled beyond their reservation, cumulative
 ttl       N     epoch seconds after which DynamoDB may delete the item (the table's TTL attribute);
@@ -81,13 +82,15 @@ def _limits_to_item(limits: Limits) -> dict[str, Any]:
             "mt": _n(limits.monthly_tokens),
             "ws": _n(limits.window_seconds),
             "mo": _n(limits.min_output_tokens),
+            **({"mu": _n(round(limits.monthly_usd * 1_000_000))} if limits.monthly_usd is not None else {}),
         }
     }
 
 
 def _limits_from_item(attr: dict[str, Any]) -> Limits:
     m = attr["M"]
-    return Limits(int(_num(m["wt"])), int(_num(m["mt"])), int(_num(m["ws"])), int(_num(m["mo"])))
+    usd = int(_num(m["mu"])) / 1_000_000 if "mu" in m else None  # stored in µUSD: exact, like the budgets
+    return Limits(int(_num(m["wt"])), int(_num(m["mt"])), int(_num(m["ws"])), int(_num(m["mo"])), usd)
 
 
 def _entry_to_item(e: Entry) -> dict[str, Any]:

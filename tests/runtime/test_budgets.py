@@ -427,3 +427,76 @@ def test_the_share_of_the_ceiling_used_is_of_the_live_ceiling(
     cost = PRICE.cost(end["usage"]["input"], end["usage"]["output"])
     [share] = _emf(out, "StackBudgetUsedPercent")
     assert share["StackBudgetUsedPercent"] == [pytest.approx(100 * cost / 20_000, abs=1e-3)]
+
+
+# --- a user's own USD month -----------------------------------------------------------------------------------
+
+
+def with_user_usd(gateway: Gateway, monthly_usd: float, **changes: Any) -> Budgets:
+    """The gateway priced, its free tier with a USD month for each user."""
+    store = priced(gateway, **changes)
+    config = gateway.gatekeeper.config
+    tiers = tuple(t.model_copy(update={"monthly_usd": monthly_usd}) if t.name == "free" else t for t in config.tiers)
+    config = config.model_copy(update={"tiers": tiers})
+    for part in (gateway.gatekeeper, gateway.worker):
+        part.config = config
+    return store
+
+
+def test_a_users_usd_month_holds_the_worst_case_settles_the_truth_then_refuses_naming_the_user(
+    gateway: Gateway,
+) -> None:
+    store = with_user_usd(gateway, 0.004)  # 4,000 µUSD: one request of ~2,700 held, then not another
+    key = budget_key("user", SUB)
+    gateway.publish(ask(requestId="first"))
+    [job] = gateway.jobs
+    [hold] = job.budget_holds
+    assert hold["key"] == key and hold["micro_usd"] == PRICE.cost(job.input_estimate, job.granted_output_tokens)
+    gateway.run_jobs()
+    end = gateway.events()[-1]
+    cost = PRICE.cost(end["usage"]["input"], end["usage"]["output"])
+    usage = store.usage(key)
+    assert usage is not None and usage.spent_micro_usd == cost
+    assert end["budgets"] == {"user": {"usd": (4_000 - cost) / MICRO, "tokens": None}}
+    # What is left caps the next grant; once too little is left for the minimum output, the refusal is the user's.
+    for attempt in range(100):
+        [answer] = gateway.publish(ask(requestId=f"r{attempt}"))
+        if "error" in answer:
+            break
+        gateway.run_jobs()
+    assert answer["error"].startswith("quota_exhausted")
+    error = gateway.events()[-1]
+    assert error["scope"] == "user" and error["message"] == "your monthly budget is used up"
+    assert 0 <= error["budgets"]["user"]["usd"] < PRICE.cost(job.input_estimate, 64) / MICRO
+    spent = store.usage(key)
+    assert spent is not None and spent.spent_micro_usd <= 4_000  # never over the user's month
+    # The refused request holds nothing, at the user's budget or their meter.
+    assert gateway.meter.usage(SUB, gateway.config.tier("free").limits).reserved == 0
+
+
+def test_an_override_with_its_own_usd_month_wins_and_one_without_keeps_the_tiers(gateway: Gateway) -> None:
+    with_user_usd(gateway, 0.000001)  # 1 µUSD: the tier refuses everything
+    gateway.meter.set_override(SUB, Limits(window_tokens=7_000, monthly_tokens=100_000, monthly_usd=1.0))
+    assert gateway.meter.get_override(SUB) == Limits(7_000, 100_000, monthly_usd=1.0)  # stored exactly
+    [answer] = gateway.publish(ask(requestId="a"))
+    assert answer["payload"]["status"] == "accepted"
+    gateway.meter.set_override(SUB, Limits(window_tokens=7_000, monthly_tokens=100_000))
+    [answer] = gateway.publish(ask(requestId="b"))
+    assert answer["error"].startswith("quota_exhausted") and gateway.events()[-1]["scope"] == "user"
+
+
+def test_the_usage_action_shows_the_users_usd_month(gateway: Gateway) -> None:
+    with_user_usd(gateway, 0.5)
+    gateway.publish(ask(requestId="spent"))
+    gateway.run_jobs()
+    end = gateway.events()[-1]
+    cost = PRICE.cost(end["usage"]["input"], end["usage"]["output"])
+    gateway.publish({"action": "usage", "requestId": "u"})
+    assert gateway.events()[-1]["budgets"] == {"user": {"usd": (500_000 - cost) / MICRO, "tokens": None}}
+
+
+def test_without_a_usd_month_a_user_has_no_budget_item(gateway: Gateway) -> None:
+    store = priced(gateway)
+    gateway.publish(ask())
+    [job] = gateway.jobs
+    assert job.budget_holds == () and store.usage(budget_key("user", SUB)) is None
