@@ -436,7 +436,8 @@ def usage(cognito: Any, meter: Meter, target: Target, user: str) -> UsageView:
 
 def usage_report(view: UsageView) -> dict[str, Any]:
     """A user's own meter as JSON: tokens used, remaining and the limit, in the window and this month. (The meter
-    counts tokens only; what a user's requests cost in USD is counted at their team's and the stack's level.)"""
+    counts tokens only; what a user's requests cost in USD is counted at their own USD month, when they have one,
+    and at their team's and the stack's level.)"""
     u, limits = view.usage, view.usage.limits
     return {
         "email": view.user.email,

@@ -958,6 +958,8 @@ def usage(
             assert user is not None
             view = admin.usage(budgets.cognito, target.meter(), target, user)
             report = admin.usage_report(view)
+            if (monthly_usd := view.usage.limits.monthly_usd) is not None:
+                report["usd"] = budgets.user_month(view.user.sub, monthly_usd)
             if view.team is not None:
                 report["team"] = budgets.team(view.team)
             if target.stack_monthly_usd is not None:
@@ -981,6 +983,10 @@ def usage(
     table.add_row(f"window ({limits.window_seconds} s)", _int(u.window_used), _int(u.window_remaining),
                   _int(limits.window_tokens))
     table.add_row("month (UTC)", _int(u.month_used), _int(u.month_remaining), _int(limits.monthly_tokens))
+    if "usd" in report:
+        mine = report["usd"]
+        table.add_row("month USD", _money(mine["spent"]["usd"]), _money(mine["remaining"]["usd"]),
+                      _money(mine["limit"]["usd"]))
     if "team" in report:
         _budget_rows(table, f"team {view.team}", report["team"])
     if "stack" in report:

@@ -104,16 +104,19 @@ def _usd(micro_usd: int) -> float:
     return round(micro_usd / MICRO, 6)
 
 
-def budget_view(usage: BudgetUsage | None, month: str, default: BudgetLimits | None = None) -> dict[str, Any]:
+def budget_view(
+    usage: BudgetUsage | None, month: str, default: BudgetLimits | None = None, limits: BudgetLimits | None = None
+) -> dict[str, Any]:
     """One level's month: limit, spent and remaining in USD and tokens (None: no limit in that unit), and its
     rolling window in tokens.
 
-    Without an item (no request yet this level's lifetime) nothing is spent and the `default` limits apply."""
+    Without an item (no request yet this level's lifetime) nothing is spent and the `default` limits apply.
+    `limits`: the level's limits are not in its item but these (a user's USD month: their tier's or override's)."""
     if usage is None:
-        limits = default or BudgetLimits()
+        limits = limits or default or BudgetLimits()
         spent_usd, spent_tokens, window_spent = 0, 0, 0
     else:
-        limits, month = usage.limits, usage.month
+        limits, month = limits or usage.limits, usage.month
         spent_usd, spent_tokens, window_spent = usage.spent_micro_usd, usage.spent_tokens, usage.window_spent_tokens
     # Spending can pass a limit lowered below it: what remains is then 0, never negative.
     remaining_usd = None if limits.monthly_usd is None else _usd(max(0, limits.micro_usd - spent_usd))
@@ -210,6 +213,13 @@ class Admin:
     def team(self, name: str) -> dict[str, Any]:
         usage = self.budgets.usage(budget_key("team", name))
         return {"name": name, "members": len(self.members(name)), **budget_view(usage, self.month())}
+
+    def user_month(self, sub: str, monthly_usd: float) -> dict[str, Any]:
+        """A user's own USD month: the limit is their tier's or override's, the spending their spend item's."""
+        usage = self.budgets.usage(budget_key("user", sub))
+        view = budget_view(usage, self.month(), limits=BudgetLimits(monthly_usd=monthly_usd))
+        del view["window"]  # a user's window is their meter's, in tokens
+        return view
 
     def teams(self) -> list[dict[str, Any]]:
         return [self.team(name) for name in self._team_names()]

@@ -22,6 +22,7 @@ from aigw.dev import Ports, running
 from aigw.teams import budget_view, changed_limits, check_limits, check_team_name
 from components.settings import StackSettings
 from runtime.budgets import STACK_KEY, BudgetLimits, Budgets, BudgetUsage, Hold, Remaining, budget_key
+from runtime.metering import Limits
 from tests.local.test_cli import PASSWORD, Run, aigw
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -319,3 +320,20 @@ def test_a_teams_window_refuses_its_member_for_minutes_not_the_month_and_usage_s
     assert shown["window"] == {"seconds": 600, "limit": 2000, "spent": 2000, "remaining": 0}
     table = aigw(dev_json, "usage", "--team", "burst")
     assert table.exit_code == 0 and re.search(r"window \(600 s\)\s.*2,000\s.*0\s.*2,000", table.stdout), table.stdout
+
+
+def test_a_users_own_usd_month_is_spent_by_their_answers_and_usage_shows_it(dev_json: Path) -> None:
+    added = as_json(aigw(dev_json, "users", "add", "usd@x.dev", "--tier", "free", "--password", PASSWORD, "--json"))
+    target = admin.Target.from_dev_json(dev_json)
+    target.meter().set_override(added["sub"], Limits(window_tokens=20_000, monthly_tokens=500_000, monthly_usd=0.05))
+
+    first = chat_once(dev_json, "usd@x.dev", "hello")
+    assert first["type"] == "end", first
+    left = first["budgets"]["user"]["usd"]
+    assert 0 < left < 0.05
+    mine = as_json(aigw(dev_json, "usage", "usd@x.dev", "--json"))
+    assert mine["usd"]["limit"] == {"usd": 0.05, "tokens": None}
+    assert mine["usd"]["spent"]["usd"] == pytest.approx(0.05 - left, abs=1e-6)
+    assert mine["usd"]["remaining"]["usd"] == pytest.approx(left, abs=1e-6)
+    table = aigw(dev_json, "usage", "usd@x.dev")
+    assert table.exit_code == 0 and re.search(r"month USD\s.*\$0\.05", table.stdout), table.stdout
