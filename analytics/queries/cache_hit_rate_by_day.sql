@@ -1,6 +1,6 @@
 -- name: cache_hit_rate_by_day
--- description: Cache hits over answered requests (outcome completed or cached) per UTC day of ts.
--- description: Refused and failed requests never reach the cache and are left out.
+-- description: How often a prepared answer from the cache served the question, per day (UTC), out of the questions
+-- description: answered (refused and failed ones never reach the cache).
 SELECT
     CAST(ts AS DATE) AS usage_date,
     count(*) AS answered,

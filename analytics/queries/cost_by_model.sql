@@ -1,8 +1,8 @@
 -- name: cost_by_model
--- description: Estimated Bedrock cost (USD) per model: input and output tokens times model_prices, cached answers
--- description: excluded (no model call). A model missing from model_prices has a null cost.
--- description: model_prices is a placeholder: the runner replaces the rows of this CTE (analytics.render_query /
--- description: run_query, model_prices={model_id: (input_per_1k, output_per_1k)}); edit them by hand on Athena.
+-- description: What each model cost in dollars (Bedrock's token prices; cached answers cost nothing). A model without a
+-- description: known price shows no cost.
+-- note: model_prices is a placeholder: aigw analytics (analytics.run_query) fills it from the stack's prices;
+-- note: on Athena, edit its rows by hand (model_id, USD per 1K input tokens, USD per 1K output tokens).
 WITH model_prices (model_id, input_per_1k, output_per_1k) AS (
     VALUES ('anthropic.claude-3-haiku-20240307-v1:0', 0.00025, 0.00125)
 ),

@@ -1,8 +1,8 @@
 -- name: cost_by_user
--- description: Estimated Bedrock cost (USD) per user: each model's tokens times model_prices, cached answers excluded.
--- description: unpriced_tokens counts the tokens of models missing from model_prices (left out of the cost).
--- description: model_prices is a placeholder: the runner replaces the rows of this CTE (analytics.render_query /
--- description: run_query, model_prices={model_id: (input_per_1k, output_per_1k)}); edit them by hand on Athena.
+-- description: What each user's questions cost in dollars. unpriced_tokens: tokens of models without a known price,
+-- description: left out of the cost.
+-- note: model_prices is a placeholder: aigw analytics (analytics.run_query) fills it from the stack's prices;
+-- note: on Athena, edit its rows by hand (model_id, USD per 1K input tokens, USD per 1K output tokens).
 WITH model_prices (model_id, input_per_1k, output_per_1k) AS (
     VALUES ('anthropic.claude-3-haiku-20240307-v1:0', 0.00025, 0.00125)
 ),

@@ -1,5 +1,5 @@
 -- name: error_rate_by_code
--- description: Failed requests per error_code, and their share of all requests (every outcome) in the period.
+-- description: Failed requests by error code, and their share of all requests in the period.
 WITH totals AS (
     SELECT count(*) AS requests FROM usage_records
 )

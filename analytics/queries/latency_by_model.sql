@@ -1,6 +1,6 @@
 -- name: latency_by_model
--- description: Time to first token and response latency (ms) p50/p95/p99 per model, over completed requests
--- description: (answers from the model, not the cache). Percentiles are approximate (approx_percentile).
+-- description: How fast each model answered: time to the first word and to the whole answer (ms), median, p95 and p99,
+-- description: over answers from the model (not the cache). Percentiles are approximate.
 SELECT
     model_id,
     count(*) AS requests,

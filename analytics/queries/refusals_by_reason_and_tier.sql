@@ -1,5 +1,7 @@
 -- name: refusals_by_reason_and_tier
--- description: Refused requests per refusal_reason (window, monthly) and tier, with the number of users refused.
+-- description: Requests refused by a limit, by reason (window, monthly: the user's own; team, team_window: their
+-- description: team's; stack: the gateway's ceiling; contention: too many at once) and tier, with how many users were
+-- description: refused.
 SELECT
     refusal_reason,
     tier,

@@ -1,5 +1,5 @@
 -- name: tokens_by_model_per_day
--- description: Requests and tokens (input, output, total) per model per UTC day of ts, every outcome included.
+-- description: Requests and tokens (input, output, total) per model per day (UTC), every outcome included.
 SELECT
     CAST(ts AS DATE) AS usage_date,
     model_id,

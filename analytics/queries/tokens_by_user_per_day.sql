@@ -1,5 +1,5 @@
 -- name: tokens_by_user_per_day
--- description: Requests and tokens (input, output, total) per user per UTC day of ts, every outcome included.
+-- description: Requests and tokens (input, output, total) per user per day (UTC), every outcome included.
 SELECT
     CAST(ts AS DATE) AS usage_date,
     user_id,

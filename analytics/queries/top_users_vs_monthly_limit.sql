@@ -1,8 +1,8 @@
 -- name: top_users_vs_monthly_limit
--- description: The 100 heaviest users of the current UTC month (current_date) against their tier's monthlyTokens.
--- description: tier is the user's latest tier this month; a tier missing from tier_limits has a null limit.
--- description: tier_limits is a placeholder: the runner replaces the rows of this CTE with the stack's tiers
--- description: (analytics.render_query / run_query, tier_limits={tier: monthly_tokens}); edit them by hand on Athena.
+-- description: The 100 heaviest users of this month (UTC) against their tier's monthly token limit (their latest tier
+-- description: this month).
+-- note: tier_limits is a placeholder: aigw analytics fills it from the stack's tiers; on Athena, edit
+-- note: its rows by hand (tier, monthlyTokens). A tier missing from it has a null limit.
 WITH tier_limits (tier, monthly_tokens) AS (
     VALUES ('free', 100000), ('pro', 2000000)
 ),
