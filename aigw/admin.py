@@ -12,6 +12,7 @@ command resolves the user through Cognito first. A user's tier is the strongest 
 default tier, exactly as `RuntimeConfig.tier_for` decides it for a request.
 
 Errors a person can fix by asking differently raise `AdminError` (the CLI exits 2 with its message).
+A command of several AWS calls that fails partway undoes what it did and raises `StepFailedError` (exit 1).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from typing import Any
 
 import boto3
 from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
 
 from aigw import local_cognito
 from aigw.client import Endpoints, EventsClient, token_sub
@@ -49,6 +51,19 @@ _LOCAL_CREDENTIALS = {"aws_access_key_id": "AKIDAIGWLOCAL", "aws_secret_access_k
 
 class AdminError(Exception):
     """Something the caller asked for that cannot be done as asked; the message says what to do instead."""
+
+
+class StepFailedError(Exception):
+    """An AWS call failed partway through a command of several calls: the message names the step, what was undone
+    so nothing is left half-made, or what is left and how to clear it. AWS trouble, not a bad request: exit 1."""
+
+
+def aws_words(err: ClientError | BotoCoreError) -> str:
+    """An AWS error in the service's own words (its code and message), as the CLI prints it."""
+    if isinstance(err, ClientError):
+        error = err.response.get("Error", {})
+        return f"{error.get('Code', 'error')}: {error.get('Message', err)}"
+    return str(err)
 
 
 # -- where to act

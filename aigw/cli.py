@@ -622,21 +622,20 @@ def _handled() -> Iterator[None]:
     """Bad input exits 2 with its message; AWS trouble exits 1 with the service's words; never a traceback."""
     from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError, NoCredentialsError
 
-    from aigw.admin import AdminError
+    from aigw.admin import AdminError, StepFailedError, aws_words
 
     try:
         yield
     except AdminError as err:
         _fail(str(err), 2)
+    except StepFailedError as err:
+        _fail(str(err), 1)
     except NoCredentialsError:
         _fail("no AWS credentials found: configure them (aws configure / AWS_PROFILE) or act on `aigw dev`", 2)
     except EndpointConnectionError as err:
         _fail(f"cannot reach {err.kwargs.get('endpoint_url')}: is the gateway running (`aigw dev`)?", 1)
-    except ClientError as err:
-        error = err.response.get("Error", {})
-        _fail(f"{error.get('Code', 'error')}: {error.get('Message', err)}", 1)
-    except BotoCoreError as err:
-        _fail(str(err), 1)
+    except (ClientError, BotoCoreError) as err:
+        _fail(aws_words(err), 1)
 
 
 def _target(
@@ -849,10 +848,29 @@ def _limits_table(view: Any) -> Table:
     return table
 
 
-@limits_app.command("show")
+def _limits_json(view: Any) -> dict[str, Any]:
+    """What `limits show|set|clear --json` print: one shape for the three, so a script reads any of them alike."""
+    return {
+        "email": view.user.email,
+        "sub": view.user.sub,
+        "tier": view.tier.name,
+        "limits_from": "tier" if view.override is None else "override",  # the words `usage --json` uses
+        "tier_limits": asdict(view.tier.limits),
+        "override": None if view.override is None else asdict(view.override),
+        "effective": asdict(view.effective),
+    }
+
+
+_LIMITS_JSON_HELP = ("{email, sub, tier, limits_from (tier or override), tier_limits, override (null when none), "
+                     "effective}, each limits object {window_tokens, window_seconds, monthly_tokens, "
+                     "min_output_tokens}")
+
+
+@limits_app.command("show", epilog=f"--json: {_LIMITS_JSON_HELP}.")
 @_acts_on("user_pool_id", "metering_table")
 def limits_show(
     user: Annotated[str, typer.Argument(help="Email or sub.")],
+    as_json: Json = False,
     *,
     target: Any,
 ) -> None:
@@ -861,12 +879,15 @@ def limits_show(
 
     with _handled():
         view = admin.show_limits(target.cognito(), target.meter(), target, user)
+    if as_json:
+        _print_json(_limits_json(view))
+        return
     Console().print(_limits_table(view))
     if view.override is None:
         Console().print("no override: the tier's limits apply")
 
 
-@limits_app.command("set")
+@limits_app.command("set", epilog=f"--json: the limits as they now stand, {_LIMITS_JSON_HELP}.")
 @_acts_on("user_pool_id", "metering_table")
 def limits_set(
     user: Annotated[str, typer.Argument(help="Email or sub.")],
@@ -878,6 +899,7 @@ def limits_set(
     min_output_tokens: Annotated[
         int | None, typer.Option("--min-output-tokens", help="Smallest output worth admitting \\[default: the tier's].")
     ] = None,
+    as_json: Json = False,
     *,
     target: Any,
 ) -> None:
@@ -889,13 +911,17 @@ def limits_set(
             target.cognito(), target.meter(), target, user, window_tokens=window_tokens,
             monthly_tokens=monthly_tokens, window_seconds=window_seconds, min_output_tokens=min_output_tokens,
         )
+    if as_json:
+        _print_json(_limits_json(view))
+        return
     Console().print(_limits_table(view))
 
 
-@limits_app.command("clear")
+@limits_app.command("clear", epilog=f"--json: the limits as they now stand (override null), {_LIMITS_JSON_HELP}.")
 @_acts_on("user_pool_id", "metering_table")
 def limits_clear(
     user: Annotated[str, typer.Argument(help="Email or sub.")],
+    as_json: Json = False,
     *,
     target: Any,
 ) -> None:
@@ -904,6 +930,9 @@ def limits_clear(
 
     with _handled():
         view = admin.clear_limits(target.cognito(), target.meter(), target, user)
+    if as_json:
+        _print_json(_limits_json(view))
+        return
     Console().print(f"override of {view.user.email} cleared: tier {view.tier.name} limits apply")
 
 
@@ -1182,7 +1211,28 @@ def _expires(entry: Any) -> str:
     return datetime.fromtimestamp(entry.expires_at, UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
-@cache_app.command("put")
+def _entry_json(entry: Any) -> dict[str, Any]:
+    """One prepared answer as `cache put|get|list --json` print it; `expires` is `expires_at` in ISO 8601, UTC."""
+    from datetime import UTC, datetime
+
+    return {
+        "key": entry.key,
+        "question": entry.question,
+        "normalized_question": entry.normalized_question,
+        "model": entry.model_id,
+        "namespace": entry.namespace,
+        "answer": entry.answer,
+        "hits": entry.hit_count,
+        "expires_at": entry.expires_at,
+        "expires": datetime.fromtimestamp(entry.expires_at, UTC).isoformat().replace("+00:00", "Z"),
+    }
+
+
+_ENTRY_JSON_HELP = ("{key, question, normalized_question, model, namespace, answer, hits, expires_at (epoch "
+                    "seconds), expires (ISO 8601, UTC)}")
+
+
+@cache_app.command("put", epilog=f"--json: the stored answer, {_ENTRY_JSON_HELP}.")
 @_acts_on("cache_table")
 def cache_put(
     question: Annotated[str, typer.Argument(help="The question, as users ask it.")],
@@ -1191,6 +1241,7 @@ def cache_put(
     ttl_days: Annotated[
         int | None, typer.Option("--ttl-days", help="Days to keep it \\[default: the stack's cacheTtlDays].")
     ] = None,
+    as_json: Json = False,
     *,
     target: Any,
 ) -> None:
@@ -1198,17 +1249,20 @@ def cache_put(
     from aigw import admin
 
     with _handled():
-        entry = admin.cache_put(target.cache(), question, answer, model,
-                                ttl_days)
+        entry = admin.cache_put(target.cache(), question, answer, model, ttl_days)
+    if as_json:
+        _print_json(_entry_json(entry))
+        return
     Console().print(f"stored for {entry.model_id} until {_expires(entry)} (matches {entry.normalized_question!r})",
                     markup=False, highlight=False)
 
 
-@cache_app.command("get")
+@cache_app.command("get", epilog=f"--json: {_ENTRY_JSON_HELP}; nothing on stdout when there is none.")
 @_acts_on("cache_table")
 def cache_get(
     question: Annotated[str, typer.Argument(help="The question.")],
     model: Model,
+    as_json: Json = False,
     *,
     target: Any,
 ) -> None:
@@ -1219,35 +1273,43 @@ def cache_get(
         entry = admin.cache_get(target.cache(), question, model)
     if entry is None:
         _fail(f"no answer stored for {question!r} and {model}", 1)
+    if as_json:
+        _print_json(_entry_json(entry))
+        return
     console = Console()
     console.print(entry.answer, markup=False, highlight=False)
     console.print(f"[dim]{entry.hit_count} hits, expires {_expires(entry)}[/dim]")
 
 
-@cache_app.command("list")
+@cache_app.command("list", epilog=f"--json: an array of {_ENTRY_JSON_HELP}, in the table's order.")
 @_acts_on("cache_table")
 def cache_list(
+    as_json: Json = False,
     *,
     target: Any,
 ) -> None:
     """Every live prepared answer of the stack's cache namespace."""
     with _handled():
         cache = target.cache()
-        entries = cache.list()
+        entries = sorted(cache.list(), key=lambda e: (e.normalized_question, e.model_id))
+    if as_json:
+        _print_json([_entry_json(entry) for entry in entries])
+        return
     table = Table(title=f"{len(entries)} prepared answers (namespace {cache.namespace})")
     for column in ("question", "model", "answer", "hits", "expires"):
         table.add_column(column)
-    for entry in sorted(entries, key=lambda e: (e.normalized_question, e.model_id)):
+    for entry in entries:
         answer = entry.answer if len(entry.answer) <= 60 else entry.answer[:59] + "…"
         table.add_row(entry.question, entry.model_id, answer, str(entry.hit_count), _expires(entry))
     Console().print(table)
 
 
-@cache_app.command("rm")
+@cache_app.command("rm", epilog="--json: {removed: {question, model}}; nothing on stdout when there was none.")
 @_acts_on("cache_table")
 def cache_rm(
     question: Annotated[str, typer.Argument(help="The question.")],
     model: Model,
+    as_json: Json = False,
     *,
     target: Any,
 ) -> None:
@@ -1258,13 +1320,18 @@ def cache_rm(
         removed = admin.cache_delete(target.cache(), question, model)
     if not removed:
         _fail(f"no answer stored for {question!r} and {model}", 1)
+    if as_json:
+        _print_json({"removed": {"question": question, "model": model}})
+        return
     Console().print("removed")
 
 
-@cache_app.command("import")
+@cache_app.command("import", epilog="--json: {file, imported (a count), errors: an array of {line, reason}}, "
+                   "printed with bad lines too (the exit code is still 1).")
 @_acts_on("cache_table")
 def cache_import(
     file: Annotated[Path, typer.Argument(help='JSONL: {"question", "answer", "modelId", "ttlSeconds"?} a line.')],
+    as_json: Json = False,
     *,
     target: Any,
 ) -> None:
@@ -1273,10 +1340,14 @@ def cache_import(
 
     with _handled():
         report = admin.cache_import(target.cache(), file)
-    console = Console()
-    console.print(f"imported {report.imported} answers from {file}", markup=False, highlight=False)
-    for error in report.errors:
-        console.print(f"  line {error.line}: {error.reason}", markup=False, highlight=False)
+    if as_json:
+        _print_json({"file": str(file), "imported": report.imported,
+                     "errors": [{"line": e.line, "reason": e.reason} for e in report.errors]})
+    else:
+        console = Console()
+        console.print(f"imported {report.imported} answers from {file}", markup=False, highlight=False)
+        for error in report.errors:
+            console.print(f"  line {error.line}: {error.reason}", markup=False, highlight=False)
     if report.errors:
         raise typer.Exit(1)
 

@@ -21,7 +21,9 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from aigw.admin import AdminError, Target, User, resolve_user
+from botocore.exceptions import BotoCoreError, ClientError
+
+from aigw.admin import AdminError, StepFailedError, Target, User, aws_words, resolve_user
 from runtime.budgets import (
     MICRO,
     STACK_KEY,
@@ -207,8 +209,23 @@ class Admin:
             GroupName=team_group(name), UserPoolId=self.pool_id,
             Description=f"members of team {name} (ai-gateway budgets; see `aigw teams`)",
         )
-        self.budgets.set_limits(key, limits)
+        try:
+            self.budgets.set_limits(key, limits)
+        except (ClientError, BotoCoreError) as err:
+            # A group without its budget item would be a team whose limits were never set, and would make a retry
+            # of `teams add` refuse it as existing: undo the group so the failure leaves nothing behind.
+            raise StepFailedError(f"team {name!r} not created: writing its budget item failed ({aws_words(err)}); "
+                                  f"{self._undo_group(name)}") from err
         return self.team(name)
+
+    def _undo_group(self, name: str) -> str:
+        """Delete a group just created; what became of it, in words for the operator."""
+        try:
+            self.cognito.delete_group(GroupName=team_group(name), UserPoolId=self.pool_id)
+        except (ClientError, BotoCoreError) as err:
+            return (f"its group {team_group(name)} is left behind (deleting it failed: {aws_words(err)}): "
+                    f"`aigw teams remove {name}` deletes it")
+        return f"its group {team_group(name)} was deleted again, so nothing is left: retry `aigw teams add {name}`"
 
     def team(self, name: str) -> dict[str, Any]:
         usage = self.budgets.usage(budget_key("team", name))
