@@ -41,6 +41,7 @@ from runtime.cache import AnswerCache, CacheEntry, ImportReport
 from runtime.config import TierSettings
 from runtime.errors import InvalidInputError
 from runtime.metering import Limits, Meter, Usage
+from runtime.metering.core import overridden
 
 DEFAULT_DEV_JSON = Path(".aigw/dev.json")
 DAY_S = 86_400
@@ -387,7 +388,7 @@ class LimitsView:
 
     @property
     def effective(self) -> Limits:
-        return self.override or self.tier.limits
+        return overridden(self.override, self.tier.limits)
 
 
 @dataclass(frozen=True)
@@ -414,8 +415,10 @@ def set_limits(
     monthly_tokens: int,
     window_seconds: int | None = None,
     min_output_tokens: int | None = None,
+    monthly_usd: float | None = None,
 ) -> LimitsView:
-    """Store a per-user override; window length and minimum output default to the user's tier's."""
+    """Store a per-user override; window length and minimum output default to the user's tier's, and without a
+    USD month of its own the tier's applies (the gatekeeper fills it in)."""
     found = resolve_user(cognito, target, user)
     tier = target.tier_for(found.groups)
     try:
@@ -424,6 +427,7 @@ def set_limits(
             monthly_tokens,
             tier.window_seconds if window_seconds is None else window_seconds,
             tier.min_output_tokens if min_output_tokens is None else min_output_tokens,
+            monthly_usd,
         )
     except InvalidInputError as err:
         raise AdminError(str(err)) from None

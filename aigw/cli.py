@@ -834,12 +834,12 @@ app.add_typer(limits_app, name="limits")
 def _limits_table(view: Any) -> Table:
     table = Table(title=f"limits of {view.user.email} (tier {view.tier.name})")
     table.add_column("")
-    for column in ("window tokens", "window seconds", "monthly tokens", "min output tokens"):
+    for column in ("window tokens", "window seconds", "monthly tokens", "min output tokens", "monthly USD"):
         table.add_column(column, justify="right")
 
     def row(label: str, limits: Any) -> None:
         table.add_row(label, _int(limits.window_tokens), _int(limits.window_seconds), _int(limits.monthly_tokens),
-                      _int(limits.min_output_tokens))
+                      _int(limits.min_output_tokens), _money(limits.monthly_usd))
 
     row(f"tier {view.tier.name}", view.tier.limits)
     if view.override is not None:
@@ -863,7 +863,7 @@ def _limits_json(view: Any) -> dict[str, Any]:
 
 _LIMITS_JSON_HELP = ("{email, sub, tier, limits_from (tier or override), tier_limits, override (null when none), "
                      "effective}, each limits object {window_tokens, window_seconds, monthly_tokens, "
-                     "min_output_tokens}")
+                     "min_output_tokens, monthly_usd (null: none)}")
 
 
 @limits_app.command("show", epilog=f"--json: {_LIMITS_JSON_HELP}.")
@@ -899,6 +899,9 @@ def limits_set(
     min_output_tokens: Annotated[
         int | None, typer.Option("--min-output-tokens", help="Smallest output worth admitting \\[default: the tier's].")
     ] = None,
+    monthly_usd: Annotated[
+        float | None, typer.Option("--monthly-usd", help="The user's own monthly USD limit \\[default: the tier's].")
+    ] = None,
     as_json: Json = False,
     *,
     target: Any,
@@ -910,6 +913,7 @@ def limits_set(
         view = admin.set_limits(
             target.cognito(), target.meter(), target, user, window_tokens=window_tokens,
             monthly_tokens=monthly_tokens, window_seconds=window_seconds, min_output_tokens=min_output_tokens,
+            monthly_usd=monthly_usd,
         )
     if as_json:
         _print_json(_limits_json(view))

@@ -35,6 +35,7 @@ from runtime.budgets import (
     budget_key,
     team_of,
 )
+from runtime.errors import MeterContentionError
 from runtime.metering.core import month_key
 
 # Lower-case so `Platform` and `platform` cannot be two teams; no `#` or `:` (they separate the key's parts).
@@ -138,6 +139,10 @@ def budget_view(
     }
 
 
+def _words(err: Exception) -> str:
+    return aws_words(err) if isinstance(err, ClientError | BotoCoreError) else str(err)
+
+
 # -- the adapters
 
 
@@ -211,10 +216,10 @@ class Admin:
         )
         try:
             self.budgets.set_limits(key, limits)
-        except (ClientError, BotoCoreError) as err:
+        except (ClientError, BotoCoreError, MeterContentionError) as err:
             # A group without its budget item would be a team whose limits were never set, and would make a retry
             # of `teams add` refuse it as existing: undo the group so the failure leaves nothing behind.
-            raise StepFailedError(f"team {name!r} not created: writing its budget item failed ({aws_words(err)}); "
+            raise StepFailedError(f"team {name!r} not created: writing its budget item failed ({_words(err)}); "
                                   f"{self._undo_group(name)}") from err
         return self.team(name)
 

@@ -233,7 +233,11 @@ def check_token_count(name: str, value: object, *, positive: bool = False) -> in
 def effective_limits(state: MeterState, tier_limits: Limits) -> Limits:
     """A per-user override, when stored, takes precedence over the tier's limits; an override without a USD month
     keeps the tier's (setting a user's tokens does not lift the tier's spending cap)."""
-    override = state.override
+    return overridden(state.override, tier_limits)
+
+
+def overridden(override: Limits | None, tier_limits: Limits) -> Limits:
+    """The limits under an override (None: the tier's); a USD month the override lacks is the tier's."""
     if override is None:
         return tier_limits
     return override if override.monthly_usd is not None else replace(override, monthly_usd=tier_limits.monthly_usd)

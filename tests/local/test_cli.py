@@ -150,6 +150,26 @@ def test_limits_set_show_clear_change_what_usage_reports(dev_json: Path) -> None
     assert "no override" in aigw(dev_json, "limits", "show", "bob@example.com").stdout
 
 
+def test_limits_json_says_tier_override_and_effective_in_one_shape(dev_json: Path) -> None:
+    assert aigw(dev_json, "users", "add", "jo@example.com", "--password", PASSWORD).exit_code == 0
+    shown = json.loads(aigw(dev_json, "limits", "show", "jo@example.com", "--json").stdout)
+    assert shown["limits_from"] == "tier" and shown["override"] is None and shown["tier"] == "free"
+    assert shown["effective"] == shown["tier_limits"] and shown["tier_limits"]["window_tokens"] == 20_000
+    changed = aigw(dev_json, "limits", "set", "jo@example.com", "--window-tokens", "5000", "--monthly-tokens",
+                   "90000", "--monthly-usd", "2.5", "--json")
+    assert changed.exit_code == 0, changed.output
+    view = json.loads(changed.stdout)
+    assert view["limits_from"] == "override" and view["sub"] == shown["sub"]
+    assert view["override"] == view["effective"] == {
+        "window_tokens": 5_000, "monthly_tokens": 90_000, "window_seconds": 600, "min_output_tokens": 64,
+        "monthly_usd": 2.5,
+    }
+    assert json.loads(aigw(dev_json, "limits", "show", "jo@example.com", "--json").stdout) == view
+    assert "$2.50" in aigw(dev_json, "limits", "show", "jo@example.com").stdout
+    cleared = json.loads(aigw(dev_json, "limits", "clear", "jo@example.com", "--json").stdout)
+    assert cleared["override"] is None and cleared["effective"] == shown["tier_limits"]
+
+
 # -- cache
 
 
@@ -181,6 +201,27 @@ def test_cache_put_get_list_rm_import(dev_json: Path, tmp_path: Path) -> None:
     assert re.search(r"line 2: missing field\(s\): answer", imported.stdout)
     assert re.search(r"line 5: invalid JSON", imported.stdout)
     assert "Nine to five." in aigw(dev_json, "cache", "get", "opening hours", "--model", NOVA).stdout
+
+
+def test_cache_json_round_trip(dev_json: Path, tmp_path: Path) -> None:
+    put = json.loads(aigw(dev_json, "cache", "put", "Where is the office?", "Lisbon.", "--model", NOVA,
+                          "--ttl-days", "2", "--json").stdout)
+    assert put["question"] == "Where is the office?" and put["answer"] == "Lisbon." and put["model"] == NOVA
+    assert put["expires"].endswith("Z") and put["hits"] == 0
+    got = json.loads(aigw(dev_json, "cache", "get", "where is the office", "--model", NOVA, "--json").stdout)
+    assert got == put
+    listed = json.loads(aigw(dev_json, "cache", "list", "--json").stdout)
+    assert put in listed and all({"key", "question", "answer", "expires_at"} <= set(e) for e in listed)
+    removed = json.loads(aigw(dev_json, "cache", "rm", "Where is the office?", "--model", NOVA, "--json").stdout)
+    assert removed == {"removed": {"question": "Where is the office?", "model": NOVA}}
+    missing = aigw(dev_json, "cache", "get", "Where is the office?", "--model", NOVA, "--json")
+    assert missing.exit_code == 1 and missing.stdout == ""  # nothing to parse, the reason on stderr
+    lines = tmp_path / "more.jsonl"
+    lines.write_text('{"question": "Parking?", "answer": "Level -1.", "modelId": "amazon.nova-lite-v1:0"}\nnope\n')
+    imported = aigw(dev_json, "cache", "import", str(lines), "--json")
+    assert imported.exit_code == 1
+    report = json.loads(imported.stdout)
+    assert report["imported"] == 1 and [e["line"] for e in report["errors"]] == [2]
 
 
 # -- chat
@@ -275,6 +316,21 @@ def test_from_stack_reads_pulumi_outputs_or_asks_for_flags(tmp_path: Path) -> No
 
     result = CliRunner().invoke(app, ["users", "list", "--stack", "prod"], env={"PATH": str(tmp_path)})
     assert result.exit_code == 2 and "pulumi" in result.stderr
+
+
+def test_every_admin_command_has_json() -> None:
+    import typer.main
+
+    root = typer.main.get_command(app)
+    commands = [["usage"]] + [
+        [group, name]
+        for group in ("users", "limits", "cache", "teams", "budgets")
+        for name in root.commands[group].commands  # type: ignore[attr-defined]
+    ]
+    assert len(commands) > 15
+    for command in commands:
+        result = CliRunner().invoke(app, [*command, "--help"], env={"COLUMNS": "200"})
+        assert result.exit_code == 0 and "--json" in result.output, command
 
 
 @pytest.mark.parametrize(

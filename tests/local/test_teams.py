@@ -337,3 +337,24 @@ def test_a_users_own_usd_month_is_spent_by_their_answers_and_usage_shows_it(dev_
     assert mine["usd"]["remaining"]["usd"] == pytest.approx(left, abs=1e-6)
     table = aigw(dev_json, "usage", "usd@x.dev")
     assert table.exit_code == 0 and re.search(r"month USD\s.*\$0\.05", table.stdout), table.stdout
+
+
+def test_a_failed_budget_write_leaves_no_team_behind(dev_json: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from botocore.exceptions import ClientError
+
+    def failing(self: Budgets, key: str, limits: BudgetLimits) -> None:
+        raise ClientError({"Error": {"Code": "ProvisionedThroughputExceededException", "Message": "injected"}},
+                          "PutItem")
+
+    monkeypatch.setattr(Budgets, "set_limits", failing)
+    failed = aigw(dev_json, "teams", "add", "halfmade", "--monthly-usd", "5")
+    assert failed.exit_code == 1, failed.output
+    assert "not created" in failed.stderr and "ProvisionedThroughputExceededException" in failed.stderr
+    assert "nothing is left" in failed.stderr and "Traceback" not in failed.output
+    monkeypatch.undo()
+    names = [t["name"] for t in as_json(aigw(dev_json, "teams", "list", "--json"))]
+    assert "halfmade" not in names
+    target = admin.Target.from_dev_json(dev_json)
+    groups = target.cognito().list_groups(UserPoolId=target.user_pool_id)["Groups"]
+    assert "team:halfmade" not in {g["GroupName"] for g in groups}
+    assert aigw(dev_json, "teams", "add", "halfmade", "--monthly-usd", "5").exit_code == 0  # a retry just works
