@@ -361,8 +361,20 @@ def doctor(
     raise typer.Exit(checks_module.exit_code(checks))
 
 
+def _figure(value: float) -> str:
+    """A quantity as a plain decimal: thousands separated, at most 4 decimals, and a small one to its first two
+    significant digits (0.0000095 GB-month, not "<0.0001" or 9.5e-06)."""
+    from aigw.analytics_view import number
+
+    if value == 0 or abs(value) >= 0.001:
+        return number(round(value, 4))
+    return f"{value:.{1 - math.floor(math.log10(abs(value)))}f}"
+
+
 def _plan_cost(mocks: Any, settings: Any, stack: str, profile: str, prices: Path | None, as_json: bool) -> None:
+    from aigw.analytics_view import number
     from aigw.cost import DEFAULT_PRICES, CostError, estimate, load_prices, load_profile
+    from aigw.plan_diff import usd
 
     try:
         report = estimate(mocks, settings, load_profile(profile), load_prices(prices or DEFAULT_PRICES))
@@ -372,29 +384,43 @@ def _plan_cost(mocks: Any, settings: Any, stack: str, profile: str, prices: Path
     if as_json:
         typer.echo(json.dumps(report.to_dict(), indent=2))
         return
+    console = Console()
     table = Table(title=f"ai-gateway {stack}: monthly cost, profile {report.profile} "
-                        f"({report.requests_per_month:,.0f} requests/month)")
-    for column, justify in (("service", "left"), ("item", "left"), ("kind", "left"), ("quantity", "right"),
-                            ("unit", "left"), ("unit price", "right"), ("USD/month", "right")):
-        table.add_column(column, justify=justify)  # type: ignore[arg-type]
+                        f"({number(report.requests_per_month)} requests/month)")
+    # Folded, never cut with "…": a figure half-shown is worse than a taller table. The figures keep their width
+    # (a quantity or a price broken over two lines misreads); the words wrap. (No min_width: Rich then crops.)
+    for column, justify, figure in (("service", "left", False), ("item", "left", False), ("kind", "left", True),
+                                    ("quantity", "right", True), ("unit", "left", False),
+                                    ("unit price", "right", True), ("USD/month", "right", True),
+                                    ("notes", "left", False)):
+        table.add_column(column, justify=justify, overflow="fold", no_wrap=figure)  # type: ignore[arg-type]
+    kinds = {"fixed": "fixed", "per_request": "per request", "storage": "storage"}
+    unconfirmed = 0
     services = list(dict.fromkeys(line.service for line in report.lines))
     for service in services:
         lines = [line for line in report.lines if line.service == service]
-        for number, line in enumerate(sorted(lines, key=lambda li: (li.kind, li.item))):
-            table.add_row(service if number == 0 else "", line.item, line.kind, f"{line.quantity:,.4g}", line.unit,
-                          f"{line.unit_price_usd:.6g}", f"{line.monthly_usd:,.4f}")
-        for kind in ("fixed", "per_request"):
-            if any(li.kind == kind for li in lines):
-                subtotal = sum(li.monthly_usd for li in lines if li.kind == kind)
-                table.add_row("", f"[italic]subtotal {kind.replace('_', '-')}[/italic]", "", "", "", "",
-                              f"[bold]{subtotal:,.4f}[/bold]")
+        for number_in_service, line in enumerate(sorted(lines, key=lambda li: (li.kind, li.item))):
+            unconfirmed += not line.price_confirmed
+            price = usd(line.unit_price_usd) + ("" if line.price_confirmed else " *")
+            table.add_row(service if number_in_service == 0 else "", line.item, kinds[line.kind],
+                          _figure(line.billed_quantity), line.unit, price,
+                          usd(line.monthly_usd), line.note)
+        for kind, label in (("fixed", "fixed"), ("usage", "usage")):
+            chosen = [li for li in lines if (li.kind == "fixed") == (kind == "fixed")]
+            if chosen:
+                table.add_row("", f"[italic]subtotal {label}[/italic]", "", "", "", "",
+                              f"[bold]{usd(sum(li.monthly_usd for li in chosen))}[/bold]", "")
         table.add_section()
-    console = Console()
     console.print(table)
-    console.print(f"fixed (idle stack):       {report.fixed_usd:>12,.2f} USD/month", highlight=False)
-    console.print(f"per-request (usage):      {report.per_request_usd_month:>12,.2f} USD/month", highlight=False)
-    console.print(f"total:                    {report.total_usd:>12,.2f} USD/month", highlight=False)
-    console.print(f"one average request:      {report.cost_per_request_usd:>12,.6f} USD", highlight=False)
+    for label, amount in (("fixed (idle stack)", report.fixed_usd),
+                          ("usage (requests and their data)", report.per_request_usd_month),
+                          ("total", report.total_usd), ("one average request", report.cost_per_request_usd)):
+        console.print(f"{label + ':':<34}{usd(amount) + ('' if label == 'one average request' else ' a month'):>16}",
+                      highlight=False)
+    if unconfirmed:
+        console.print(f"* {unconfirmed} of {len(report.lines)} prices are unconfirmed: best-known figures not seen in "
+                      "their cited page. cost/prices.yaml lists each with its source and date; check them against "
+                      "the AWS pricing pages (`--json`: price_confirmed).", highlight=False)
 
 
 # -- aigw analytics

@@ -18,8 +18,12 @@ JSON schema (`aigw plan --cost --json`)::
 
     {"stack": str, "profile": str, "requests_per_month": float,
      "lines": [{"service", "item", "quantity", "unit", "unit_price_usd", "monthly_usd", "kind", "price_id",
-                "note"}],
+                "note", "billed_quantity", "price_confirmed"}],
      "fixed_usd": float, "per_request_usd_month": float, "total_usd": float, "cost_per_request_usd": float}
+
+`kind` is "fixed" (the idle stack), "per_request" or "storage" (the data requests leave, per GB-month);
+`per_request_usd_month` is the usage-driven part: per_request and storage lines together. `quantity` is in the
+natural unit (tokens, GB-seconds), `billed_quantity` in the price's (`unit`, e.g. "1M tokens").
 """
 
 from __future__ import annotations
@@ -83,7 +87,9 @@ ASSUMED_OBJECT_BYTES = 16 * 1024
 JOURNAL_BYTES_PER_OUTPUT_TOKEN = 4
 JOURNAL_BYTES_PER_EVENT = 120  # a page file whose size the inventory does not carry
 
-Kind = Literal["fixed", "per_request"]
+# fixed: the idle stack; per_request: driven by requests; storage: by the data requests leave behind (grows with
+# usage, so counted with it, but billed per GB-month rather than per call).
+Kind = Literal["fixed", "per_request", "storage"]
 
 
 class CostError(ValueError):
@@ -146,6 +152,8 @@ class Line:
     kind: Kind
     price_id: str
     note: str = ""
+    billed_quantity: float = 0.0  # `quantity` in the price's unit (1,944,000 tokens: 1.944 of "1M tokens")
+    price_confirmed: bool = False  # the figure was seen in its cited source (cost/prices.yaml `confirmed`)
 
 
 @dataclass
@@ -422,10 +430,11 @@ class _Lines:
         price = self.prices.get(price_id)
         if price is None:
             raise MissingPriceError(price_id)
-        if kind == "per_request" and quantity <= 0:
+        if kind != "fixed" and quantity <= 0:
             return
         monthly = quantity / price.per * price.usd
-        self.lines.append(Line(service, item, quantity, price.unit, price.usd, monthly, kind, price_id, note))
+        self.lines.append(Line(service, item, quantity, price.unit, price.usd, monthly, kind, price_id, note,
+                               billed_quantity=quantity / price.per, price_confirmed=price.confirmed is True))
 
 
 def estimate(mocks_or_inventory: RecordingMocks | Iterable[Any], settings: Any, profile: Profile | Mapping[str, Any],
@@ -525,11 +534,11 @@ def estimate(mocks_or_inventory: RecordingMocks | Iterable[Any], settings: Any, 
             "1 strongly consistent GetItem (≤ 4 KB) per admitted, cached or refused request")
     stored_gb = (users * float(p["dynamodb_bytes_per_user"])
                  + float(p["cache_entries"]) * float(p["cache_entry_bytes"])) / GB
-    out.add("DynamoDB", "storage", stored_gb, "dynamodb.storage_gb_month", "per_request",
+    out.add("DynamoDB", "storage", stored_gb, "dynamodb.storage_gb_month", "storage",
             f"{p['dynamodb_bytes_per_user']:g} B of metering items per user + prepared answers; 25 GB free tier "
             "not applied")
     if stack.pitr_tables:
-        out.add("DynamoDB", "point-in-time recovery", stored_gb, "dynamodb.pitr_gb_month", "per_request",
+        out.add("DynamoDB", "point-in-time recovery", stored_gb, "dynamodb.pitr_gb_month", "storage",
                 f"PITR on {stack.pitr_tables} of {stack.tables} tables; billed on table size")
 
     # -- CloudWatch
@@ -538,7 +547,7 @@ def estimate(mocks_or_inventory: RecordingMocks | Iterable[Any], settings: Any, 
     out.add("CloudWatch", "log ingestion", log_gb, "cloudwatch.logs_ingest_gb", "per_request",
             f"{p['log_bytes_per_request']:g} B per request (JSON logs, EMF metrics, usage record)")
     stored_months = (retention / DAYS_PER_MONTH) if retention else 12.0
-    out.add("CloudWatch", "log storage", log_gb * stored_months, "cloudwatch.logs_storage_gb_month", "per_request",
+    out.add("CloudWatch", "log storage", log_gb * stored_months, "cloudwatch.logs_storage_gb_month", "storage",
             f"steady state: a month's logs × {retention:g} days retention / 30 "
             f"({'never expire: 12 months assumed' if not retention else 'uncompressed: an upper bound'})")
     if requests > 0:
@@ -580,7 +589,7 @@ def estimate(mocks_or_inventory: RecordingMocks | Iterable[Any], settings: Any, 
         if stack.firehose:
             expiry = float(settings.analytics.data_expiry_days)
             monthly_gb = requests * record_bytes * float(p["parquet_ratio"]) / GB
-            out.add("S3", "storage", monthly_gb * expiry / DAYS_PER_MONTH, "s3.storage_gb_month", "per_request",
+            out.add("S3", "storage", monthly_gb * expiry / DAYS_PER_MONTH, "s3.storage_gb_month", "storage",
                     f"Parquet ≈ {p['parquet_ratio']:g} × JSON; steady state over {expiry:g} days expiry "
                     "(Standard class throughout)")
         objects = (min(requests, SECONDS_PER_MONTH / stack.firehose_buffer_s) if stack.firehose else 0.0)
@@ -640,7 +649,7 @@ def estimate(mocks_or_inventory: RecordingMocks | Iterable[Any], settings: Any, 
 
     lines = out.lines
     fixed = sum((line.monthly_usd for line in lines if line.kind == "fixed"), 0.0)
-    variable = sum((line.monthly_usd for line in lines if line.kind == "per_request"), 0.0)
+    variable = sum((line.monthly_usd for line in lines if line.kind != "fixed"), 0.0)  # requests and their data
     return CostReport(
         lines=lines,
         fixed_usd=fixed,

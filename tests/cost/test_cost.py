@@ -194,8 +194,9 @@ def test_cli_json_schema() -> None:
     assert report["stack"] == "dev" and report["profile"] == "hand" and report["requests_per_month"] == 30_000
     for line in report["lines"]:
         assert set(line) == {"service", "item", "quantity", "unit", "unit_price_usd", "monthly_usd", "kind",
-                             "price_id", "note"}
-        assert line["kind"] in ("fixed", "per_request")
+                             "price_id", "note", "billed_quantity", "price_confirmed"}
+        assert line["kind"] in ("fixed", "per_request", "storage")
+        assert line["billed_quantity"] * line["unit_price_usd"] == pytest.approx(line["monthly_usd"])
     assert report["total_usd"] == pytest.approx(sum(line["monthly_usd"] for line in report["lines"]))
     assert report["fixed_usd"] == pytest.approx(
         sum(line["monthly_usd"] for line in report["lines"] if line["kind"] == "fixed"))
@@ -217,9 +218,46 @@ def test_cli_table_and_errors() -> None:
     args = ["plan", "--stack", "dev", "--cost", "--prices", str(FIXTURES / "prices.yaml")]
     result = CliRunner().invoke(app, [*args, "--profile", str(FIXTURES / "hand.yaml")], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
-    assert "subtotal per-request" in result.output and "one average request" in result.output
+    assert "subtotal usage" in result.output and "one average request" in result.output
     bad = CliRunner().invoke(app, [*args, "--profile", str(FIXTURES / "unknown_model.yaml")])
     assert bad.exit_code == 2 and "meta.llama-nope-v1:0" in bad.output
+
+
+def _table_rows(text: str) -> list[list[str]]:
+    """The body rows of a Rich table (cells of one printed line, borders dropped)."""
+    return [[cell.strip() for cell in line.strip("│").split("│")] for line in text.splitlines()
+            if line.startswith("│")]
+
+
+def test_the_cost_table_reads_as_written_at_120_columns() -> None:
+    args = ["plan", "--stack", "prod", "--cost"]
+    text = CliRunner().invoke(app, args, env={"COLUMNS": "120"})
+    assert text.exit_code == 0, text.output
+    report = json.loads(CliRunner().invoke(app, [*args, "--json"]).output)
+    lines = text.output.splitlines()
+    assert max(len(line) for line in lines) <= 120 and "…" not in text.output  # folded, never cut
+    assert not re.search(r"\d[eE][+-]\d", text.output)  # no scientific notation anywhere
+    # Each priced line: its quantity is in the unit's terms, so quantity × unit price is the month's dollars.
+    checked = 0
+    for cells in _table_rows(text.output):
+        quantity, price, monthly = cells[3], cells[5].rstrip(" *"), cells[6]
+        if not (quantity and price.startswith("$") and monthly.startswith("$")):
+            continue
+        product = float(quantity.replace(",", "")) * float(price[1:].replace(",", ""))
+        shown = float(monthly.lstrip("$").replace(",", ""))
+        assert product == pytest.approx(shown, rel=0.06, abs=0.006), cells
+        checked += 1
+    assert checked >= 20
+    # Unconfirmed prices are marked, and counted in the footer as --json counts them.
+    unconfirmed = sum(not line["price_confirmed"] for line in report["lines"])
+    assert 0 < unconfirmed < len(report["lines"])
+    assert sum(cells[5].endswith(" *") for cells in _table_rows(text.output)) == unconfirmed
+    assert f"* {unconfirmed} of {len(report['lines'])} prices are unconfirmed" in " ".join(lines)
+    # Storage is billed on what is stored, not per request.
+    kinds = {(line["service"], line["item"]): line["kind"] for line in report["lines"]}
+    assert kinds[("DynamoDB", "point-in-time recovery")] == kinds[("DynamoDB", "storage")] == "storage"
+    assert report["per_request_usd_month"] == pytest.approx(
+        sum(line["monthly_usd"] for line in report["lines"] if line["kind"] != "fixed"))
 
 
 def test_the_chat_page_is_priced_on_dev_and_absent_on_prod() -> None:
