@@ -1527,12 +1527,12 @@ def _chat_command(runner: Any, session: Any, command: str, console: Console) -> 
 
 
 def _budgets_text(budgets: Any) -> str:
-    """What a team's / the gateway's month has left in USD (and a team's window in tokens): '' when no such
-    budget applies."""
+    """What the user's own, their team's and the gateway's months have left in USD (and a team's window in
+    tokens): '' when no such budget applies."""
     if not isinstance(budgets, dict):
         return ""
     parts = []
-    for scope, label in (("team", "your team"), ("stack", "this gateway")):
+    for scope, label in (("user", "you"), ("team", "your team"), ("stack", "this gateway")):
         left = budgets.get(scope)
         if not isinstance(left, dict):
             continue

@@ -338,20 +338,27 @@ function showUsage(event) {
 
 const USD = new Intl.NumberFormat("en-US", { style: "currency", currency: "USD" });
 
-/** "Team platform: $4.20 left this month", when the user is in a team with a budget (dollars, tokens, window). */
+/** "You: $0.80 left this month · Team platform: $4.20 left this month": the user's own USD month and their team's
+ * budget (dollars, tokens, window), where they have them. */
 function showTeamBudget(budgets) {
   const line = $("budget-team");
   const team = budgets && budgets.team;
-  if (!team) {
+  const mine = budgets && budgets.user;
+  if (!team && !mine) {
     if (budgets === null) line.hidden = true; // an event without budgets says nothing new
     return;
   }
-  const parts = [];
-  if (typeof team.usd === "number") parts.push(`${USD.format(Math.max(0, team.usd))} left this month`);
-  if (typeof team.tokens === "number") parts.push(`${team.tokens.toLocaleString()} tokens left this month`);
-  if (typeof team.window === "number") parts.push(`${team.window.toLocaleString()} tokens left in 10 minutes`);
-  if (parts.length === 0) return;
-  line.textContent = `Team ${team.name}: ${parts.join(", ")}`;
+  const sentences = [];
+  if (mine && typeof mine.usd === "number") sentences.push(`You: ${USD.format(Math.max(0, mine.usd))} left this month`);
+  if (team) {
+    const parts = [];
+    if (typeof team.usd === "number") parts.push(`${USD.format(Math.max(0, team.usd))} left this month`);
+    if (typeof team.tokens === "number") parts.push(`${team.tokens.toLocaleString()} tokens left this month`);
+    if (typeof team.window === "number") parts.push(`${team.window.toLocaleString()} tokens left in 10 minutes`);
+    if (parts.length) sentences.push(`Team ${team.name}: ${parts.join(", ")}`);
+  }
+  if (sentences.length === 0) return;
+  line.textContent = sentences.join(" · ");
   line.hidden = false;
 }
 

@@ -528,7 +528,8 @@ def test_the_bars_show_the_users_own_limits_and_team_budget_at_sign_in(
     open_page: Any, users: Users, tables: Tables, gateway: DevGateway
 ) -> None:
     email, sub = users.new("free")
-    tables.meter.set_override(sub, Limits(window_tokens=7_000, monthly_tokens=100_000))  # the tier has 20k / 500k
+    # The tier has 20k / 500k tokens and no USD month; the override has its own of each.
+    tables.meter.set_override(sub, Limits(window_tokens=7_000, monthly_tokens=100_000, monthly_usd=0.8))
     team = f"web{uuid.uuid4().hex[:6]}"
     users.idp.create_group(GroupName=f"team:{team}", UserPoolId=users.pool.user_pool_id)
     users.idp.admin_add_user_to_group(UserPoolId=users.pool.user_pool_id, Username=email, GroupName=f"team:{team}")
@@ -540,7 +541,7 @@ def test_the_bars_show_the_users_own_limits_and_team_budget_at_sign_in(
     expect(tab.page.locator("#budget-month-text")).to_have_text("100,000 tokens left")
     assert tab.page.locator("#budget-window").get_attribute("max") == "7000"
     expect(tab.page.locator("#budget-team")).to_have_text(
-        f"Team {team}: $4.20 left this month, 9,000 tokens left in 10 minutes")
+        f"You: $0.80 left this month · Team {team}: $4.20 left this month, 9,000 tokens left in 10 minutes")
     tab.page.screenshot(path=ARTIFACTS / "web-chat-budgets.png")
     assert tab.problems == []
 

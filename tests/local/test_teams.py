@@ -104,6 +104,7 @@ def test_aigw_chat_says_what_the_team_and_the_gateway_have_left() -> None:
     assert _budgets_text(budgets) == ("your team platform: $4.20 left this month, 1,500 tokens left in 10 minutes; "
                                       "this gateway: $1,999.50 left this month")
     assert _budgets_text({"team": {"name": "t", "usd": None, "tokens": None}}) == ""
+    assert _budgets_text({"user": {"usd": 0.5, "tokens": None}}) == "you: $0.50 left this month"
     assert _budgets_text(None) == ""
 
 
