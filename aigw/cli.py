@@ -983,6 +983,9 @@ def _budget_rows(table: Table, label: str, view: dict[str, Any]) -> None:
     if (window := view.get("window")) and window["limit"] is not None:
         table.add_row(f"{label} window ({window['seconds']} s)", _int(window["spent"]), _int(window["remaining"]),
                       _int(window["limit"]))
+    if window and window["limit_usd"] is not None:
+        table.add_row(f"{label} window USD ({window['seconds']} s)", _money(window["spent_usd"]),
+                      _money(window["remaining_usd"]), _money(window["limit_usd"]))
 
 
 def _budget_table(title: str) -> Table:
@@ -1066,6 +1069,9 @@ MonthlyTokens = Annotated[int | None, typer.Option("--monthly-tokens", help="Mon
 WindowTokens = Annotated[
     int | None, typer.Option("--window-tokens", help="Limit in tokens per rolling 10 minutes, for all members.")
 ]
+WindowUsd = Annotated[
+    float | None, typer.Option("--window-usd", help="Limit in USD per rolling 10 minutes, for all members.")
+]
 
 
 def _teams_table(title: str, teams: list[dict[str, Any]]) -> Table:
@@ -1077,8 +1083,12 @@ def _teams_table(title: str, teams: list[dict[str, Any]]) -> Table:
         table.add_column(column, justify="right")
     for team in teams:
         limit, spent, left, window = team["limit"], team["spent"], team["remaining"], team["window"]
-        window_left = ("no limit" if window["limit"] is None
-                       else f"{_int(window['remaining'])} of {_int(window['limit'])}")
+        window_parts = []
+        if window["limit"] is not None:
+            window_parts.append(f"{_int(window['remaining'])} of {_int(window['limit'])}")
+        if window["limit_usd"] is not None:
+            window_parts.append(f"{_money(window['remaining_usd'])} of {_money(window['limit_usd'])}")
+        window_left = ", ".join(window_parts) or "no limit"
         table.add_row(team["name"], str(team["members"]), _money(limit["usd"]), _money(spent["usd"]),
                       _money(left["usd"]), _count(limit["tokens"]), _int(spent["tokens"]), _count(left["tokens"]),
                       window_left)
@@ -1092,6 +1102,7 @@ def teams_add(
     monthly_usd: MonthlyUsd = None,
     monthly_tokens: MonthlyTokens = None,
     window_tokens: WindowTokens = None,
+    window_usd: WindowUsd = None,
     as_json: Json = False,
     *,
     target: Any,
@@ -1101,7 +1112,7 @@ def teams_add(
 
     with _handled():
         check_team_name(name)
-        team = Admin.of(target).add_team(name, check_limits(monthly_usd, monthly_tokens, window_tokens))
+        team = Admin.of(target).add_team(name, check_limits(monthly_usd, monthly_tokens, window_tokens, window_usd))
     if as_json:
         _print_json(team)
         return
@@ -1136,7 +1147,9 @@ def teams_set_budget(
     monthly_tokens: MonthlyTokens = None,
     no_monthly_tokens: Annotated[bool, typer.Option("--no-monthly-tokens", help="No token limit.")] = False,
     window_tokens: WindowTokens = None,
-    no_window_tokens: Annotated[bool, typer.Option("--no-window-tokens", help="No rolling-window limit.")] = False,
+    no_window_tokens: Annotated[bool, typer.Option("--no-window-tokens", help="No token window limit.")] = False,
+    window_usd: WindowUsd = None,
+    no_window_usd: Annotated[bool, typer.Option("--no-window-usd", help="No USD window limit.")] = False,
     as_json: Json = False,
     *,
     target: Any,
@@ -1148,6 +1161,7 @@ def teams_set_budget(
         team = Admin.of(target).set_team_budget(
             name, monthly_usd=monthly_usd, no_monthly_usd=no_monthly_usd, monthly_tokens=monthly_tokens,
             no_monthly_tokens=no_monthly_tokens, window_tokens=window_tokens, no_window_tokens=no_window_tokens,
+            window_usd=window_usd, no_window_usd=no_window_usd,
         )
     if as_json:
         _print_json(team)

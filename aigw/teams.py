@@ -62,7 +62,8 @@ def team_group(name: str) -> str:
 
 
 def check_limits(
-    monthly_usd: float | None, monthly_tokens: int | None, window_tokens: int | None = None
+    monthly_usd: float | None, monthly_tokens: int | None, window_tokens: int | None = None,
+    window_usd: float | None = None,
 ) -> BudgetLimits:
     """Limits an operator may set: positive amounts (zero would refuse every request; say `remove` instead)."""
     if monthly_usd is not None and not (monthly_usd > 0 and monthly_usd < 1e8):
@@ -71,7 +72,10 @@ def check_limits(
         raise AdminError(f"--monthly-tokens must be a positive number of tokens, got {monthly_tokens}")
     if window_tokens is not None and not 0 < window_tokens < 10**14:
         raise AdminError(f"--window-tokens must be a positive number of tokens, got {window_tokens}")
-    return BudgetLimits(monthly_usd=monthly_usd, monthly_tokens=monthly_tokens, window_tokens=window_tokens)
+    if window_usd is not None and not (window_usd > 0 and window_usd < 1e8):
+        raise AdminError(f"--window-usd must be a positive amount of dollars (below 100,000,000), got {window_usd}")
+    return BudgetLimits(monthly_usd=monthly_usd, monthly_tokens=monthly_tokens, window_tokens=window_tokens,
+                        window_usd=window_usd)
 
 
 def changed_limits(
@@ -83,10 +87,12 @@ def changed_limits(
     no_monthly_tokens: bool = False,
     window_tokens: int | None = None,
     no_window_tokens: bool = False,
+    window_usd: float | None = None,
+    no_window_usd: bool = False,
 ) -> BudgetLimits:
     """The limits after `set-budget`: each one set, cleared (`--no-...`) or, when not mentioned, kept."""
     changes = {"monthly-usd": (monthly_usd, no_monthly_usd), "monthly-tokens": (monthly_tokens, no_monthly_tokens),
-               "window-tokens": (window_tokens, no_window_tokens)}
+               "window-tokens": (window_tokens, no_window_tokens), "window-usd": (window_usd, no_window_usd)}
     for flag, (value, clear) in changes.items():
         if clear and value is not None:
             raise AdminError(f"--{flag} and --no-{flag} contradict each other: pass one")
@@ -100,6 +106,7 @@ def changed_limits(
         new(monthly_usd, no_monthly_usd, current.monthly_usd),
         new(monthly_tokens, no_monthly_tokens, current.monthly_tokens),
         new(window_tokens, no_window_tokens, current.window_tokens),
+        new(window_usd, no_window_usd, current.window_usd),
     )
 
 
@@ -117,10 +124,11 @@ def budget_view(
     `limits`: the level's limits are not in its item but these (a user's USD month: their tier's or override's)."""
     if usage is None:
         limits = limits or default or BudgetLimits()
-        spent_usd, spent_tokens, window_spent = 0, 0, 0
+        spent_usd, spent_tokens, window_spent, window_spent_usd = 0, 0, 0, 0
     else:
         limits, month = limits or usage.limits, usage.month
-        spent_usd, spent_tokens, window_spent = usage.spent_micro_usd, usage.spent_tokens, usage.window_spent_tokens
+        spent_usd, spent_tokens = usage.spent_micro_usd, usage.spent_tokens
+        window_spent, window_spent_usd = usage.window_spent_tokens, usage.window_spent_micro_usd
     # Spending can pass a limit lowered below it: what remains is then 0, never negative.
     remaining_usd = None if limits.monthly_usd is None else _usd(max(0, limits.micro_usd - spent_usd))
     remaining_tokens = None if limits.monthly_tokens is None else max(0, limits.tokens - spent_tokens)
@@ -129,12 +137,16 @@ def budget_view(
         "limit": {"usd": limits.monthly_usd, "tokens": limits.monthly_tokens},
         "spent": {"usd": _usd(spent_usd), "tokens": spent_tokens},
         "remaining": {"usd": remaining_usd, "tokens": remaining_tokens},
-        # The rolling window, in tokens (limit and remaining None: the level has no window).
+        # The rolling window in tokens, and in USD (limit and remaining None: no window in that unit).
         "window": {
             "seconds": WINDOW_SECONDS,
             "limit": limits.window_tokens,
             "spent": window_spent,
             "remaining": None if limits.window_tokens is None else max(0, limits.window_tokens - window_spent),
+            "limit_usd": limits.window_usd,
+            "spent_usd": _usd(window_spent_usd),
+            "remaining_usd": None if limits.window_usd is None
+            else _usd(max(0, round(limits.window_usd * MICRO) - window_spent_usd)),
         },
     }
 

@@ -14,13 +14,14 @@ are for; ``lu``/``lt`` the monthly limits (µUSD / tokens; absent: no limit); ``
 month; ``su``/``sk`` what was spent (reservations included until settled). The first reservation of a new month
 rolls the counters over (one conditional update on the old month). No item: no budget at that level.
 
-A level may also have a rolling window in tokens (``lw``), with the user meter's semantics: time is cut into 10 s
-buckets and tokens charged to bucket ``j`` count until ``(j + N + 1) * 10`` (``N`` = 60 for the 10-minute window),
-so the window is never lenient and conservative by at most one bucket. The item keeps ``b<j>`` (tokens charged to
-bucket ``j``, for the live buckets only), ``wc`` (the current bucket) and ``wr`` (the window's limit minus every
-kept bucket). A reservation is still one conditional UpdateItem (``wc = now's bucket AND wr >= :t``); the first
-one in a new bucket first *advances* the item (one conditional update: expired buckets are credited back to ``wr``
-and removed, on the condition that none of them changed), so an item holds at most N + 1 buckets (~1 KB).
+A level may also have a rolling window in tokens (``lw``) and/or µUSD (``lwu``), with the user meter's semantics:
+time is cut into 10 s buckets and what is charged to bucket ``j`` counts until ``(j + N + 1) * 10`` (``N`` = 60 for
+the 10-minute window), so the window is never lenient and conservative by at most one bucket. The item keeps
+``b<j>``/``c<j>`` (tokens/µUSD charged to bucket ``j``, for the live buckets only), ``wc`` (the current bucket) and
+``wr``/``wru`` (each window limit, UNLIMITED when only the other is set, minus every kept bucket). A reservation is
+still one conditional UpdateItem (``wc = now's bucket AND wr >= :t AND wru >= :c``); the first one in a new bucket
+first *advances* the item (one conditional update: expired buckets are credited back and removed, on the condition
+that none of them changed), so an item holds at most N + 1 buckets of two numbers each (~2 KB).
 
 Money is counted in micro-dollars (integers): a token's price in µUSD is its price per 1M tokens in USD.
 """
@@ -51,7 +52,8 @@ USER_SPEND_PREFIX = "spend#"
 TEAM_GROUP_PREFIX = "team:"  # a Cognito group `team:<name>` makes its members the team's
 WINDOW_SECONDS = 600  # a budget's rolling window: the same 10 minutes as the tiers'
 WINDOW_BUCKETS = WINDOW_SECONDS // WINDOW_RESOLUTION_S
-_BUCKET = re.compile(r"b([0-9]+)")  # buckets count from 1970: never negative
+_BUCKET = re.compile(r"([bc])([0-9]+)")  # b: tokens, c: µUSD; buckets count from 1970, never negative
+Spend = tuple[int, int]  # (tokens, µUSD)
 
 
 # --- the pure part --------------------------------------------------------------------------------------------
@@ -131,9 +133,10 @@ class Remaining:
     micro_usd: int
     tokens: int
     limit_micro_usd: int | None = field(default=None, compare=False)
-    window_tokens: int = UNLIMITED  # what remains of the rolling window (UNLIMITED: the level has none)
-    # The window's live buckets (bucket, tokens), for how long a refused request waits; () without a window.
-    window_buckets: tuple[tuple[int, int], ...] = field(default=(), compare=False)
+    window_tokens: int = UNLIMITED  # what remains of the rolling window (UNLIMITED: no window in tokens)
+    window_micro_usd: int = UNLIMITED  # and in µUSD
+    # The window's live buckets (bucket, (tokens, µUSD)), for how long a refused request waits; () without one.
+    window_buckets: tuple[tuple[int, Spend], ...] = field(default=(), compare=False)
 
     def as_event(self) -> dict[str, Any]:
         event = {
@@ -142,6 +145,8 @@ class Remaining:
         }
         if self.window_tokens <= _NO_LIMIT_ABOVE:
             event["window"] = max(0, self.window_tokens)
+        if self.window_micro_usd <= _NO_LIMIT_ABOVE:
+            event["windowUsd"] = round(max(0, self.window_micro_usd) / MICRO, 6)
         return event
 
 
@@ -165,7 +170,8 @@ def granted_within(price: Price | None, remaining: Remaining, input_tokens: int,
     """The output grant capped so input + output fit what remains (in the month's and the window's tokens and,
     when priced, in µUSD)."""
     by_tokens = min(remaining.tokens, remaining.window_tokens) - input_tokens
-    by_money = price.output_within(remaining.micro_usd, input_tokens) if price is not None else UNLIMITED
+    money = min(remaining.micro_usd, remaining.window_micro_usd)
+    by_money = price.output_within(money, input_tokens) if price is not None else UNLIMITED
     return max(0, min(granted, by_tokens, by_money))
 
 
@@ -182,23 +188,35 @@ def is_live(bucket: int, current: int) -> bool:
     return bucket >= current - WINDOW_BUCKETS
 
 
-def window_left(kept_remaining: int, buckets: Mapping[int, int], now: float) -> int:
-    """What remains of the window at `now`: the item's ``wr`` (limit minus every kept bucket) plus what the buckets
-    that have left the window since the item was last advanced held."""
+def _plus(a: Spend, b: Spend) -> Spend:
+    return a[0] + b[0], a[1] + b[1]
+
+
+def _covers(left: Spend, need: Spend) -> bool:
+    return left[0] >= need[0] and left[1] >= need[1]
+
+
+def window_left(kept_remaining: Spend, buckets: Mapping[int, Spend], now: float) -> Spend:
+    """What remains of the window at `now` (tokens, µUSD): the item's ``wr``/``wru`` (limits minus every kept
+    bucket) plus what the buckets that have left the window since the item was last advanced held."""
     current = bucket_of(now)
-    return kept_remaining + sum(spent for b, spent in buckets.items() if not is_live(b, current))
+    left = kept_remaining
+    for b, spent in buckets.items():
+        if not is_live(b, current):
+            left = _plus(left, spent)
+    return left
 
 
-def window_fits_in(buckets: Mapping[int, int], window_remaining: int, need: int, now: float) -> float | None:
-    """Seconds until `need` tokens fit the window as its live buckets leave it (0: they fit now; None: never,
-    as when `need` is above the limit itself)."""
+def window_fits_in(buckets: Mapping[int, Spend], window_remaining: Spend, need: Spend, now: float) -> float | None:
+    """Seconds until `need` (tokens, µUSD) fits the window as its live buckets leave it (0: it fits now; None:
+    never, as when `need` is above a limit itself)."""
     current = bucket_of(now)
     left = window_left(window_remaining, buckets, now)
-    if left >= need:
+    if _covers(left, need):
         return 0.0
     for bucket, spent in sorted((b, n) for b, n in buckets.items() if is_live(b, current)):
-        left += spent
-        if left >= need:
+        left = _plus(left, spent)
+        if _covers(left, need):
             return max(0.0, bucket_exit(bucket) - now)
     return None
 
@@ -219,6 +237,11 @@ class BudgetLimits:
     monthly_usd: float | None = None
     monthly_tokens: int | None = None
     window_tokens: int | None = None  # tokens per rolling `WINDOW_SECONDS`
+    window_usd: float | None = None  # USD per rolling `WINDOW_SECONDS`
+
+    @property
+    def windowed(self) -> bool:
+        return self.window_tokens is not None or self.window_usd is not None
 
     @property
     def micro_usd(self) -> int:
@@ -238,6 +261,7 @@ class BudgetUsage:
     spent_tokens: int
     remaining: Remaining
     window_spent_tokens: int = 0  # in the rolling window (0 without one)
+    window_spent_micro_usd: int = 0
 
 
 def _n(value: int) -> dict[str, str]:
@@ -248,9 +272,14 @@ def _int(item: Mapping[str, Any], name: str, default: int) -> int:
     return int(item[name]["N"]) if name in item else default
 
 
-def _buckets(item: Mapping[str, Any]) -> dict[int, int]:
-    """The window buckets an item keeps: bucket -> tokens."""
-    return {int(m.group(1)): int(v["N"]) for name, v in item.items() if (m := _BUCKET.fullmatch(name))}
+def _buckets(item: Mapping[str, Any]) -> dict[int, Spend]:
+    """The window buckets an item keeps: bucket -> (tokens, µUSD)."""
+    tokens: dict[int, int] = {}
+    money: dict[int, int] = {}
+    for name, value in item.items():
+        if m := _BUCKET.fullmatch(name):
+            (tokens if m.group(1) == "b" else money)[int(m.group(2))] = int(value["N"])
+    return {b: (tokens.get(b, 0), money.get(b, 0)) for b in tokens.keys() | money.keys()}
 
 
 def _remaining(item: Mapping[str, Any], now: float, spend_limit: int | None = None) -> Remaining:
@@ -258,21 +287,23 @@ def _remaining(item: Mapping[str, Any], now: float, spend_limit: int | None = No
     `spend_limit` (µUSD), that limit less what the item says was spent."""
     limit = spend_limit if spend_limit is not None else (_int(item, "lu", 0) if "lu" in item else None)
     micro_usd = _int(item, "ru", UNLIMITED) if spend_limit is None else spend_limit - _int(item, "su", 0)
-    if "lw" not in item:
+    if "wc" not in item:
         return Remaining(micro_usd, _int(item, "rt", UNLIMITED), limit_micro_usd=limit)
     buckets = _buckets(item)
     current = bucket_of(now)
+    window_t, window_c = window_left((_int(item, "wr", 0), _int(item, "wru", 0)), buckets, now)
     return Remaining(
         micro_usd,
         _int(item, "rt", UNLIMITED),
         limit_micro_usd=limit,
-        window_tokens=window_left(_int(item, "wr", 0), buckets, now),
+        window_tokens=window_t if "lw" in item else UNLIMITED,
+        window_micro_usd=window_c if "lwu" in item else UNLIMITED,
         window_buckets=tuple(sorted((b, n) for b, n in buckets.items() if is_live(b, current))),
     )
 
 
 def _budget_item(
-    key: str, limits: BudgetLimits, month: str, spent_c: int, spent_t: int, buckets: Mapping[int, int], now: float
+    key: str, limits: BudgetLimits, month: str, spent_c: int, spent_t: int, buckets: Mapping[int, Spend], now: float
 ) -> dict[str, Any]:
     item: dict[str, Any] = {
         "pk": {"S": key},
@@ -286,12 +317,20 @@ def _budget_item(
         item["lu"] = _n(limits.micro_usd)
     if limits.monthly_tokens is not None:
         item["lt"] = _n(limits.tokens)
-    if limits.window_tokens is not None:
+    if limits.windowed:
         current = bucket_of(now)
         live = {b: spent for b, spent in buckets.items() if is_live(b, current)}
-        item |= {"lw": _n(limits.window_tokens), "wc": _n(max([current, *live])),
-                 "wr": _n(limits.window_tokens - sum(live.values()))}
-        item |= {f"b{b}": _n(spent) for b, spent in live.items()}
+        window_t = UNLIMITED if limits.window_tokens is None else limits.window_tokens
+        window_c = UNLIMITED if limits.window_usd is None else round(limits.window_usd * MICRO)
+        item |= {"wc": _n(max([current, *live])),
+                 "wr": _n(window_t - sum(t for t, _ in live.values())),
+                 "wru": _n(window_c - sum(c for _, c in live.values()))}
+        if limits.window_tokens is not None:
+            item["lw"] = _n(window_t)
+        if limits.window_usd is not None:
+            item["lwu"] = _n(window_c)
+        for b, (t, c) in live.items():
+            item |= {f"b{b}": _n(t), f"c{b}": _n(c)}
     return item
 
 
@@ -340,12 +379,12 @@ class Budgets:
                 condition = "mk = :m AND su <= :most AND rt >= :t"  # spent + cost within the caller's limit
                 values[":most"] = _n(spend_limit - micro_usd)
             if windowed:
-                update += f", wr = wr - :t ADD su :c, sk :t, b{bucket} :t"
-                condition += " AND wc = :k AND wr >= :t"
+                update += f", wr = wr - :t, wru = wru - :c ADD su :c, sk :t, b{bucket} :t, c{bucket} :c"
+                condition += " AND wc = :k AND wr >= :t AND wru >= :c"
                 values[":k"] = _n(bucket)
             else:
                 update += " ADD su :c, sk :t"
-                condition += " AND attribute_not_exists(lw)"
+                condition += " AND attribute_not_exists(wc)"
             old = self._conditional_update(
                 key, UpdateExpression=update, ConditionExpression=condition, ExpressionAttributeValues=values,
                 ReturnValuesOnConditionCheckFailure="ALL_OLD",
@@ -356,8 +395,8 @@ class Budgets:
                 if default is None:
                     return None
                 self._start(key, default, month)
-            elif ("lw" in old) != windowed:
-                (self._windowed.add if "lw" in old else self._windowed.discard)(key)
+            elif ("wc" in old) != windowed:
+                (self._windowed.add if "wc" in old else self._windowed.discard)(key)
             elif old["mk"]["S"] != month:
                 self._roll_over(key, old, month)  # or someone else did: either way, reserve on the new month
             elif windowed and (current := _int(old, "wc", bucket)) != bucket:
@@ -410,14 +449,17 @@ class Budgets:
         ``wr`` and removed, on the condition that the current bucket and each of them are as read (a settle that
         changed one in between makes this try again, so no token is credited twice or lost)."""
         expired = {b: spent for b, spent in _buckets(old).items() if not is_live(b, bucket)}
-        values: dict[str, Any] = {":k": _n(bucket), ":old": old["wc"], ":freed": _n(sum(expired.values()))}
+        values: dict[str, Any] = {":k": _n(bucket), ":old": old["wc"],
+                                  ":freed": _n(sum(t for t, _ in expired.values())),
+                                  ":freed_c": _n(sum(c for _, c in expired.values()))}
         condition = ["wc = :old"]
-        for b, spent in expired.items():
-            condition.append(f"b{b} = :b{b}")
-            values[f":b{b}"] = _n(spent)
-        remove = f" REMOVE {', '.join(f'b{b}' for b in expired)}" if expired else ""
+        names = [f"{kind}{b}" for b in expired for kind in "bc" if f"{kind}{b}" in old]
+        for name in names:
+            condition.append(f"{name} = :{name}")
+            values[f":{name}"] = old[name]
+        remove = f" REMOVE {', '.join(names)}" if names else ""
         self._conditional_update(
-            key, UpdateExpression=f"SET wc = :k, wr = wr + :freed{remove}",
+            key, UpdateExpression=f"SET wc = :k, wr = wr + :freed, wru = wru + :freed_c{remove}",
             ConditionExpression=" AND ".join(condition), ExpressionAttributeValues=values,
         )
 
@@ -426,13 +468,13 @@ class Budgets:
 
         The month's part changes nothing once that month has ended, the window's part nothing once its bucket has
         left the window (or the window was removed); None when the month's part did not apply."""
-        back = {":back_t": _n(hold.tokens - tokens), ":t": _n(tokens - hold.tokens)}
-        month_part = ("ru :back_c, rt :back_t, su :c, sk :t", "mk = :m",
-                      {**back, ":back_c": _n(hold.micro_usd - micro_usd), ":c": _n(micro_usd - hold.micro_usd),
-                       ":m": {"S": hold.month}})
+        back = {":back_t": _n(hold.tokens - tokens), ":t": _n(tokens - hold.tokens),
+                ":back_c": _n(hold.micro_usd - micro_usd), ":c": _n(micro_usd - hold.micro_usd)}
+        month_part = ("ru :back_c, rt :back_t, su :c, sk :t", "mk = :m", {**back, ":m": {"S": hold.month}})
         attempts = [month_part]
         if hold.bucket is not None:
-            window_part = (f"wr :back_t, b{hold.bucket} :t", f"attribute_exists(b{hold.bucket})", back)
+            j = hold.bucket
+            window_part = (f"wr :back_t, wru :back_c, b{j} :t, c{j} :c", f"attribute_exists(b{j})", back)
             both = (f"{month_part[0]}, {window_part[0]}", f"{month_part[1]} AND {window_part[1]}", month_part[2])
             attempts = [both, month_part, window_part]
         for update, condition, values in attempts:
@@ -491,6 +533,7 @@ class Budgets:
             monthly_usd=_int(item, "lu", 0) / MICRO if "lu" in item else None,
             monthly_tokens=_int(item, "lt", 0) if "lt" in item else None,
             window_tokens=_int(item, "lw", 0) if "lw" in item else None,
+            window_usd=_int(item, "lwu", 0) / MICRO if "lwu" in item else None,
         )
         current = item["mk"]["S"] == month_key(now)
         spent_c, spent_t = (_int(item, "su", 0), _int(item, "sk", 0)) if current else (0, 0)
@@ -502,8 +545,10 @@ class Budgets:
             spent_micro_usd=spent_c,
             spent_tokens=spent_t,
             remaining=Remaining(limits.micro_usd - spent_c, limits.tokens - spent_t,
-                                window_tokens=window.window_tokens, window_buckets=window.window_buckets),
-            window_spent_tokens=sum(n for _, n in window.window_buckets),
+                                window_tokens=window.window_tokens, window_micro_usd=window.window_micro_usd,
+                                window_buckets=window.window_buckets),
+            window_spent_tokens=sum(t for _, (t, _) in window.window_buckets),
+            window_spent_micro_usd=sum(c for _, (_, c) in window.window_buckets),
         )
 
     def teams(self) -> list[str]:

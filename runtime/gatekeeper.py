@@ -398,8 +398,9 @@ class Gatekeeper:
                              retry_after_s=budget_levels.retry_after_month(now),
                              refusal_reason="monthly" if scope == "user" else scope, **common)  # user: their month
         reason = "team_window" if scope == "team" else scope  # only a team's budget has a window
+        need = (input_tokens + min_output, price.cost(input_tokens, min_output) if price is not None else 0)
         wait = budget_levels.window_fits_in(
-            dict(remaining.window_buckets), remaining.window_tokens, input_tokens + min_output, now)
+            dict(remaining.window_buckets), (remaining.window_tokens, remaining.window_micro_usd), need, now)
         if wait is None:
             return Rejection("invalid_request", f"this request is larger than {whose} rolling-window budget "
                              "allows; shorten it or ask for fewer tokens", refusal_reason=reason, **common)

@@ -89,7 +89,8 @@ def test_a_budget_view_counts_in_dollars_and_tokens_and_never_shows_a_negative_r
         "limit": {"usd": 0.01, "tokens": None},
         "spent": {"usd": 0.0125, "tokens": 300},
         "remaining": {"usd": 0.0, "tokens": None},
-        "window": {"seconds": 600, "limit": None, "spent": 0, "remaining": None},
+        "window": {"seconds": 600, "limit": None, "spent": 0, "remaining": None, "limit_usd": None, "spent_usd": 0.0,
+                   "remaining_usd": None},
     }
     # No item yet: nothing spent, the default's limits (the stack's setting).
     fresh = budget_view(None, "2026-12", BudgetLimits(monthly_usd=5.0))
@@ -152,12 +153,19 @@ def test_teams_add_list_set_budget_remove(dev_json: Path) -> None:
     assert changed["limit"] == {"usd": None, "tokens": 900}
 
     windowed = as_json(aigw(dev_json, "teams", "set-budget", "research", "--window-tokens", "5000", "--json"))
-    assert windowed["window"] == {"seconds": 600, "limit": 5000, "spent": 0, "remaining": 5000}
+    assert windowed["window"] == {"seconds": 600, "limit": 5000, "spent": 0, "remaining": 5000, "limit_usd": None,
+                                  "spent_usd": 0.0, "remaining_usd": None}
     assert windowed["limit"] == {"usd": None, "tokens": 900}  # the month's limits are kept
     text = aigw(dev_json, "teams", "list")
     assert re.search(r"research\s.*5,000 of 5,000", text.stdout), text.stdout
-    unwindowed = as_json(aigw(dev_json, "teams", "set-budget", "research", "--no-window-tokens", "--json"))
-    assert unwindowed["window"]["limit"] is None
+    in_dollars = as_json(aigw(dev_json, "teams", "set-budget", "research", "--window-usd", "0.5", "--json"))
+    assert in_dollars["window"]["limit"] == 5000 and in_dollars["window"]["limit_usd"] == 0.5
+    assert in_dollars["window"]["remaining_usd"] == 0.5
+    text = aigw(dev_json, "teams", "list")
+    assert re.search(r"research\s.*5,000 of 5,000, \$0\.50 of \$0\.50", text.stdout), text.stdout
+    unwindowed = as_json(aigw(dev_json, "teams", "set-budget", "research", "--no-window-tokens", "--no-window-usd",
+                              "--json"))
+    assert unwindowed["window"]["limit"] is None and unwindowed["window"]["limit_usd"] is None
 
     assert as_json(aigw(dev_json, "teams", "remove", "ops", "--json")) == {"removed": "ops", "members_removed": []}
     names = [t["name"] for t in as_json(aigw(dev_json, "teams", "list", "--json"))]
@@ -318,7 +326,8 @@ def test_a_teams_window_refuses_its_member_for_minutes_not_the_month_and_usage_s
     assert refused["scope"] == "team" and refused["budgets"]["team"]["window"] == 0
     assert 0 < refused["retryAfterSeconds"] <= 610
     shown = as_json(aigw(dev_json, "usage", "--team", "burst", "--json"))
-    assert shown["window"] == {"seconds": 600, "limit": 2000, "spent": 2000, "remaining": 0}
+    assert {k: shown["window"][k] for k in ("limit", "spent", "remaining")} == {"limit": 2000, "spent": 2000,
+                                                                               "remaining": 0}
     table = aigw(dev_json, "usage", "--team", "burst")
     assert table.exit_code == 0 and re.search(r"window \(600 s\)\s.*2,000\s.*0\s.*2,000", table.stdout), table.stdout
 

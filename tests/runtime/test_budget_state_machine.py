@@ -3,8 +3,8 @@
 Members of one team (and users in none) publish in concurrent bursts through a thread-safe gatekeeper; workers
 answer the admitted requests in any order; the team's budget is raised; minutes pass; months end. After every step:
 
-- no level has spent more than its limit (each user's USD month, team USD month, team token window, stack
-  ceiling);
+- no level has spent more than its limit (each user's USD month, team USD month, team token and USD windows,
+  stack ceiling);
 - the team's window holds, bucket by bucket, exactly the tokens of the requests admitted in its live buckets (held
   while running, the truth once answered);
 - what each level counts as spent is exactly the holds of the requests still running plus the real cost of those
@@ -36,6 +36,7 @@ USERS = [f"00000000-0000-4000-8000-{i:012d}" for i in range(8)]
 TEAM_MEMBERS = set(USERS[:5])  # the other three are in no team: only the stack ceiling applies to them
 CEILING_MICRO_USD = 20_000  # µUSD: about 7 requests of ~2,700 held (input + 512 output tokens)
 TEAM_WINDOW_TOKENS = 1_600  # about 3 requests of ~530 tokens held in any 10 minutes
+TEAM_WINDOW_MICRO_USD = 6_500  # and about 2 of ~2,600 µUSD: which binds depends on what was settled
 USER_MICRO_USD = 4_500  # each user's own month: one request held at a time (~2,700), not two
 
 
@@ -98,7 +99,8 @@ class BudgetMachine(RuleBasedStateMachine):
         self.gateway.clock.t = next_month_start(self.gateway.clock()) + 3_600
 
     def _team_limits(self) -> BudgetLimits:
-        return BudgetLimits(monthly_usd=self.team_limit / 1e6, window_tokens=TEAM_WINDOW_TOKENS)
+        return BudgetLimits(monthly_usd=self.team_limit / 1e6, window_tokens=TEAM_WINDOW_TOKENS,
+                            window_usd=TEAM_WINDOW_MICRO_USD / 1e6)
 
     # -- the promises
 
@@ -129,19 +131,26 @@ class BudgetMachine(RuleBasedStateMachine):
 
     @invariant()
     def the_team_window_holds_exactly_its_live_requests_and_never_more_than_its_limit(self) -> None:
-        now_bucket, actual = bucket_of(self.gateway.clock()), self._tokens()
-        expected: dict[int, int] = defaultdict(int)
+        now_bucket, tokens, costs = bucket_of(self.gateway.clock()), self._tokens(), self._costs()
+        expected: dict[int, tuple[int, int]] = defaultdict(lambda: (0, 0))
         for done, jobs in ((False, self.running), (True, self.answered)):
             for job in jobs:
                 for hold in job.budget_holds:
                     if hold["key"] == TEAM_KEY and is_live(hold["bucket"], now_bucket):
-                        expected[hold["bucket"]] += actual.get(job.request_id, 0) if done else hold["tokens"]
+                        t, c = expected[hold["bucket"]]
+                        if done:
+                            expected[hold["bucket"]] = (t + tokens.get(job.request_id, 0),
+                                                        c + costs.get(job.request_id, 0))
+                        else:
+                            expected[hold["bucket"]] = (t + hold["tokens"], c + hold["micro_usd"])
         usage = self.store.usage(TEAM_KEY)
         assert usage is not None
         kept = dict(usage.remaining.window_buckets)
-        assert {b: n for b, n in kept.items() if n} == {b: n for b, n in expected.items() if n}
+        assert {b: n for b, n in kept.items() if n != (0, 0)} == {b: n for b, n in expected.items() if n != (0, 0)}
         assert usage.window_spent_tokens <= TEAM_WINDOW_TOKENS
+        assert usage.window_spent_micro_usd <= TEAM_WINDOW_MICRO_USD
         assert usage.remaining.window_tokens == TEAM_WINDOW_TOKENS - usage.window_spent_tokens
+        assert usage.remaining.window_micro_usd == TEAM_WINDOW_MICRO_USD - usage.window_spent_micro_usd
 
     def _tokens(self) -> dict[str, int]:
         return {r.request_id: r.input_tokens + r.output_tokens for r in self.records if r.input_tokens}

@@ -37,23 +37,28 @@ KEY = budget_key("team", "platform")
 # --- the pure part --------------------------------------------------------------------------------------------
 
 NOW = 1_790_000_005.0  # mid-bucket
-buckets_st = st.dictionaries(
-    st.integers(bucket_of(NOW) - WINDOW_BUCKETS - 5, bucket_of(NOW)), st.integers(0, 5_000), max_size=12
-)
+spends = st.tuples(st.integers(0, 5_000), st.integers(0, 50_000))
+buckets_st = st.dictionaries(st.integers(bucket_of(NOW) - WINDOW_BUCKETS - 5, bucket_of(NOW)), spends, max_size=12)
 
 
-@given(buckets_st, st.integers(-5_000, 5_000), st.integers(1, 20_000))
+def covers(left: tuple[int, int], need: tuple[int, int]) -> bool:
+    return left[0] >= need[0] and left[1] >= need[1]
+
+
+@given(buckets_st, st.tuples(st.integers(-5_000, 5_000), st.integers(-50_000, 50_000)),
+       st.tuples(st.integers(0, 20_000), st.integers(0, 200_000)))
 def test_a_window_refusal_waits_exactly_until_enough_buckets_have_left(
-    buckets: dict[int, int], kept: int, need: int
+    buckets: dict[int, tuple[int, int]], kept: tuple[int, int], need: tuple[int, int]
 ) -> None:
     wait = window_fits_in(buckets, kept, need, NOW)
-    if wait is None:  # never: even an empty window is too small
-        assert kept + sum(buckets.values()) < need
+    if wait is None:  # never: even an empty window is too small, in tokens or in dollars
+        everything = (kept[0] + sum(t for t, _ in buckets.values()), kept[1] + sum(c for _, c in buckets.values()))
+        assert not covers(everything, need)
         return
-    assert window_left(kept, buckets, NOW + wait) >= need
+    assert covers(window_left(kept, buckets, NOW + wait), need)
     if wait > 0:
         just_before = NOW + wait - 1e-3
-        assert window_left(kept, buckets, just_before) < need
+        assert not covers(window_left(kept, buckets, just_before), need)
 
 
 @given(st.integers(0, 10**6), st.floats(0, 10**6))
@@ -67,6 +72,9 @@ def test_tokens_count_for_at_least_the_window_and_at_most_one_bucket_more(bucket
 def test_the_grant_fits_the_window_too(window: int, input_tokens: int, granted: int) -> None:
     fitted = granted_within(PRICE, Remaining(UNLIMITED, UNLIMITED, window_tokens=window), input_tokens, granted)
     assert fitted <= granted and (fitted == 0 or input_tokens + fitted <= window)
+    money = window * 3  # µUSD
+    fitted = granted_within(PRICE, Remaining(UNLIMITED, UNLIMITED, window_micro_usd=money), input_tokens, granted)
+    assert fitted <= granted and (fitted == 0 or PRICE.cost(input_tokens, fitted) <= money)
 
 
 # --- the counters on moto -------------------------------------------------------------------------------------
@@ -93,7 +101,7 @@ def test_a_window_admits_until_full_then_frees_as_its_buckets_leave(store: tuple
     assert isinstance(budgets.reserve(KEY, 0, 300), Hold)
     refused = budgets.reserve(KEY, 0, 200)
     assert isinstance(refused, Remaining) and refused.window_tokens == 100
-    wait = window_fits_in(dict(refused.window_buckets), refused.window_tokens, 200, clock())
+    wait = window_fits_in(dict(refused.window_buckets), (refused.window_tokens, UNLIMITED), (200, 0), clock())
     assert wait is not None and WINDOW_SECONDS - 60 <= wait <= WINDOW_SECONDS - 60 + WINDOW_RESOLUTION_S
     clock.t += wait - 1
     assert isinstance(budgets.reserve(KEY, 0, 200), Remaining)  # a second early: the first bucket still counts
@@ -228,3 +236,37 @@ def test_a_request_larger_than_the_team_window_is_invalid_not_retried(gateway: G
     [refused] = gateway.publish(ask(), groups=TEAM)
     assert refused["error"].startswith("invalid_request")
     assert gateway.events()[-1]["scope"] == "team" and gateway.jobs == []
+
+
+def test_a_usd_window_counts_dollars_and_settles_them(store: tuple[Budgets, Clock, Any]) -> None:
+    budgets, clock, _ = store
+    budgets.set_limits(KEY, BudgetLimits(window_usd=0.001))  # 1,000 µUSD per 10 minutes, tokens unlimited
+    hold = budgets.reserve(KEY, 800, 10**6)
+    assert isinstance(hold, Hold)
+    refused = budgets.reserve(KEY, 300, 1)
+    assert isinstance(refused, Remaining) and refused.window_micro_usd == 200 and refused.window_tokens == UNLIMITED
+    assert refused.as_event()["windowUsd"] == 0.0002 and "window" not in refused.as_event()
+    left = budgets.settle(hold, 500, 10)
+    assert left is not None and left.window_micro_usd == 500
+    assert isinstance(budgets.reserve(KEY, 300, 1), Hold)
+    clock.t += WINDOW_SECONDS + WINDOW_RESOLUTION_S
+    assert isinstance(budgets.reserve(KEY, 1_000, 1), Hold)  # both buckets have left: the whole window again
+    usage = budgets.usage(KEY)
+    assert usage is not None and usage.limits.window_usd == 0.001 and usage.window_spent_micro_usd == 1_000
+    assert usage.spent_micro_usd == 1_800  # the month counts all of it
+
+
+def test_a_team_usd_window_refuses_for_minutes_with_the_wait(gateway: Gateway) -> None:
+    budgets = priced(gateway)
+    budgets.set_limits(KEY, BudgetLimits(window_usd=0.0028))  # 2,800 µUSD: one request of ~2,570 held, not two
+    gateway.publish(ask(requestId="first"), groups=TEAM)
+    [job] = gateway.jobs
+    gateway.clock.t += 20
+    [refused] = gateway.publish(ask(requestId="second"), groups=TEAM)
+    assert refused["error"].startswith("rate_limited")
+    error = gateway.events()[-1]
+    assert error["scope"] == "team" and error["budgets"]["team"]["windowUsd"] < 0.001
+    assert WINDOW_SECONDS - 20 <= error["retryAfterSeconds"] <= WINDOW_SECONDS - 20 + WINDOW_RESOLUTION_S
+    gateway.run_jobs()  # the first settles for far less than it held: the window has room again
+    [answer] = gateway.publish(ask(requestId="third"), groups=TEAM)
+    assert answer["payload"]["status"] == "accepted" and job.budget_holds[0]["bucket"] is not None
