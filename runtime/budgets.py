@@ -223,7 +223,10 @@ def window_fits_in(buckets: Mapping[int, Spend], window_remaining: Spend, need: 
 
 def refusing_limit(price: Price | None, remaining: Remaining, input_tokens: int, need_output: int) -> str:
     """Which of a level's limits a request of `input_tokens` + `need_output` does not fit: "month" when the month
-    cannot take it (a refusal until next month, whatever the window), else "window"."""
+    cannot take it (a refusal until next month, whatever the window) or the level has no window (the month it did
+    not fit a moment ago, as another request took the rest in between), else "window"."""
+    if remaining.window_tokens > _NO_LIMIT_ABOVE and remaining.window_micro_usd > _NO_LIMIT_ABOVE:
+        return "month"
     by_tokens = remaining.tokens - input_tokens
     by_money = price.output_within(remaining.micro_usd, input_tokens) if price is not None else UNLIMITED
     return "month" if min(by_tokens, by_money) < need_output else "window"

@@ -22,6 +22,7 @@ from runtime.budgets import (
     bucket_exit,
     budget_key,
     granted_within,
+    refusing_limit,
     window_fits_in,
     window_left,
 )
@@ -125,7 +126,7 @@ def test_settling_gives_the_window_back_what_was_not_used(store: tuple[Budgets, 
 def test_an_item_keeps_only_the_live_buckets(store: tuple[Budgets, Clock, Any]) -> None:
     budgets, clock, _ = store
     budgets.set_limits(KEY, BudgetLimits(window_tokens=10**6))
-    for _ in range(3 * WINDOW_BUCKETS):
+    for _ in range(WINDOW_BUCKETS + 10):  # ten buckets more than the window holds
         assert isinstance(budgets.reserve(KEY, 0, 10), Hold)
         clock.t += WINDOW_RESOLUTION_S
     kept = [name for name in item(budgets) if name[0] == "b" and name[1:].isdigit()]
@@ -270,3 +271,12 @@ def test_a_team_usd_window_refuses_for_minutes_with_the_wait(gateway: Gateway) -
     gateway.run_jobs()  # the first settles for far less than it held: the window has room again
     [answer] = gateway.publish(ask(requestId="third"), groups=TEAM)
     assert answer["payload"]["status"] == "accepted" and job.budget_holds[0]["bucket"] is not None
+
+
+def test_a_level_without_a_window_always_refuses_for_the_month() -> None:
+    # What remained when asked may fit by the time the refusal is worded (another request gave some back): a level
+    # with no window still refuses for its month, never for "the last few minutes".
+    roomy = Remaining(10**6, 10**6)
+    assert refusing_limit(PRICE, roomy, 10, 64) == "month"
+    assert refusing_limit(PRICE, Remaining(10**6, 10**6, window_tokens=5), 10, 64) == "window"
+    assert refusing_limit(PRICE, Remaining(0, 10**6, window_tokens=5), 10, 64) == "month"
