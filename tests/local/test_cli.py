@@ -66,6 +66,12 @@ def aigw(dev_json: Path, *args: str, input: str | None = None) -> Run:
     return Run(result.exit_code, *(_GATEWAY_LOG.sub("", t) for t in (result.stdout, result.stderr, result.output)))
 
 
+def as_json(result: Run) -> Any:
+    """A command's `--json` output, parsed: it exited 0 and stdout is JSON only (the gateway's logs taken out)."""
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
 def answer_to(text: str) -> str:
     return default_answer({"messages": [{"role": "user", "content": [{"text": text}]}]})
 
@@ -282,6 +288,43 @@ def test_rate_limit_countdown_runs_out_then_resends() -> None:
                          "retryAfterSeconds": 0.4}, console, wait=True)
     assert again is True
     assert "Retry in 1 s." in console.export_text()
+
+
+def test_text_typed_on_a_terminal_during_a_countdown_is_the_next_prompt(tmp_path: Path) -> None:
+    # On a real terminal (a pty): what is typed while `aigw chat` counts down stays in the terminal's line buffer,
+    # so the prompt after the countdown reads it rather than losing it.
+    import os
+    import pty
+    import select
+    import sys
+    import time
+
+    program = (
+        "from rich.console import Console\n"
+        "from aigw.cli import _countdown\n"
+        "_countdown(Console(), 2)\n"
+        "print('NEXT:' + input('you> '), flush=True)\n"
+    )
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: the terminal's side
+        os.chdir(str(Path(__file__).resolve().parents[2]))
+        os.execv(sys.executable, [sys.executable, "-c", program])
+    output = b""
+    try:
+        time.sleep(0.7)  # the countdown is running
+        os.write(fd, b"typed while waiting\n")
+        deadline = time.monotonic() + 20
+        while b"NEXT:" not in output and time.monotonic() < deadline:
+            if select.select([fd], [], [], 0.5)[0]:
+                try:
+                    output += os.read(fd, 4096)
+                except OSError:
+                    break
+    finally:
+        if os.waitpid(pid, os.WNOHANG) == (0, 0):  # still waiting for input: the text was lost
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+    assert b"NEXT:typed while waiting" in output, output
 
 
 def test_quota_exhausted_names_the_reset_date() -> None:

@@ -5,7 +5,6 @@ file enables a stack ceiling, and one request path end to end: a team's spent bu
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 import shutil
 import uuid
@@ -23,7 +22,7 @@ from aigw.teams import budget_view, changed_limits, check_limits, check_team_nam
 from components.settings import StackSettings
 from runtime.budgets import STACK_KEY, BudgetLimits, Budgets, BudgetUsage, Hold, Remaining, budget_key
 from runtime.metering import Limits
-from tests.local.test_cli import PASSWORD, Run, aigw
+from tests.local.test_cli import PASSWORD, aigw, as_json
 
 ROOT = Path(__file__).resolve().parents[2]
 CEILING_USD = 5.0
@@ -122,11 +121,6 @@ def dev_json(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     settings = StackSettings.from_stack_file(project / "Pulumi.dev.yaml")
     with running(settings, ports=Ports(0, 0, 0, 0), pacing_s=0, stack=f"teams{uuid.uuid4().hex[:8]}") as gw:
         yield gw.write_info(project / ".aigw")
-
-
-def as_json(result: Run) -> Any:
-    assert result.exit_code == 0, result.output
-    return json.loads(result.stdout)
 
 
 def budgets_of(dev_json: Path) -> Budgets:
