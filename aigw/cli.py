@@ -649,12 +649,13 @@ def _handled() -> Iterator[None]:
     from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError, NoCredentialsError
 
     from aigw.admin import AdminError, StepFailedError, aws_words
+    from runtime.errors import MeterContentionError
 
     try:
         yield
     except AdminError as err:
         _fail(str(err), 2)
-    except StepFailedError as err:
+    except (StepFailedError, MeterContentionError) as err:  # contention: an item kept changing; retrying helps
         _fail(str(err), 1)
     except NoCredentialsError:
         _fail("no AWS credentials found: configure them (aws configure / AWS_PROFILE) or act on `aigw dev`", 2)

@@ -115,18 +115,17 @@ def _usd(micro_usd: int) -> float:
 
 
 def budget_view(
-    usage: BudgetUsage | None, month: str, default: BudgetLimits | None = None, limits: BudgetLimits | None = None
+    usage: BudgetUsage | None, month: str, default: BudgetLimits | None = None
 ) -> dict[str, Any]:
     """One level's month: limit, spent and remaining in USD and tokens (None: no limit in that unit), and its
     rolling window in tokens.
 
-    Without an item (no request yet this level's lifetime) nothing is spent and the `default` limits apply.
-    `limits`: the level's limits are not in its item but these (a user's USD month: their tier's or override's)."""
+    Without an item (no request yet this level's lifetime) nothing is spent and the `default` limits apply."""
     if usage is None:
-        limits = limits or default or BudgetLimits()
+        limits = default or BudgetLimits()
         spent_usd, spent_tokens, window_spent, window_spent_usd = 0, 0, 0, 0
     else:
-        limits, month = limits or usage.limits, usage.month
+        limits, month = usage.limits, usage.month
         spent_usd, spent_tokens = usage.spent_micro_usd, usage.spent_tokens
         window_spent, window_spent_usd = usage.window_spent_tokens, usage.window_spent_micro_usd
     # Spending can pass a limit lowered below it: what remains is then 0, never negative.
@@ -250,8 +249,8 @@ class Admin:
 
     def user_month(self, sub: str, monthly_usd: float) -> dict[str, Any]:
         """A user's own USD month: the limit is their tier's or override's, the spending their spend item's."""
-        usage = self.budgets.usage(budget_key("user", sub))
-        view = budget_view(usage, self.month(), limits=BudgetLimits(monthly_usd=monthly_usd))
+        usage = self.budgets.usage(budget_key("user", sub), spend_limit=round(monthly_usd * MICRO))
+        view = budget_view(usage, self.month(), default=BudgetLimits(monthly_usd=monthly_usd))
         del view["window"]  # a user's window is their meter's, in tokens
         return view
 

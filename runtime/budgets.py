@@ -38,7 +38,7 @@ from typing import Any, Literal
 from botocore.exceptions import ClientError
 
 from runtime.errors import MeterContentionError
-from runtime.metering.core import WINDOW_RESOLUTION_S, bucket_of, month_key, next_month_start
+from runtime.metering.core import WINDOW_RESOLUTION_S, bucket_of, month_key, next_month_start, window_exit
 from runtime.tables import condition_failed
 
 Scope = Literal["user", "team", "stack"]
@@ -180,8 +180,8 @@ def retry_after_month(now: float) -> float:
 
 
 def bucket_exit(bucket: int) -> int:
-    """The first instant at which tokens charged to `bucket` no longer count against a budget's window."""
-    return (bucket + WINDOW_BUCKETS + 1) * WINDOW_RESOLUTION_S
+    """The first instant at which what was charged to `bucket` no longer counts against a budget's window."""
+    return window_exit(bucket, WINDOW_BUCKETS)
 
 
 def is_live(bucket: int, current: int) -> bool:
@@ -527,13 +527,17 @@ class Budgets:
     def remove(self, key: str) -> None:
         self.client.delete_item(TableName=self.table_name, Key={"pk": {"S": key}})
 
-    def usage(self, key: str) -> BudgetUsage | None:
+    def usage(self, key: str, spend_limit: int | None = None) -> BudgetUsage | None:
+        """A level's month and window as read (None: no item); under a caller's `spend_limit` (µUSD, a user's USD
+        month), that is its USD limit rather than the item's, as `reserve` takes it."""
         item = self.client.get_item(TableName=self.table_name, Key={"pk": {"S": key}}, ConsistentRead=True).get("Item")
         if not item:
             return None
         now = self.clock()
+        item_usd = _int(item, "lu", 0) if "lu" in item else None
+        usd_limit = spend_limit if spend_limit is not None else item_usd
         limits = BudgetLimits(
-            monthly_usd=_int(item, "lu", 0) / MICRO if "lu" in item else None,
+            monthly_usd=usd_limit / MICRO if usd_limit is not None else None,
             monthly_tokens=_int(item, "lt", 0) if "lt" in item else None,
             window_tokens=_int(item, "lw", 0) if "lw" in item else None,
             window_usd=_int(item, "lwu", 0) / MICRO if "lwu" in item else None,

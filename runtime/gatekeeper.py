@@ -175,10 +175,9 @@ class Gatekeeper:
         remaining: dict[str, Remaining] = {}
         if self.budgets is not None:
             if (user_usd := used.limits.monthly_usd) is not None:
-                limit = round(user_usd * MICRO)
-                mine = self.budgets.usage(budget_levels.budget_key("user", sub))
-                spent = mine.spent_micro_usd if mine else 0
-                remaining[budget_levels.budget_key("user", sub)] = Remaining(limit - spent, UNLIMITED)
+                key, limit = budget_levels.budget_key("user", sub), round(user_usd * MICRO)
+                mine = self.budgets.usage(key, spend_limit=limit)
+                remaining[key] = mine.remaining if mine else Remaining(limit, UNLIMITED)
             if team is not None and (team_usage := self.budgets.usage(budget_levels.budget_key("team", team))):
                 remaining[team_usage.key] = team_usage.remaining
             if self.config.stack_monthly_usd is not None:

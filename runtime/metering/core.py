@@ -170,7 +170,13 @@ def bucket_of(t: float) -> int:
 
 def bucket_exit(bucket: int, limits: Limits) -> int:
     """The first instant at which a bucket no longer counts against the window."""
-    return (bucket + limits.window_buckets + 1) * WINDOW_RESOLUTION_S
+    return window_exit(bucket, limits.window_buckets)
+
+
+def window_exit(bucket: int, window_buckets: int) -> int:
+    """The first instant at which what was charged to `bucket` leaves a window of `window_buckets` (the meter's
+    and the team budgets' windows both)."""
+    return (bucket + window_buckets + 1) * WINDOW_RESOLUTION_S
 
 
 def month_key(t: float) -> str:

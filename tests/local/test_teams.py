@@ -362,3 +362,19 @@ def test_a_failed_budget_write_leaves_no_team_behind(dev_json: Path, monkeypatch
     groups = target.cognito().list_groups(UserPoolId=target.user_pool_id)["Groups"]
     assert "team:halfmade" not in {g["GroupName"] for g in groups}
     assert aigw(dev_json, "teams", "add", "halfmade", "--monthly-usd", "5").exit_code == 0  # a retry just works
+
+
+def test_a_budget_item_that_keeps_changing_is_reported_not_a_traceback(
+    dev_json: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from runtime.errors import MeterContentionError
+
+    assert aigw(dev_json, "teams", "add", "busy").exit_code == 0
+
+    def contended(self: Budgets, key: str, limits: BudgetLimits) -> None:
+        raise MeterContentionError(f"budget {key} kept changing; try again")
+
+    monkeypatch.setattr(Budgets, "set_limits", contended)
+    result = aigw(dev_json, "teams", "set-budget", "busy", "--monthly-usd", "3")
+    assert result.exit_code == 1 and "kept changing; try again" in result.stderr
+    assert "Traceback" not in result.output
